@@ -1,0 +1,212 @@
+"""Which parameter leaves are regularised, and how their entries form groups.
+
+Every leaf of a parameter pytree gets a *role*, inferred from its path and shape:
+
+* ``"dense"``: a 2-D ``kernel`` (in, out), e.g. ``nnx.Linear`` / ``linen.Dense``.
+* ``"conv"``: a ``kernel`` with 3+ dims (*spatial, in, out), e.g. ``nnx.Conv`` (HWIO, or
+  (k, in, out) for 1-D convolutions).
+* ``"bias"``: a 1-D ``bias`` next to a ``kernel`` (the bias of a dense or conv layer).
+* ``"none"``: not regularised: normalisation parameters (a ``scale``/``bias`` pair, as in
+  BatchNorm and LayerNorm) and normalisation statistics (``mean``, ``var``).
+
+Anything else (an embedding table, a custom parameter) is an error naming the path, unless
+a rule says what it is. Rules are ``(regex, role)`` pairs matched with ``re.search``
+against the leaf's path string (e.g. ``"conv1/kernel"``, ``"params/Dense_0/bias"``); the
+first matching rule wins and overrides the inference, as big_vision's masks do::
+
+    rules = [(r"^head/", "none"), (r"embedding$", "none")]
+
+For a role, the ``to_*`` layout functions put one group on the last axis (or, for the
+MobilePrune tree, leaves on the last and a whole channel on the last two axes), and the
+``from_*`` functions undo them. Groups use Flax's layouts (Dense kernel (in, out), conv
+kernel (*spatial, in, out)):
+
+* neuron group (dense): row j = every outgoing weight of input neuron j.
+* channel tree (conv): input channel c → (taps, out); leaf = one tap (h, w, c) across all
+  output filters (the shape group), root = the whole channel (the channel group).
+* output group (DEGL): every incoming weight of one output unit / filter.
+* element group (bias): each entry alone.
+
+Works on linen parameter dicts and on ``flax.nnx`` State alike: NNX's trailing
+``.value`` attribute is dropped from the path.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Rules = Sequence[tuple[str, str]]
+
+ROLES = ("dense", "conv", "bias", "none")
+_NORM_STATS = ("mean", "var")
+
+__all__ = [
+    "ROLES",
+    "path_to_str",
+    "leaf_paths",
+    "leaf_roles",
+    "to_neuron_groups",
+    "from_neuron_groups",
+    "to_channel_trees",
+    "from_channel_trees",
+    "to_output_groups",
+    "from_output_groups",
+    "to_element_groups",
+    "from_element_groups",
+]
+
+
+def _key_name(key: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def path_to_str(path: Iterable[Any]) -> str:
+  """'/'-joined key names of a pytree path, without NNX's trailing ``value``."""
+  names = [_key_name(k) for k in path]
+  if names and names[-1] == "value" and type(path[-1]).__name__ == "GetAttrKey":
+    names = names[:-1]
+  return "/".join(names)
+
+
+def leaf_paths(tree: Any) -> list[str]:
+  """Path strings of the leaves of ``tree``, in ``jax.tree.leaves`` order."""
+  return [path_to_str(p) for p, _ in jax.tree.flatten_with_path(tree)[0]]
+
+
+def _validate_rules(rules: Rules | None) -> list[tuple[re.Pattern, str]]:
+  compiled = []
+  for rule in rules or ():
+    if not (isinstance(rule, (tuple, list)) and len(rule) == 2):
+      raise ValueError(f"a rule must be a (regex, role) pair, got {rule!r}")
+    pattern, role = rule
+    if role not in ROLES:
+      raise ValueError(f"rule {rule!r}: role must be one of {ROLES}, got {role!r}")
+    compiled.append((re.compile(pattern), role))
+  return compiled
+
+
+def _infer_role(path: str, shape: tuple[int, ...], siblings: set[str]) -> str | None:
+  name = path.rsplit("/", 1)[-1]
+  if name == "kernel":
+    if len(shape) == 2:
+      return "dense"
+    if len(shape) >= 3:
+      return "conv"
+    return None
+  if name in _NORM_STATS:
+    return "none"
+  if name == "scale" and "bias" in siblings:
+    return "none"
+  if name == "bias" and len(shape) == 1:
+    if "kernel" in siblings:
+      return "bias"
+    if "scale" in siblings:
+      return "none"
+  return None
+
+
+def _check_shape(path: str, role: str, shape: tuple[int, ...]) -> None:
+  ok = {"dense": len(shape) == 2, "conv": len(shape) >= 3, "bias": len(shape) == 1, "none": True}[role]
+  if not ok:
+    raise ValueError(f"parameter {path!r} of shape {shape} cannot have role {role!r}")
+
+
+def leaf_roles(params: Any, rules: Rules | None = None) -> list[str]:
+  """The role of every leaf of ``params`` (in ``jax.tree.leaves`` order).
+
+  Args:
+    params: a parameter pytree (linen dict, nnx.State, ...) of arrays or shape structs.
+    rules: optional ``(regex, role)`` overrides, first match wins.
+
+  Raises:
+    ValueError: naming the path of a leaf whose role cannot be inferred and that no rule
+      covers, or of a leaf whose shape does not fit the role a rule gives it.
+  """
+  compiled = _validate_rules(rules)
+  flat = jax.tree.flatten_with_path(params)[0]
+  paths = [path_to_str(p) for p, _ in flat]
+  children: dict[str, set[str]] = {}
+  for path in paths:
+    parent, _, name = path.rpartition("/")
+    children.setdefault(parent, set()).add(name)
+  roles = []
+  for path, (_, leaf) in zip(paths, flat):
+    shape = tuple(jnp.shape(leaf))
+    role = next((r for pattern, r in compiled if pattern.search(path)), None)
+    if role is None:
+      role = _infer_role(path, shape, children[path.rpartition("/")[0]])
+    if role is None:
+      raise ValueError(
+          f"cannot tell how to group parameter {path!r} of shape {shape}: it is not a "
+          "dense/conv kernel, a layer bias or a normalisation parameter. Pass a rule, "
+          f"e.g. rules=[({re.escape(path)!r}, 'none')]"
+      )
+    _check_shape(path, role, shape)
+    roles.append(role)
+  return roles
+
+
+# --------------------------------------------------------------------------------------
+# layouts: put the groups on the trailing axes, and back
+# --------------------------------------------------------------------------------------
+
+
+def to_neuron_groups(kernel: Array) -> Array:
+  """Dense kernel (in, out) → (in, out): row j is input neuron j's group (identity)."""
+  return kernel
+
+
+def from_neuron_groups(groups: Array, shape: tuple[int, ...]) -> Array:
+  return groups.reshape(shape)
+
+
+def to_channel_trees(kernel: Array) -> Array:
+  """Conv kernel (*spatial, in, out) → (in, taps, out): one tree per input channel."""
+  n_in, n_out = kernel.shape[-2], kernel.shape[-1]
+  taps = math.prod(kernel.shape[:-2])
+  moved = jnp.moveaxis(kernel, -2, 0)  # (in, *spatial, out)
+  return moved.reshape(n_in, taps, n_out)
+
+
+def from_channel_trees(trees: Array, shape: tuple[int, ...]) -> Array:
+  moved = trees.reshape((shape[-2],) + tuple(shape[:-2]) + (shape[-1],))
+  return jnp.moveaxis(moved, 0, -2)
+
+
+def to_input_channel_groups(kernel: Array) -> Array:
+  """Conv kernel (*spatial, in, out) → (in, taps·out): one flat group per input channel."""
+  trees = to_channel_trees(kernel)
+  return trees.reshape(trees.shape[0], -1)
+
+
+def from_input_channel_groups(groups: Array, shape: tuple[int, ...]) -> Array:
+  return from_channel_trees(groups, shape)
+
+
+def to_output_groups(kernel: Array) -> Array:
+  """Kernel (..., out) → (out, prod(...)): every incoming weight of one output unit/filter."""
+  return jnp.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1)
+
+
+def from_output_groups(groups: Array, shape: tuple[int, ...]) -> Array:
+  moved = groups.reshape((shape[-1],) + tuple(shape[:-1]))
+  return jnp.moveaxis(moved, 0, -1)
+
+
+def to_element_groups(x: Array) -> Array:
+  """Any array → (size, 1): each entry is its own group."""
+  return x.reshape(-1, 1)
+
+
+def from_element_groups(groups: Array, shape: tuple[int, ...]) -> Array:
+  return groups.reshape(shape)

@@ -1,0 +1,475 @@
+"""Proximal operators of sparsity-inducing penalties, as pure JAX array functions.
+
+Every operator here computes ``prox_{R}(y) = argmin_x ½‖x − y‖² + R(x)`` exactly and
+returns exact zeros. The functions know nothing of Flax or optax: they act on arrays,
+are jit-compiled, work in any floating dtype (half precision is computed in float32 and
+cast back), and batch over leading axes.
+
+Conventions:
+
+* Element-wise operators (``hard_threshold``, ``soft_threshold``, ``ridge``) broadcast
+  their coefficient against ``y``.
+* Group operators (``group_soft_threshold``, ``l1_sgl``, ``pi``) treat the **last axis** as
+  one group; their coefficients broadcast against ``y.shape[:-1]`` (one value per group).
+* Tree operators (``theta``, ``tree_group_soft_threshold``, ``tree_l1_sgl``) take
+  ``y`` of shape ``(..., L, F)``: ``L`` leaf groups of ``F`` members each, all under one
+  root group made of the last two axes. Coefficients broadcast against ``y.shape[:-2]``
+  (one value per tree).
+* Ties go to zero: where keeping and dropping a group (or entry) give the same objective
+  value, the result is zero.
+
+Negative coefficients are rejected with a ``ValueError`` when they are concrete values;
+traced coefficients (inside ``jit``) cannot be checked and must be non-negative.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+__all__ = [
+    "hard_threshold",
+    "soft_threshold",
+    "ridge",
+    "group_soft_threshold",
+    "l1_sgl",
+    "pi",
+    "theta",
+    "tree_group_soft_threshold",
+    "tree_l1_sgl",
+]
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def _check_nonnegative(name: str, value: ArrayLike) -> None:
+  """Raises ValueError if a concrete coefficient has a negative (or NaN) entry."""
+  if isinstance(value, jax.core.Tracer):
+    return
+  arr = np.asarray(value)
+  if not np.issubdtype(arr.dtype, np.number):
+    raise TypeError(f"coefficient {name!r} must be numeric, got {arr.dtype}")
+  if np.any(np.isnan(arr)) or np.any(arr < 0):
+    raise ValueError(f"coefficient {name!r} must be non-negative, got {value!r}")
+
+
+def _check_float(y: ArrayLike, min_ndim: int, fn: str) -> Array:
+  y = jnp.asarray(y)
+  if not jnp.issubdtype(y.dtype, jnp.floating):
+    raise TypeError(f"{fn}: y must have a floating dtype, got {y.dtype}")
+  if y.ndim < min_ndim:
+    raise ValueError(f"{fn}: y must have at least {min_ndim} dimension(s), got shape {y.shape}")
+  return y
+
+
+def _compute_dtype(dtype) -> jnp.dtype:
+  """float16/bfloat16 are computed in float32; float32/float64 as they are."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _coef(c: ArrayLike, dtype, batch_shape: tuple[int, ...], fn: str, name: str) -> Array:
+  """Broadcasts a per-group coefficient to ``batch_shape``, with a clear error."""
+  c = jnp.asarray(c, dtype)
+  try:
+    return jnp.broadcast_to(c, batch_shape)
+  except ValueError:
+    raise ValueError(
+        f"{fn}: coefficient {name!r} of shape {c.shape} does not broadcast against the "
+        f"group shape {batch_shape}"
+    ) from None
+
+
+def _checked(*names: str) -> Callable:
+  """Decorator: validates coefficient arguments eagerly, then calls the jitted function."""
+
+  def wrap(fn):
+    jitted = jax.jit(fn)
+
+    @functools.wraps(fn)
+    def call(y, *coefs):
+      if len(coefs) != len(names):
+        raise TypeError(f"{fn.__name__}() takes y and {len(names)} coefficient(s) {names}")
+      for name, c in zip(names, coefs):
+        _check_nonnegative(name, c)
+      return jitted(y, *coefs)
+
+    return call
+
+  return wrap
+
+
+_HOST_THREADS = max(1, min(8, os.cpu_count() or 1))
+_HOST_POOL = concurrent.futures.ThreadPoolExecutor(_HOST_THREADS) if _HOST_THREADS > 1 else None
+_PARALLEL_MIN_SIZE = 1 << 18
+
+
+def _host_argsort_desc(a: np.ndarray, kind: str) -> np.ndarray:
+  """numpy argsort (descending) along the last axis; large inputs split over threads."""
+  rows = a.reshape(-1, a.shape[-1])
+  out = np.empty(rows.shape, np.int32)
+
+  def sort(lo, hi):
+    out[lo:hi] = np.argsort(-rows[lo:hi], axis=-1, kind=kind)
+
+  if _HOST_POOL is None or a.size < _PARALLEL_MIN_SIZE or rows.shape[0] < 2:
+    sort(0, rows.shape[0])
+  else:
+    bounds = np.linspace(0, rows.shape[0], _HOST_THREADS + 1).astype(int)
+    list(_HOST_POOL.map(sort, bounds[:-1], bounds[1:]))  # numpy releases the GIL in sort
+  return out.reshape(a.shape)
+
+
+def _cpu_argsort_desc(a: Array, kind: str) -> Array:
+  out = jax.ShapeDtypeStruct(a.shape, jnp.int32)
+  host = functools.partial(_host_argsort_desc, kind=kind)
+  return jax.pure_callback(host, out, a, vmap_method="expand_dims")
+
+
+def _device_argsort_desc(a: Array) -> Array:
+  return jnp.argsort(-a, axis=-1).astype(jnp.int32)
+
+
+def _argsort_desc(a: Array, runs: bool = False) -> Array:
+  """Indices that sort a in descending order along the last axis (order of ties unspecified).
+
+  ``runs=True`` says the rows are made of a few pre-sorted runs (numpy's timsort is then
+  faster than its quicksort).
+
+  XLA's sort is ~8x slower than numpy's on CPU, so on the CPU backend the sort runs in
+  numpy through a host callback; on GPU/TPU it stays in XLA. The branch is chosen when the
+  function is lowered, so one jitted function runs on every backend.
+  """
+  if a.shape[-1] <= 1 or a.size == 0:
+    return jnp.zeros(a.shape, jnp.int32)
+  cpu = functools.partial(_cpu_argsort_desc, kind="stable" if runs else "quicksort")
+  return jax.lax.platform_dependent(a, cpu=cpu, default=_device_argsort_desc)
+
+
+def _scan(op, x: Array, reverse: bool = False) -> Array:
+  """Inclusive prefix scan along the last axis (log-depth: faster than cumsum on CPU)."""
+  return jax.lax.associative_scan(op, x, reverse=reverse, axis=x.ndim - 1)
+
+
+def _sorted_norms(y: Array) -> tuple[Array, Array]:
+  """|y| sorted in descending order and its prefix norms, along the last axis.
+
+  Returns:
+    a_sorted: |y| in descending order, shape (..., n).
+    s: s[..., k] = ‖top-k entries of y‖₂ for k = 0..n (shape (..., n + 1), s[..., 0] = 0).
+  """
+  a = jnp.abs(y)
+  a_sorted = jnp.take_along_axis(a, _argsort_desc(a), axis=-1)
+  cum = _scan(jnp.add, jnp.square(a_sorted))
+  zero = jnp.zeros(cum.shape[:-1] + (1,), cum.dtype)
+  return a_sorted, jnp.sqrt(jnp.concatenate([zero, cum], axis=-1))
+
+
+def _top_k_mask(a: Array, a_sorted: Array, k: Array) -> Array:
+  """Mask of exactly k[...] largest entries of a ≥ 0 along the last axis.
+
+  Entries tied with the k-th largest value are taken first-come along the axis, so the
+  mask never holds more than k entries (ties matter: keeping one more tied entry changes
+  the objective).
+  """
+  kth = jnp.take_along_axis(a_sorted, jnp.maximum(k - 1, 0)[..., None], axis=-1)
+  above = a > kth
+  tied = a == kth
+  room = k[..., None] - jnp.sum(above, axis=-1, keepdims=True)
+  keep = above | (tied & (_scan(jnp.add, tied.astype(jnp.int32)) <= room))
+  return keep & (k[..., None] > 0)
+
+
+def _shrink_factor(norm: Array, lam: Array) -> Array:
+  """(1 − lam/‖·‖)_+ with 0/0 → 0 and norm == lam → 0."""
+  safe = jnp.where(norm > 0, norm, 1)
+  return jnp.where(norm > lam, 1 - lam / safe, 0)
+
+
+# --------------------------------------------------------------------------------------
+# element-wise operators
+# --------------------------------------------------------------------------------------
+
+
+@_checked("alpha")
+def hard_threshold(y: ArrayLike, alpha: ArrayLike) -> Array:
+  """Prox of alpha·‖x‖₀: x = y·1[|y| > sqrt(2·alpha)] (ties go to zero).
+
+  Args:
+    y: input array (any shape, floating dtype).
+    alpha: non-negative coefficient, broadcastable against ``y``.
+  """
+  y = _check_float(y, 0, "hard_threshold")
+  alpha = jnp.asarray(alpha, _compute_dtype(y.dtype))
+  keep = jnp.square(y.astype(alpha.dtype)) > 2 * alpha
+  return jnp.where(keep, y, jnp.zeros_like(y))
+
+
+@_checked("alpha")
+def soft_threshold(y: ArrayLike, alpha: ArrayLike) -> Array:
+  """Prox of alpha·‖x‖₁: x = sign(y)·(|y| − alpha)_+.
+
+  Args:
+    y: input array (any shape, floating dtype).
+    alpha: non-negative coefficient, broadcastable against ``y``.
+  """
+  y = _check_float(y, 0, "soft_threshold")
+  dt = _compute_dtype(y.dtype)
+  yc = y.astype(dt)
+  out = jnp.sign(yc) * jnp.maximum(jnp.abs(yc) - jnp.asarray(alpha, dt), 0)
+  return out.astype(y.dtype)
+
+
+@_checked("mu")
+def ridge(y: ArrayLike, mu: ArrayLike) -> Array:
+  """Prox of mu·‖x‖₂²: x = y / (1 + 2·mu).
+
+  Args:
+    y: input array (any shape, floating dtype).
+    mu: non-negative coefficient, broadcastable against ``y``.
+  """
+  y = _check_float(y, 0, "ridge")
+  dt = _compute_dtype(y.dtype)
+  return (y.astype(dt) / (1 + 2 * jnp.asarray(mu, dt))).astype(y.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# group operators (group = last axis)
+# --------------------------------------------------------------------------------------
+
+
+def _group_shrink(y: Array, lam: Array) -> Array:
+  """Block soft threshold along the last axis; lam has shape y.shape[:-1]."""
+  norm = jnp.linalg.norm(y, axis=-1)
+  return y * _shrink_factor(norm, lam)[..., None]
+
+
+@_checked("lam")
+def group_soft_threshold(y: ArrayLike, lam: ArrayLike) -> Array:
+  """Prox of lam·‖x‖₂ over the last axis: x = (1 − lam/‖y‖₂)_+ · y.
+
+  Args:
+    y: array of shape (..., n); each y[..., :] is one group.
+    lam: non-negative coefficient, broadcastable against ``y.shape[:-1]``.
+  """
+  y = _check_float(y, 1, "group_soft_threshold")
+  dt = _compute_dtype(y.dtype)
+  lam = _coef(lam, dt, y.shape[:-1], "group_soft_threshold", "lam")
+  return _group_shrink(y.astype(dt), lam).astype(y.dtype)
+
+
+@_checked("l1", "lam")
+def l1_sgl(y: ArrayLike, l1: ArrayLike, lam: ArrayLike) -> Array:
+  """Prox of l1·‖x‖₁ + lam·‖x‖₂ (ℓ1 sparse group lasso): group shrink of soft(y, l1).
+
+  Args:
+    y: array of shape (..., n); each y[..., :] is one group.
+    l1: non-negative ℓ1 coefficient, broadcastable against ``y.shape[:-1]``.
+    lam: non-negative group coefficient, broadcastable against ``y.shape[:-1]``.
+  """
+  y = _check_float(y, 1, "l1_sgl")
+  dt = _compute_dtype(y.dtype)
+  l1 = _coef(l1, dt, y.shape[:-1], "l1_sgl", "l1")
+  lam = _coef(lam, dt, y.shape[:-1], "l1_sgl", "lam")
+  yc = y.astype(dt)
+  z = jnp.sign(yc) * jnp.maximum(jnp.abs(yc) - l1[..., None], 0)
+  return _group_shrink(z, lam).astype(y.dtype)
+
+
+@_checked("lam", "eta")
+def pi(y: ArrayLike, lam: ArrayLike, eta: ArrayLike) -> Array:
+  """Prox of lam·‖x‖₂ + eta·‖x‖₀ over the last axis (MobilePrune Algorithm 2).
+
+  For support size k the best support is the k largest |y_j|, with value
+  S_k = ½(s_k − lam)_+² − eta·k, s_k = ‖top-k of y‖₂; x keeps the top-k* entries,
+  k* = argmax S_k, shrunk by (1 − lam/s_k*), and x = 0 if max S_k ≤ 0.
+
+  Args:
+    y: array of shape (..., n); each y[..., :] is one group.
+    lam: non-negative group coefficient, broadcastable against ``y.shape[:-1]``.
+    eta: non-negative ℓ0 coefficient, broadcastable against ``y.shape[:-1]``.
+  """
+  y = _check_float(y, 1, "pi")
+  dt = _compute_dtype(y.dtype)
+  lam = _coef(lam, dt, y.shape[:-1], "pi", "lam")
+  eta = _coef(eta, dt, y.shape[:-1], "pi", "eta")
+  yc = y.astype(dt)
+  n = y.shape[-1]
+  a_sorted, s = _sorted_norms(yc)
+  k = jnp.arange(n + 1, dtype=dt)
+  score = 0.5 * jnp.square(jnp.maximum(s - lam[..., None], 0)) - eta[..., None] * k
+  k_best = jnp.argmax(score, axis=-1)  # first maximum: smallest k; score[0] = 0
+  s_best = jnp.take_along_axis(s, k_best[..., None], axis=-1)[..., 0]
+  keep = _top_k_mask(jnp.abs(yc), a_sorted, k_best)
+  scale = _shrink_factor(s_best, lam)
+  return jnp.where(keep, yc * scale[..., None], 0).astype(y.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# tree operators (leaves = last axis, root = last two axes)
+# --------------------------------------------------------------------------------------
+
+
+def _tree_shrink(z: Array, beta: Array, gamma: Array) -> Array:
+  """Convex two-level tree prox: leaf group shrink (beta), then root shrink (gamma)."""
+  z = _group_shrink(z, jnp.broadcast_to(beta[..., None], z.shape[:-1]))
+  root = jnp.sqrt(jnp.sum(jnp.square(z), axis=(-2, -1)))
+  return z * _shrink_factor(root, gamma)[..., None, None]
+
+
+def _tree_coefs(y: Array, fn: str, **coefs: ArrayLike) -> tuple[Array, ...]:
+  dt = _compute_dtype(y.dtype)
+  return tuple(_coef(c, dt, y.shape[:-2], fn, name) for name, c in coefs.items())
+
+
+@_checked("beta", "gamma")
+def tree_group_soft_threshold(y: ArrayLike, beta: ArrayLike, gamma: ArrayLike) -> Array:
+  """Prox of beta·Σᵢ‖xᵢ‖₂ + gamma·‖x‖₂ (two-level tree group lasso): leaf shrink, then root.
+
+  Args:
+    y: array of shape (..., L, F): L leaf groups y[..., i, :] under one root group.
+    beta: non-negative leaf coefficient, broadcastable against ``y.shape[:-2]``.
+    gamma: non-negative root coefficient, broadcastable against ``y.shape[:-2]``.
+  """
+  y = _check_float(y, 2, "tree_group_soft_threshold")
+  beta, gamma = _tree_coefs(y, "tree_group_soft_threshold", beta=beta, gamma=gamma)
+  return _tree_shrink(y.astype(beta.dtype), beta, gamma).astype(y.dtype)
+
+
+@_checked("l1", "beta", "gamma")
+def tree_l1_sgl(y: ArrayLike, l1: ArrayLike, beta: ArrayLike, gamma: ArrayLike) -> Array:
+  """Prox of l1·‖x‖₁ + beta·Σᵢ‖xᵢ‖₂ + gamma·‖x‖₂: soft threshold → leaf shrink → root shrink.
+
+  Args:
+    y: array of shape (..., L, F): L leaf groups y[..., i, :] under one root group.
+    l1: non-negative ℓ1 coefficient, broadcastable against ``y.shape[:-2]``.
+    beta: non-negative leaf coefficient, broadcastable against ``y.shape[:-2]``.
+    gamma: non-negative root coefficient, broadcastable against ``y.shape[:-2]``.
+  """
+  y = _check_float(y, 2, "tree_l1_sgl")
+  l1, beta, gamma = _tree_coefs(y, "tree_l1_sgl", l1=l1, beta=beta, gamma=gamma)
+  yc = y.astype(l1.dtype)
+  z = jnp.sign(yc) * jnp.maximum(jnp.abs(yc) - l1[..., None, None], 0)
+  return _tree_shrink(z, beta, gamma).astype(y.dtype)
+
+
+def _upper_hull(h: Array) -> tuple[Array, Array]:
+  """Vertices of the increasing part of the upper concave hull of {(k, h[k])}, k = 0..F.
+
+  h is non-decreasing along the last axis with h[..., 0] = 0. A point is dropped when its
+  h equals its left neighbour's (dominated: same h, larger k) or when it lies on or below
+  the chord between its two alive neighbours. Points are dropped in parallel rounds until
+  none can go; every dropped point lies under a chord of two real points, so it is never
+  a hull vertex, and the surviving chain is concave, hence the hull.
+
+  Returns:
+    alive: boolean mask of hull vertices, same shape as h (alive[..., 0] = True).
+    prev: for every vertex k > 0, the previous vertex.
+  """
+  n = h.shape[-1]
+  idx = jnp.arange(n)
+  big = n  # "no right neighbour"
+
+  def neighbours(alive):
+    """Previous alive point strictly before k, next alive point strictly after k."""
+    left = jnp.where(alive, idx, -1)
+    right = jnp.where(alive, idx, big)
+    prev = _scan(jnp.maximum, jnp.concatenate([jnp.full(left.shape[:-1] + (1,), -1), left[..., :-1]], -1))
+    nxt = _scan(jnp.minimum, jnp.concatenate([right[..., 1:], jnp.full(right.shape[:-1] + (1,), big)], -1), reverse=True)
+    return prev, nxt
+
+  def removable(alive, prev, nxt):
+    p = jnp.maximum(prev, 0)
+    q = jnp.minimum(nxt, n - 1)
+    hk, hp, hq = h, jnp.take_along_axis(h, p, -1), jnp.take_along_axis(h, q, -1)
+    kf = idx.astype(h.dtype)
+    pf, qf = p.astype(h.dtype), q.astype(h.dtype)
+    dominated = hk <= hp
+    below = (hk - hp) * (qf - pf) <= (hq - hp) * (kf - pf)
+    return alive & (idx > 0) & (dominated | ((nxt < big) & below))
+
+  def body(state):
+    alive, _, _, drop = state
+    alive = alive & ~drop
+    prev, nxt = neighbours(alive)
+    return alive, prev, nxt, removable(alive, prev, nxt)
+
+  alive = jnp.ones(h.shape, bool)
+  prev = jnp.broadcast_to(idx - 1, h.shape)  # everyone alive: neighbours are k ± 1
+  nxt = jnp.broadcast_to(idx + 1, h.shape)
+  state = (alive, prev, nxt, removable(alive, prev, nxt))
+  alive, prev, _, _ = jax.lax.while_loop(lambda s: jnp.any(s[3]), body, state)
+  return alive, jnp.maximum(prev, 0)
+
+
+@_checked("alpha", "beta", "gamma")
+def theta(y: ArrayLike, alpha: ArrayLike, beta: ArrayLike, gamma: ArrayLike) -> Array:
+  """Prox of alpha·‖x‖₀ + beta·Σᵢ‖xᵢ‖₂ + gamma·‖x‖₂ on a two-level tree (MobilePrune Alg. 3).
+
+  Exact: for leaf support sizes kᵢ the value gain is Φ(Σᵢ hᵢ(kᵢ)) − alpha·Σᵢ kᵢ with
+  hᵢ(k) = (‖top-k of yᵢ‖ − beta)_+² and Φ(H) = ½(√H − gamma)_+². Φ is convex, so an optimum
+  maximises Σᵢ w·hᵢ(kᵢ) − alpha·kᵢ for some w; sweeping w over the breakpoints of the
+  per-leaf upper hulls visits it (spec §C.2). The result is the top-kᵢ entries of each leaf,
+  leaf-shrunk by beta and root-shrunk by gamma.
+
+  Args:
+    y: array of shape (..., L, F): L leaf groups y[..., i, :] of F entries under one root.
+    alpha: non-negative ℓ0 coefficient, broadcastable against ``y.shape[:-2]``.
+    beta: non-negative leaf-group coefficient, broadcastable against ``y.shape[:-2]``.
+    gamma: non-negative root-group coefficient, broadcastable against ``y.shape[:-2]``.
+  """
+  y = _check_float(y, 2, "theta")
+  alpha, beta, gamma = _tree_coefs(y, "theta", alpha=alpha, beta=beta, gamma=gamma)
+  dt = alpha.dtype
+  yc = y.astype(dt)
+  leaves, width = y.shape[-2], y.shape[-1]
+  batch = y.shape[:-2]
+
+  a_sorted, s = _sorted_norms(yc)  # (..., L, F), (..., L, F+1)
+  h = jnp.square(jnp.maximum(s - beta[..., None, None], 0))
+  alive, prev = _upper_hull(h)
+
+  # One switch event per hull vertex k > 0: the leaf goes from its previous vertex p to k
+  # once w ≥ alpha·(k − p)/(h[k] − h[p]).
+  idx = jnp.arange(width + 1)
+  event = alive & (idx > 0)
+  dk = jnp.where(event, idx - prev, 0)
+  dh = jnp.where(event, h - jnp.take_along_axis(h, prev, -1), 0)
+  w = alpha[..., None, None] * dk.astype(dt) / jnp.where(event, dh, 1)
+  # Rounding must not reorder a leaf's own events: make them non-decreasing per leaf.
+  w = _scan(jnp.maximum, jnp.where(event, w, -jnp.inf))
+  w = jnp.where(event, w, jnp.inf)
+
+  # Merge all leaves' events of one tree and sweep w upwards. The state after all events
+  # with slope ≤ w maximises the linearisation at w, so it suffices to evaluate the gain
+  # at the last event of each run of equal w (and at the empty state).
+  n_events = leaves * (width + 1)
+  w_flat = w.reshape(batch + (n_events,))
+  order = _argsort_desc(-w_flat, runs=True)  # ascending w
+  w_sorted = jnp.take_along_axis(w_flat, order, -1)
+  big_h = _scan(jnp.add, jnp.take_along_axis(dh.reshape(w_flat.shape), order, -1))
+  big_k = _scan(jnp.add, jnp.take_along_axis(dk.reshape(w_flat.shape), order, -1)).astype(dt)
+  gain = 0.5 * jnp.square(jnp.maximum(jnp.sqrt(big_h) - gamma[..., None], 0)) - alpha[..., None] * big_k
+  run_end = jnp.concatenate([w_sorted[..., 1:] != w_sorted[..., :-1], jnp.ones(batch + (1,), bool)], -1)
+  gain = jnp.where(run_end & (w_sorted < jnp.inf), gain, -jnp.inf)
+  best = jnp.argmax(gain, axis=-1)
+  w_best = jnp.where(jnp.take_along_axis(gain, best[..., None], -1)[..., 0] > 0,
+                     jnp.take_along_axis(w_sorted, best[..., None], -1)[..., 0], -jnp.inf)  # ties → 0
+
+  # Leaf support sizes of the best state, and the entries that make them up.
+  k_leaf = jnp.sum(jnp.where(w <= w_best[..., None, None], dk, 0), axis=-1)  # (..., L)
+  keep = _top_k_mask(jnp.abs(yc), a_sorted, k_leaf)
+  z = jnp.where(keep, yc, 0)
+  x = _tree_shrink(z, beta, gamma)
+  return x.astype(y.dtype)

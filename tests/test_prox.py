@@ -1,0 +1,304 @@
+"""Proximal operators against independent references (exhaustive supports, scipy, grids)."""
+
+from __future__ import annotations
+
+import itertools
+
+import brute_force as bf
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mobileprune_jax import prox
+
+TOL = 1e-9  # objective gaps are float64 round-off (≤ 1e-13 seen)
+DTYPES = [np.float32, np.float64]
+
+
+def _run(fn, dtype, *args):
+  """Calls a prox in dtype (enabling x64 for float64) and returns float64 numpy."""
+  with jax.enable_x64(dtype == np.float64):
+    out = fn(np.asarray(args[0], dtype), *args[1:])
+    assert out.dtype == dtype
+    return np.asarray(out, np.float64)
+
+
+def _regime(x):
+  nz = np.count_nonzero(x)
+  return "zero" if nz == 0 else ("full" if nz == x.size else "partial")
+
+
+# ----------------------------------------------------------------------------- ℓ0 SGL ---
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pi_is_global_minimum_by_support_enumeration(dtype):
+  rng = np.random.default_rng(0)
+  regimes, worst = {"zero": 0, "full": 0, "partial": 0}, -np.inf
+  for n in range(1, 9):
+    b = 50
+    y = rng.normal(size=(b, n)) * rng.uniform(0.1, 3, size=(b, 1))
+    lam = rng.uniform(0, 1, b) ** 2 * (rng.random(b) > 0.1)
+    eta = rng.uniform(0, 0.5, b) ** 2 * (rng.random(b) > 0.1)
+    y32 = y.astype(dtype).astype(np.float64)  # the problem actually solved
+    x = _run(prox.pi, dtype, y32, lam, eta)
+    for i in range(b):
+      gap = bf.objective_pi(x[i], y32[i], lam[i], eta[i]) - bf.brute_pi(y32[i], lam[i], eta[i])
+      worst = max(worst, gap)
+      regimes[_regime(x[i])] += 1
+  print(f"pi worst objective gap ({np.dtype(dtype).name}): {worst:.3e}, regimes {regimes}")
+  assert worst <= TOL * (1e4 if dtype == np.float32 else 1)
+  assert min(regimes.values()) >= 30
+
+
+def _theta_shapes():
+  return [(L, F) for L in range(1, 5) for F in range(1, 9) if 2 <= L * F <= 8] + [(3, 3), (2, 5)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_theta_is_global_minimum_by_support_enumeration(dtype):
+  rng = np.random.default_rng(1)
+  regimes, worst, naive_worse = {"zero": 0, "full": 0, "partial": 0}, -np.inf, 0
+  for L, F in _theta_shapes():
+    b = 25
+    y = rng.normal(size=(b, L, F)) * rng.uniform(0.1, 3, size=(b, 1, 1))
+    alpha, beta, gamma = (rng.uniform(0, 0.7, (3, b)) ** 2) * (rng.random((3, b)) > 0.1)
+    y = y.astype(dtype).astype(np.float64)
+    x = _run(prox.theta, dtype, y, alpha, beta, gamma)
+    naive = _naive_theta(y, alpha, beta, gamma)
+    for i in range(b):
+      best = bf.brute_theta(y[i], alpha[i], beta[i], gamma[i])
+      worst = max(worst, bf.objective_theta(x[i], y[i], alpha[i], beta[i], gamma[i]) - best)
+      naive_worse += bf.objective_theta(naive[i], y[i], alpha[i], beta[i], gamma[i]) > best + 1e-6
+      regimes[_regime(x[i])] += 1
+  print(f"theta worst objective gap ({np.dtype(dtype).name}): {worst:.3e}, regimes {regimes}, "
+        f"naive shortcut suboptimal in {naive_worse} cases")
+  assert worst <= TOL * (1e4 if dtype == np.float32 else 1)
+  assert min(regimes.values()) >= 30
+  assert naive_worse > 0  # the test can tell an inexact θ from the exact one
+
+
+def _naive_theta(y, alpha, beta, gamma):
+  """The tempting inexact shortcut: π on every leaf, then shrink the root (numpy)."""
+  out = np.zeros_like(y)
+  for i in range(y.shape[0]):
+    for j in range(y.shape[1]):
+      out[i, j] = _np_pi(y[i, j], beta[i], alpha[i])
+    root = np.linalg.norm(out[i])
+    out[i] *= max(1 - gamma[i] / root, 0) if root > 0 else 0
+  return out
+
+
+def _np_pi(v, lam, eta):
+  best, best_x = bf.objective_pi(np.zeros_like(v), v, lam, eta), np.zeros_like(v)
+  for mask in bf.all_supports(v.size):
+    z = np.where(mask, v, 0)
+    nrm = np.linalg.norm(z)
+    cand = z * (max(1 - lam / nrm, 0) if nrm > 0 else 0)
+    val = bf.objective_pi(cand, v, lam, eta)
+    if val < best - 1e-15:
+      best, best_x = val, cand
+  return best_x
+
+
+def test_theta_larger_trees_against_enumeration():
+  rng = np.random.default_rng(2)
+  worst = -np.inf
+  for L, F in [(3, 3), (3, 4), (2, 6), (4, 3)]:
+    b = 6
+    y = rng.normal(size=(b, L, F))
+    a, be, g = (rng.uniform(0, 0.6, (3, b)) ** 2)
+    x = _run(prox.theta, np.float64, y, a, be, g)
+    for i in range(b):
+      worst = max(worst, bf.objective_theta(x[i], y[i], a[i], be[i], g[i]) - bf.brute_theta(y[i], a[i], be[i], g[i]))
+  assert worst <= TOL
+
+
+def test_ties_are_exact_and_go_to_zero():
+  rng = np.random.default_rng(3)
+  for _ in range(60):
+    L, F = rng.integers(1, 3), rng.integers(1, 5)
+    y = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=(L, F))
+    a, b, g = rng.choice([0.0, 0.125, 0.25, 0.5], 3)
+    x = _run(prox.theta, np.float64, y, a, b, g)
+    assert bf.objective_theta(x, y, a, b, g) <= bf.brute_theta(y, a, b, g) + TOL
+    v = y.reshape(-1)
+    xp = _run(prox.pi, np.float64, v, b, a)
+    assert bf.objective_pi(xp, v, b, a) <= bf.brute_pi(v, b, a) + TOL
+  # exact tie between keeping and dropping → zero
+  assert np.all(_run(prox.hard_threshold, np.float64, np.array([1.0, -1.0]), 0.5) == 0)
+  assert np.all(_run(prox.pi, np.float64, np.array([2.0]), 1.0, 0.5) == 0)  # ½(2−1)² = 0.5
+  assert np.all(_run(prox.group_soft_threshold, np.float64, np.array([3.0, 4.0]), 5.0) == 0)
+
+
+# ----------------------------------------------------------------- convex operators ---
+
+
+def _scipy_min(f, n, y, starts=3, seed=0):
+  rng = np.random.default_rng(seed)
+  best = np.inf
+  for x0 in [np.zeros(n), y.copy()] + [rng.normal(size=n) for _ in range(starts)]:
+    res = scipy.optimize.minimize(f, x0, method="Powell", options={"xtol": 1e-10, "ftol": 1e-12, "maxiter": 20000})
+    best = min(best, res.fun)
+  return best
+
+
+def test_group_soft_threshold_and_l1_sgl_against_scipy():
+  rng = np.random.default_rng(4)
+  for _ in range(40):
+    n = rng.integers(1, 6)
+    y = rng.normal(size=n) * 2
+    l1, lam = rng.uniform(0, 1, 2)
+    x = _run(prox.group_soft_threshold, np.float64, y, lam)
+    f = lambda v: 0.5 * np.sum((v - y) ** 2) + lam * np.linalg.norm(v)
+    assert f(x) <= _scipy_min(f, n, y) + TOL
+    x = _run(prox.l1_sgl, np.float64, y, l1, lam)
+    f = lambda v: 0.5 * np.sum((v - y) ** 2) + l1 * np.sum(np.abs(v)) + lam * np.linalg.norm(v)
+    assert f(x) <= _scipy_min(f, n, y) + TOL
+
+
+def test_tree_operators_against_scipy():
+  rng = np.random.default_rng(5)
+  for _ in range(30):
+    L, F = rng.integers(1, 4), rng.integers(1, 3)
+    y = rng.normal(size=(L, F)) * 2
+    l1, beta, gamma = rng.uniform(0, 0.8, 3)
+    x = _run(prox.tree_group_soft_threshold, np.float64, y, beta, gamma)
+    f = lambda v: bf.objective_tree_l1(v.reshape(L, F), y, 0.0, beta, gamma)
+    assert f(x) <= _scipy_min(f, L * F, y.reshape(-1)) + TOL
+    x = _run(prox.tree_l1_sgl, np.float64, y, l1, beta, gamma)
+    f = lambda v: bf.objective_tree_l1(v.reshape(L, F), y, l1, beta, gamma)
+    assert f(x) <= _scipy_min(f, L * F, y.reshape(-1)) + TOL
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_elementwise_operators_against_dense_grid(dtype):
+  rng = np.random.default_rng(6)
+  y = rng.normal(size=300) * 2
+  c = rng.uniform(0, 1.5, size=300)
+  y = y.astype(dtype).astype(np.float64)
+  grid = np.unique(np.concatenate([np.linspace(-8, 8, 16001), [0.0]]))
+  cases = {
+      prox.hard_threshold: lambda x, y, c: 0.5 * (x - y) ** 2 + c * (x != 0),
+      prox.soft_threshold: lambda x, y, c: 0.5 * (x - y) ** 2 + c * np.abs(x),
+      prox.ridge: lambda x, y, c: 0.5 * (x - y) ** 2 + c * x**2,
+  }
+  for fn, obj in cases.items():
+    x = _run(fn, dtype, y, c)
+    ours = obj(x, y, c)
+    grid_best = np.min(obj(grid[None, :], y[:, None], c[:, None]), axis=1)
+    assert np.all(ours <= grid_best + (1e-6 if dtype == np.float32 else 1e-12)), fn.__name__
+
+
+# ------------------------------------------------------------------ special cases ---
+
+
+def test_special_cases():
+  rng = np.random.default_rng(7)
+  y = rng.normal(size=(20, 1, 6))
+  a, b, g = 0.05, 0.3, 0.4
+  np.testing.assert_allclose(_run(prox.theta, np.float64, y, a, b, g), _run(prox.pi, np.float64, y, b + g, a), atol=1e-12)
+  y = rng.normal(size=(20, 4, 5))
+  np.testing.assert_allclose(_run(prox.theta, np.float64, y, a, b, 0.0), _run(prox.pi, np.float64, y, b, a), atol=1e-12)
+  np.testing.assert_array_equal(_run(prox.theta, np.float64, y, a, 0.0, 0.0), _run(prox.hard_threshold, np.float64, y, a))
+  np.testing.assert_array_equal(_run(prox.pi, np.float64, y, 0.0, a), _run(prox.hard_threshold, np.float64, y, a))
+  np.testing.assert_allclose(_run(prox.pi, np.float64, y, b, 0.0), _run(prox.group_soft_threshold, np.float64, y, b), atol=1e-12)
+  np.testing.assert_allclose(_run(prox.l1_sgl, np.float64, y, 0.0, b), _run(prox.group_soft_threshold, np.float64, y, b), atol=1e-12)
+  np.testing.assert_allclose(_run(prox.tree_l1_sgl, np.float64, y, 0.1, 0.0, 0.0), _run(prox.soft_threshold, np.float64, y, 0.1), atol=1e-12)
+  np.testing.assert_allclose(_run(prox.ridge, np.float64, y, 0.25), y / 1.5)
+
+
+def test_batched_shapes_and_per_group_coefficients():
+  rng = np.random.default_rng(8)
+  y = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+  lam = rng.uniform(0, 1, size=(2, 3, 4)).astype(np.float32)
+  out = np.asarray(prox.pi(y, lam, 0.1))
+  for idx in itertools.product(range(2), range(3), range(4)):
+    np.testing.assert_allclose(out[idx], np.asarray(prox.pi(y[idx], lam[idx], 0.1)), atol=1e-6)
+  alpha = rng.uniform(0, 0.2, size=(2, 3)).astype(np.float32)
+  out = np.asarray(prox.theta(y, alpha, 0.2, 0.3))
+  for idx in itertools.product(range(2), range(3)):
+    np.testing.assert_allclose(out[idx], np.asarray(prox.theta(y[idx], alpha[idx], 0.2, 0.3)), atol=1e-6)
+
+
+def test_under_jit_and_vmap_with_traced_coefficients():
+  rng = np.random.default_rng(9)
+  y = jnp.asarray(rng.normal(size=(6, 3, 4)), jnp.float32)
+  eager = prox.theta(y, 0.05, 0.2, 0.3)
+  jitted = jax.jit(lambda y, a: prox.theta(y, a, 0.2, 0.3))(y, 0.05)
+  vmapped = jax.vmap(lambda t: prox.theta(t, 0.05, 0.2, 0.3))(y)
+  np.testing.assert_allclose(jitted, eager, atol=1e-6)
+  np.testing.assert_allclose(vmapped, eager, atol=1e-6)
+  np.testing.assert_allclose(jax.vmap(lambda t: prox.pi(t, 0.3, 0.05))(y), prox.pi(y, 0.3, 0.05), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision(dtype):
+  rng = np.random.default_rng(10)
+  y = rng.normal(size=(4, 3, 5)).astype(np.float32)
+  y_half = jnp.asarray(y, dtype)
+  for fn, args in [(prox.theta, (0.05, 0.2, 0.3)), (prox.pi, (0.3, 0.05)), (prox.soft_threshold, (0.2,))]:
+    out = fn(y_half, *args)
+    assert out.dtype == dtype
+    ref = fn(np.asarray(y_half, np.float32), *args)
+    np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=3e-2)
+    assert np.all((np.asarray(out, np.float32) == 0) == (np.asarray(ref) == 0))
+
+
+# -------------------------------------------------------------------- properties ---
+
+_finite = st.floats(-5, 5, allow_nan=False, width=64)
+_coef = st.floats(0, 1.5, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(y=hnp.arrays(np.float64, (3, 4), elements=_finite), a=_coef, b=_coef, g=_coef, seed=st.integers(0, 2**31))
+def test_theta_beats_zero_input_and_perturbations(y, a, b, g, seed):
+  x = _run(prox.theta, np.float64, y, a, b, g)
+  f = lambda v: bf.objective_theta(v, y, a, b, g)
+  fx = f(x)
+  assert fx <= f(np.zeros_like(y)) + TOL and fx <= f(y) + TOL
+  rng = np.random.default_rng(seed)
+  for _ in range(20):
+    d = rng.normal(size=y.shape) * rng.choice([1e-3, 1e-1, 1]) * (rng.random(y.shape) < 0.5)
+    assert fx <= f(x + d) + TOL
+    assert fx <= f(np.where(rng.random(y.shape) < 0.3, 0, x)) + TOL
+
+
+@settings(max_examples=60, deadline=None)
+@given(y=hnp.arrays(np.float64, (7,), elements=_finite), lam=_coef, eta=_coef, seed=st.integers(0, 2**31))
+def test_pi_beats_zero_input_and_perturbations(y, lam, eta, seed):
+  x = _run(prox.pi, np.float64, y, lam, eta)
+  f = lambda v: bf.objective_pi(v, y, lam, eta)
+  fx = f(x)
+  assert fx <= f(np.zeros_like(y)) + TOL and fx <= f(y) + TOL
+  rng = np.random.default_rng(seed)
+  for _ in range(20):
+    d = rng.normal(size=y.shape) * rng.choice([1e-3, 1e-1, 1]) * (rng.random(y.shape) < 0.5)
+    assert fx <= f(x + d) + TOL
+
+
+# --------------------------------------------------------------------- bad input ---
+
+
+def test_bad_input_is_a_clear_error():
+  y = np.ones((2, 3), np.float32)
+  with pytest.raises(ValueError, match="'lam' must be non-negative"):
+    prox.pi(y, -0.1, 0.0)
+  with pytest.raises(ValueError, match="'gamma' must be non-negative"):
+    prox.theta(y, 0.0, 0.0, -1.0)
+  with pytest.raises(ValueError, match="'alpha' must be non-negative"):
+    prox.hard_threshold(y, np.array([0.1, -0.1, 0.0]))
+  with pytest.raises(ValueError, match="non-negative"):
+    prox.soft_threshold(y, float("nan"))
+  with pytest.raises(TypeError, match="floating dtype"):
+    prox.group_soft_threshold(np.ones((2, 3), np.int32), 0.1)
+  with pytest.raises(ValueError, match="does not broadcast"):
+    prox.pi(y, np.ones(3), 0.0)
+  with pytest.raises(ValueError, match="at least 2 dimension"):
+    prox.theta(np.ones(3, np.float32), 0.1, 0.1, 0.1)
