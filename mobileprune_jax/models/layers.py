@@ -41,6 +41,6 @@ class ConvBN(nnx.Module):
     self.bn = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
     self.relu = relu
 
-  def __call__(self, x):
-    x = self.bn(self.conv(x))
+  def __call__(self, x, train: bool = False):
+    x = self.bn(self.conv(x), use_running_average=not train)
     return nnx.relu(x) if self.relu else x

@@ -27,9 +27,9 @@ class BasicBlock(nnx.Module):
         raise ValueError(f"shortcut must be 'projection' or 'pad', got {shortcut!r}")
 
   def __call__(self, x, train: bool = False):
-    out = self.conv2(self.conv1(x))
+    out = self.conv2(self.conv1(x, train), train)
     if self.proj is not None:
-      short = self.proj(x)
+      short = self.proj(x, train)
     elif self.stride != 1 or self.pad:
       short = x[:, :: self.stride, :: self.stride, :]
       short = jnp.pad(short, ((0, 0), (0, 0), (0, 0), (self.pad // 2, self.pad - self.pad // 2)))
@@ -55,9 +55,9 @@ class ResNetCifar(nnx.Module):
     self.fc = nnx.Linear(cin, num_classes, rngs=rngs)
 
   def __call__(self, x, train: bool = False):
-    x = self.stem(x)
+    x = self.stem(x, train)
     for block in self.blocks:
-      x = block(x)
+      x = block(x, train)
     return self.fc(global_avg_pool(x))
 
 

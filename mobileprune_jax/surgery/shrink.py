@@ -1,0 +1,257 @@
+"""Physically remove dead channels and neurons: plan from the channel graph, then rebuild.
+
+A channel group (channels joined by residual adds, see ``trace``) is removed iff
+
+* nothing pins it (model outputs, ops the analysis does not understand, pad-made channels,
+  kernels that are not plain parameters), and
+* every read of every channel in it is exact to drop: the weights reading it are all zero,
+  or the channel is identically zero where it is read (zero filter, zero bias, zero
+  BatchNorm shift, ...).
+
+Everything that can go goes: producer kernels lose output filters/units, consumer kernels
+lose the input channels/rows they read, and vectors attached to the channels (biases,
+BatchNorm scale/bias/mean/var) lose the entries. The rebuilt module is a deep copy of the
+input with smaller arrays (and updated ``in_features``/``out_features``/``num_features``);
+the input module is untouched. Its outputs are checked against the original's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mobileprune_jax import groups
+from mobileprune_jax.surgery import trace as trace_lib
+
+Cuts = dict[str, list[tuple[int, list[int]]]]  # param path -> [(axis, kept indices), ...]
+
+
+@dataclasses.dataclass
+class LayerChange:
+  """How one conv/dense layer changed."""
+
+  path: str
+  kind: str
+  in_before: int
+  in_after: int
+  out_before: int
+  out_after: int
+  kept_dead: dict[str, int]  # reason -> number of output channels kept although never read
+
+  def __str__(self) -> str:
+    why = "; ".join(f"{n} kept: {r}" for r, n in self.kept_dead.items())
+    return (f"{self.path:40s} {self.kind:5s} in {self.in_before:>6} -> {self.in_after:<6} "
+            f"out {self.out_before:>6} -> {self.out_after:<6}" + (f"  ({why})" if why else ""))
+
+
+@dataclasses.dataclass
+class ShrinkReport:
+  """What ``shrink`` did: per-layer widths, what stayed and why, and the parity it measured."""
+
+  layers: list[LayerChange]
+  notes: list[str]
+  cuts: Cuts
+  params_before: int = 0
+  params_after: int = 0
+  max_abs_diff: float = float("nan")
+
+  def __str__(self) -> str:
+    lines = [str(layer) for layer in self.layers]
+    lines.append(f"params {self.params_before:,} -> {self.params_after:,}; max |output diff| {self.max_abs_diff:.2e}")
+    lines += [f"note: {n}" for n in self.notes]
+    return "\n".join(lines)
+
+  def to_json(self) -> dict[str, Any]:
+    return {
+        "layers": [dataclasses.asdict(layer) for layer in self.layers],
+        "notes": self.notes,
+        "params_before": self.params_before,
+        "params_after": self.params_after,
+        "max_abs_diff": self.max_abs_diff,
+    }
+
+
+def _decide(graph: trace_lib.Graph, extra_pinned: set[int]) -> tuple[set[int], dict[int, str]]:
+  """Removed nodes, and for every kept root the reason it stayed."""
+  n = len(graph.parent)
+  reason: dict[int, str] = {}
+  for node in graph.pinned | extra_pinned:
+    reason.setdefault(graph.find(node), "pinned (model output, pad, or an op the analysis keeps)")
+  for read in graph.reads:
+    if not (read.weights_zero or read.input_zero):
+      reason.setdefault(graph.find(read.node), "read by non-zero weights")
+  for node in range(n):
+    layer = graph.node_layer.get(node)
+    if layer is not None and not graph.layers[layer].sliceable:
+      reason.setdefault(graph.find(node), "its layer cannot be cut")
+  removed = {node for node in range(n) if graph.find(node) not in reason}
+  return removed, reason
+
+
+def _attachment_cuts(graph: trace_lib.Graph, removed: set[int], shapes: dict[str, tuple[int, ...]]):
+  """Entries of attached vectors to drop; and nodes that must be kept (unsliceable attachment)."""
+  cuts: Cuts = {}
+  bad_nodes: set[int] = set()
+  for path, pairs in graph.attachments.items():
+    idx = np.concatenate([p[0] for p in pairs])
+    nodes = np.concatenate([p[1] for p in pairs])
+    shape = shapes[path]
+    size = int(np.prod(shape))
+    linked_keep = np.zeros(size, bool)
+    linked = np.zeros(size, bool)
+    linked[idx] = True
+    keep_mask = np.array([int(n) not in removed for n in nodes])
+    np.logical_or.at(linked_keep, idx, keep_mask)
+    drop = linked & ~linked_keep
+    if not drop.any():
+      continue
+    if len(shape) != 1:
+      bad_nodes.update(int(n) for n in nodes[np.isin(idx, np.flatnonzero(drop))])
+      continue
+    cuts[path] = [(0, np.flatnonzero(~drop).tolist())]
+  return cuts, bad_nodes
+
+
+def plan(model: nnx.Module, sample_input: Any) -> ShrinkReport:
+  """Decides what to cut (without building anything).
+
+  Raises:
+    ValueError: no sample input, or the model has no conv/dense layer to cut.
+  """
+  graph = trace_lib.trace(model, sample_input)
+  if not graph.layers:
+    raise ValueError("the model has no prunable layer (no conv_general_dilated / dot_general with a parameter kernel)")
+  _, leaves, paths, _ = trace_lib.forward_fn(model)
+  shapes = {p: tuple(np.shape(leaf)) for p, leaf in zip(paths, leaves)}
+  extra: set[int] = set()
+  kernel_use = defaultdict(list)
+  for i, layer in enumerate(graph.layers):
+    kernel_use[layer.kernel_path].append(i)
+  for path, uses in kernel_use.items():  # a kernel shared by several layers: keep its channels
+    if len(uses) > 1:
+      for i in uses:
+        extra.update(int(x) for x in graph.layers[i].out_nodes)
+        extra.update(int(x) for x in graph.layers[i].in_nodes if x >= 0)
+      graph.notes.append(f"kernel {path!r} is used by {len(uses)} layers: its channels are kept")
+  while True:
+    removed, reason = _decide(graph, extra)
+    attach_cuts, bad = _attachment_cuts(graph, removed, shapes)
+    if not bad:
+      break
+    extra |= bad
+    graph.notes.append("a multi-dimensional parameter is combined element-wise with channels: those channels are kept")
+
+  cuts: Cuts = dict(attach_cuts)
+  changes = []
+  for layer in graph.layers:
+    out_keep = [f for f, node in enumerate(layer.out_nodes.tolist()) if node not in removed]
+    in_keep = [i for i, node in enumerate(layer.in_nodes.tolist()) if node < 0 or node not in removed]
+    n_in, n_out = layer.kernel_shape[layer.in_axis], layer.kernel_shape[layer.out_axis]
+    if layer.sliceable and (len(out_keep) < n_out or len(in_keep) < n_in):
+      cuts[layer.kernel_path] = [(layer.out_axis, out_keep), (layer.in_axis, in_keep)]
+    # output channels that stayed although no weight reads them (and they are not zero)
+    dead_reads = defaultdict(lambda: True)
+    for read in graph.reads:
+      dead_reads[read.node] &= read.weights_zero or read.input_zero
+    kept_dead: dict[str, int] = defaultdict(int)
+    for node in layer.out_nodes.tolist():
+      if node not in removed and dead_reads[node] and node not in graph.pinned:
+        kept_dead["coupled: " + reason.get(graph.find(node), "?")] += 1
+    changes.append(LayerChange(layer.kernel_path, layer.kind, n_in, len(in_keep), n_out, len(out_keep), dict(kept_dead)))
+  return ShrinkReport(changes, graph.notes, cuts)
+
+
+def _variables_by_path(model: nnx.Module) -> dict[str, nnx.Variable]:
+  out = {}
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.Variable):
+      out["/".join(str(p) for p in path)] = node
+  return out
+
+
+def _sync_attributes(model: nnx.Module) -> None:
+  """Updates the feature counts modules keep as attributes after their arrays shrank."""
+  for _, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.Conv):
+      shape = node.kernel.shape
+      node.in_features = shape[-2] * node.feature_group_count
+      node.out_features = shape[-1]
+      node.kernel_shape = tuple(shape)
+    elif isinstance(node, nnx.Linear):
+      node.in_features, node.out_features = node.kernel.shape
+    elif isinstance(node, (nnx.BatchNorm, nnx.LayerNorm)):
+      vec = node.scale if node.scale is not None else node.bias
+      if vec is not None:
+        node.num_features = vec.shape[-1]
+
+
+def apply_cuts(model: nnx.Module, cuts: Cuts) -> nnx.Module:
+  """A deep copy of ``model`` with every parameter in ``cuts`` sliced to its kept indices."""
+  new = nnx.clone(model)
+  variables = _variables_by_path(new)
+  for path, axes in cuts.items():
+    if path not in variables:
+      raise KeyError(f"no variable at path {path!r} in the model")
+    var = variables[path]
+    value = np.asarray(var.get_value())
+    for axis, keep in axes:
+      value = np.take(value, np.asarray(keep, dtype=np.int64), axis=axis)
+    var.set_value(jnp.asarray(value))
+  _sync_attributes(new)
+  return new
+
+
+def count_params(model: nnx.Module) -> int:
+  return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def max_output_diff(a: nnx.Module, b: nnx.Module, sample_input: Any, n: int = 4, seed: int = 0) -> float:
+  """max |a(x) − b(x)| in inference mode over the sample input and random inputs of its shape."""
+  x0 = jnp.asarray(sample_input)
+  rng = np.random.default_rng(seed)
+  xs = [x0] + [jnp.asarray(rng.normal(size=x0.shape), x0.dtype) for _ in range(n)]
+  fa, fb = trace_lib.eval_mode(a), trace_lib.eval_mode(b)
+  worst = 0.0
+  for x in xs:
+    ya, yb = jax.tree.leaves(fa(x)), jax.tree.leaves(fb(x))
+    for u, v in zip(ya, yb):
+      worst = max(worst, float(jnp.max(jnp.abs(u.astype(jnp.float32) - v.astype(jnp.float32)))))
+  return worst
+
+
+def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = True,
+                       atol: float = 1e-4) -> tuple[nnx.Module, ShrinkReport]:
+  """``shrink``, also returning the report (widths before/after, reasons, parity)."""
+  report = plan(model, sample_input)
+  new = apply_cuts(model, report.cuts)
+  report.params_before, report.params_after = count_params(model), count_params(new)
+  if check:
+    report.max_abs_diff = max_output_diff(model, new, sample_input)
+    if not report.max_abs_diff <= atol:
+      raise RuntimeError(f"shrunk model differs from the original by {report.max_abs_diff:.3g} > {atol}:\n{report}")
+  return new, report
+
+
+def shrink(model: nnx.Module, sample_input: Any) -> nnx.Module:
+  """A new, physically smaller model whose outputs equal ``model``'s (eval mode).
+
+  Args:
+    model: an NNX module built from Conv, Linear, BatchNorm, activations, pooling, reshape,
+      add and concatenate (any structure: the analysis reads the traced forward pass).
+    sample_input: a batch of inputs of the shape the model takes (only its shape and
+      first example are used to trace; parity is checked on it and on random inputs).
+
+  Returns:
+    The shrunk model (a new module; ``model`` is not modified).
+  """
+  return shrink_with_report(model, sample_input)[0]
+
+
+__all__ = ["LayerChange", "ShrinkReport", "apply_cuts", "count_params", "max_output_diff", "plan", "shrink",
+           "shrink_with_report", "groups"]
