@@ -1,5 +1,7 @@
 """Surgery: trace → channel dependency graph → cuts → a physically smaller NNX model."""
 
+from mobileprune_jax.surgery.depgraph import Graph, Layer, trace
+from mobileprune_jax.surgery.io import build, load, save
 from mobileprune_jax.surgery.shrink import (
     LayerChange,
     ShrinkReport,
@@ -10,7 +12,6 @@ from mobileprune_jax.surgery.shrink import (
     shrink,
     shrink_with_report,
 )
-from mobileprune_jax.surgery.trace import Graph, Layer, trace
 
-__all__ = ["Graph", "Layer", "LayerChange", "ShrinkReport", "apply_cuts", "count_params", "max_output_diff", "plan",
+__all__ = ["build", "load", "save", "Graph", "Layer", "LayerChange", "ShrinkReport", "apply_cuts", "count_params", "max_output_diff", "plan",
            "shrink", "shrink_with_report", "trace"]

@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from mobileprune_jax import groups
-from mobileprune_jax.surgery import trace as trace_lib
+from mobileprune_jax.surgery import depgraph
 
 Cuts = dict[str, list[tuple[int, list[int]]]]  # param path -> [(axis, kept indices), ...]
 
@@ -77,24 +77,37 @@ class ShrinkReport:
     }
 
 
-def _decide(graph: trace_lib.Graph, extra_pinned: set[int]) -> tuple[set[int], dict[int, str]]:
-  """Removed nodes, and for every kept root the reason it stayed."""
+def _decide(graph: depgraph.Graph, extra_pinned: set[int]) -> tuple[set[int], dict[int, str]]:
+  """Removed nodes, and for every kept root the reason it stayed.
+
+  A fixpoint: a channel is read only by the weights of output channels that stay, so
+  removing a layer's dead outputs can free its inputs; iterate until nothing changes.
+  """
   n = len(graph.parent)
-  reason: dict[int, str] = {}
+  fixed: dict[int, str] = {}
   for node in graph.pinned | extra_pinned:
-    reason.setdefault(graph.find(node), "pinned (model output, pad, or an op the analysis keeps)")
-  for read in graph.reads:
-    if not (read.weights_zero or read.input_zero):
-      reason.setdefault(graph.find(read.node), "read by non-zero weights")
+    fixed.setdefault(graph.find(node), "pinned (model output, pad, or an op the analysis keeps)")
   for node in range(n):
     layer = graph.node_layer.get(node)
     if layer is not None and not graph.layers[layer].sliceable:
-      reason.setdefault(graph.find(node), "its layer cannot be cut")
-  removed = {node for node in range(n) if graph.find(node) not in reason}
-  return removed, reason
+      fixed.setdefault(graph.find(node), "its layer cannot be cut")
+  removed: set[int] = set()
+  while True:
+    reason = dict(fixed)
+    for layer in graph.layers:
+      if layer.nz is None:
+        continue
+      out_alive = np.array([int(f) not in removed for f in layer.out_nodes], bool)
+      live = np.any(layer.nz[:, out_alive], axis=1) & ~layer.in_zero
+      for node in np.unique(layer.in_nodes[live & (layer.in_nodes >= 0)]).tolist():
+        reason.setdefault(graph.find(node), "read by non-zero weights")
+    now = {node for node in range(n) if graph.find(node) not in reason}
+    if now == removed:
+      return removed, reason
+    removed = now
 
 
-def _attachment_cuts(graph: trace_lib.Graph, removed: set[int], shapes: dict[str, tuple[int, ...]]):
+def _attachment_cuts(graph: depgraph.Graph, removed: set[int], shapes: dict[str, tuple[int, ...]]):
   """Entries of attached vectors to drop; and nodes that must be kept (unsliceable attachment)."""
   cuts: Cuts = {}
   bad_nodes: set[int] = set()
@@ -124,10 +137,10 @@ def plan(model: nnx.Module, sample_input: Any) -> ShrinkReport:
   Raises:
     ValueError: no sample input, or the model has no conv/dense layer to cut.
   """
-  graph = trace_lib.trace(model, sample_input)
+  graph = depgraph.trace(model, sample_input)
   if not graph.layers:
     raise ValueError("the model has no prunable layer (no conv_general_dilated / dot_general with a parameter kernel)")
-  _, leaves, paths, _ = trace_lib.forward_fn(model)
+  _, leaves, paths, _ = depgraph.forward_fn(model)
   shapes = {p: tuple(np.shape(leaf)) for p, leaf in zip(paths, leaves)}
   extra: set[int] = set()
   kernel_use = defaultdict(list)
@@ -142,12 +155,23 @@ def plan(model: nnx.Module, sample_input: Any) -> ShrinkReport:
   while True:
     removed, reason = _decide(graph, extra)
     attach_cuts, bad = _attachment_cuts(graph, removed, shapes)
+    if bad:
+      graph.notes.append("a multi-dimensional parameter is combined element-wise with channels: those channels are kept")
+    for layer in graph.layers:  # never cut a layer to zero width: keep its first channel
+      if layer.sliceable and len(layer.out_nodes) and all(int(n) in removed for n in layer.out_nodes):
+        bad.add(int(layer.out_nodes[0]))
+        graph.notes.append(f"{layer.kernel_path}: every output is dead; one channel is kept so the layer stays")
     if not bad:
       break
     extra |= bad
-    graph.notes.append("a multi-dimensional parameter is combined element-wise with channels: those channels are kept")
 
   cuts: Cuts = dict(attach_cuts)
+  read_live: set[int] = set()
+  for layer in graph.layers:
+    if layer.nz is not None:
+      out_alive = np.array([int(f) not in removed for f in layer.out_nodes], bool)
+      live = np.any(layer.nz[:, out_alive], axis=1) & ~layer.in_zero
+      read_live.update(layer.in_nodes[live & (layer.in_nodes >= 0)].tolist())
   changes = []
   for layer in graph.layers:
     out_keep = [f for f, node in enumerate(layer.out_nodes.tolist()) if node not in removed]
@@ -155,13 +179,10 @@ def plan(model: nnx.Module, sample_input: Any) -> ShrinkReport:
     n_in, n_out = layer.kernel_shape[layer.in_axis], layer.kernel_shape[layer.out_axis]
     if layer.sliceable and (len(out_keep) < n_out or len(in_keep) < n_in):
       cuts[layer.kernel_path] = [(layer.out_axis, out_keep), (layer.in_axis, in_keep)]
-    # output channels that stayed although no weight reads them (and they are not zero)
-    dead_reads = defaultdict(lambda: True)
-    for read in graph.reads:
-      dead_reads[read.node] &= read.weights_zero or read.input_zero
+    # output channels that stayed although no live weight reads them: say why
     kept_dead: dict[str, int] = defaultdict(int)
     for node in layer.out_nodes.tolist():
-      if node not in removed and dead_reads[node] and node not in graph.pinned:
+      if node not in removed and node not in read_live and node not in graph.pinned:
         kept_dead["coupled: " + reason.get(graph.find(node), "?")] += 1
     changes.append(LayerChange(layer.kernel_path, layer.kind, n_in, len(in_keep), n_out, len(out_keep), dict(kept_dead)))
   return ShrinkReport(changes, graph.notes, cuts)
@@ -216,10 +237,11 @@ def max_output_diff(a: nnx.Module, b: nnx.Module, sample_input: Any, n: int = 4,
   x0 = jnp.asarray(sample_input)
   rng = np.random.default_rng(seed)
   xs = [x0] + [jnp.asarray(rng.normal(size=x0.shape), x0.dtype) for _ in range(n)]
-  fa, fb = trace_lib.eval_mode(a), trace_lib.eval_mode(b)
+  fa, fb = depgraph.eval_mode(a), depgraph.eval_mode(b)
+  forward = nnx.jit(lambda model, x: model(x))
   worst = 0.0
   for x in xs:
-    ya, yb = jax.tree.leaves(fa(x)), jax.tree.leaves(fb(x))
+    ya, yb = jax.tree.leaves(forward(fa, x)), jax.tree.leaves(forward(fb, x))
     for u, v in zip(ya, yb):
       worst = max(worst, float(jnp.max(jnp.abs(u.astype(jnp.float32) - v.astype(jnp.float32)))))
   return worst

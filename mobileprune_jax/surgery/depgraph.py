@@ -71,15 +71,6 @@ class Act:
 
 
 @dataclasses.dataclass
-class Read:
-  """A producer layer reading one input row/channel: which node, and whether that is exact to drop."""
-
-  node: int
-  weights_zero: bool
-  input_zero: bool
-
-
-@dataclasses.dataclass
 class Layer:
   """A conv or dense layer found in the trace.
 
@@ -91,7 +82,10 @@ class Layer:
       row for dense: a flattened NHWC map gives each channel's node at every position).
     out_nodes: the new node of each output feature.
     out_spatial: number of output positions per example (H·W for 2-D conv, 1 for dense).
+    kernel_shape: shape of the kernel parameter.
     sliceable: False if the kernel is not a plain parameter (then nothing is cut here).
+    nz: (n_in, n_out) booleans: some weight from input feature i to output f is non-zero.
+    in_zero: (n_in,) booleans: input feature i is identically zero where this layer reads it.
   """
 
   kind: str
@@ -103,6 +97,8 @@ class Layer:
   out_spatial: int
   kernel_shape: tuple[int, ...]
   sliceable: bool = True
+  nz: np.ndarray | None = None
+  in_zero: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -110,7 +106,6 @@ class Graph:
   """Result of the analysis."""
 
   layers: list[Layer]
-  reads: list[Read]
   parent: list[int]  # union-find over nodes
   pinned: set[int]
   node_layer: dict[int, int]  # node -> index of the layer that produces it
@@ -128,6 +123,30 @@ class Graph:
     return root
 
 
+def _np_broadcast_in_dim(a, shape, broadcast_dimensions, **_):
+  expanded = [1] * len(shape)
+  for i, d in enumerate(broadcast_dimensions):
+    expanded[d] = a.shape[i]
+  return np.broadcast_to(a.reshape(expanded), shape)
+
+
+def _np_slice(a, start_indices, limit_indices, strides=None, **_):
+  strides = strides or (1,) * a.ndim
+  return a[tuple(slice(s, e, st) for s, e, st in zip(start_indices, limit_indices, strides))]
+
+
+# numpy versions of the structural primitives (no XLA compile per shape on the host path)
+_NP_STRUCTURAL = {
+    "reshape": lambda a, new_sizes, dimensions=None, **_: np.reshape(a, new_sizes),
+    "broadcast_in_dim": _np_broadcast_in_dim,
+    "transpose": lambda a, permutation, **_: np.transpose(a, permutation),
+    "squeeze": lambda a, dimensions, **_: np.squeeze(a, tuple(dimensions)),
+    "expand_dims": lambda a, dimensions, **_: np.expand_dims(a, tuple(dimensions)),
+    "slice": _np_slice,
+    "rev": lambda a, dimensions, **_: np.flip(a, tuple(dimensions)),
+}
+
+
 def _host(value: Any) -> Any:
   """numpy copy of an array; PRNG key arrays (e.g. Dropout's rngs) stay as they are."""
   if hasattr(value, "dtype") and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
@@ -141,7 +160,6 @@ class _Tracer:
     self.parent: list[int] = []
     self.pinned: set[int] = set()
     self.layers: list[Layer] = []
-    self.reads: list[Read] = []
     self.node_layer: dict[int, int] = {}
     self.attachments: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     self.notes: list[str] = []
@@ -228,11 +246,14 @@ class _Tracer:
   # -- consts --------------------------------------------------------------------------
 
   def const_eqn(self, eqn, ins: list[Const]) -> list[Any]:
-    params = eqn.primitive.get_bind_params(eqn.params)
-    out = eqn.primitive.bind(*[jnp.asarray(c.value) for c in ins], **params)
-    outs = out if eqn.primitive.multiple_results else [out]
-    values = [_host(o) for o in outs]
     name = eqn.primitive.name
+    if name in _NP_STRUCTURAL and isinstance(ins[0].value, np.ndarray):
+      values = [self.structural_array(eqn, ins[0].value, None)]
+    else:
+      params = eqn.primitive.get_bind_params(eqn.params)
+      out = eqn.primitive.bind(*[jnp.asarray(c.value) for c in ins], **params)
+      outs = out if eqn.primitive.multiple_results else [out]
+      values = [_host(o) for o in outs]
     origin: dict[str, np.ndarray] = {}
     if name in _STRUCTURAL and ins[0].origin:
       origin = {p: self.structural_array(eqn, idx, -1) for p, idx in ins[0].origin.items()}
@@ -248,10 +269,7 @@ class _Tracer:
   def structural_array(eqn, arr: np.ndarray, fill) -> np.ndarray:
     """Applies a structural primitive (reshape, broadcast, transpose, ...) to a metadata array."""
     del fill
-    params = eqn.primitive.get_bind_params(eqn.params)
-    dtype = np.int32 if arr.dtype != np.bool_ else np.bool_
-    out = eqn.primitive.bind(jnp.asarray(arr.astype(dtype)), **params)
-    return np.asarray(out).astype(arr.dtype)
+    return np.ascontiguousarray(_NP_STRUCTURAL[eqn.primitive.name](arr, **eqn.params))
 
   # -- activations ---------------------------------------------------------------------
 
@@ -371,11 +389,10 @@ class _Tracer:
       self.pin(layer.in_nodes, f"{eqn_name} with a kernel that is not a plain parameter: its channels are kept")
       self.pinned.update(int(n) for n in layer.out_nodes)
       return
-    k_in = np.moveaxis(kernel, layer.in_axis, 0).reshape(kernel.shape[layer.in_axis], -1)
-    weights_zero = np.all(k_in == 0, axis=1)
-    for node, wz, iz in zip(layer.in_nodes.tolist(), weights_zero.tolist(), in_zero.tolist()):
-      if node >= 0:
-        self.reads.append(Read(node, wz, iz))
+    n_in, n_out = kernel.shape[layer.in_axis], kernel.shape[layer.out_axis]
+    k_io = np.moveaxis(kernel, (layer.in_axis, layer.out_axis), (0, 1))
+    layer.nz = np.any(k_io.reshape(n_in, n_out, kernel.size // max(n_in * n_out, 1)) != 0, axis=2)
+    layer.in_zero = in_zero
 
   def conv(self, eqn, x: Act, k: Const) -> Act:
     dn = eqn.params["dimension_numbers"]
@@ -400,7 +417,8 @@ class _Tracer:
                   tuple(kernel.shape), sliceable)
     self.add_layer(layer, in_zero, kernel, "conv")
     # output channel f is identically zero iff every non-zero weight reads a zero channel
-    k_io = np.moveaxis(kernel, (rhs_spec[1], rhs_spec[0]), (0, 1)).reshape(kernel.shape[rhs_spec[1]], n_out, -1)
+    n_in = kernel.shape[rhs_spec[1]]
+    k_io = np.moveaxis(kernel, (rhs_spec[1], rhs_spec[0]), (0, 1)).reshape(n_in, n_out, kernel.size // max(n_in * n_out, 1))
     live = np.any(k_io != 0, axis=2) & ~in_zero[:, None] if not grouped else np.ones((1, n_out), bool)
     out_zero = ~np.any(live, axis=0)
     shape_nd = [1] * len(out_shape)
@@ -482,5 +500,5 @@ def trace(model: nnx.Module, sample_input: Any) -> Graph:
     if isinstance(o, Act):
       tracer.pin(o.ids)
       output_shapes.append(tuple(o.ids.shape))
-  return Graph(tracer.layers, tracer.reads, tracer.parent, tracer.pinned, tracer.node_layer, tracer.attachments,
+  return Graph(tracer.layers, tracer.parent, tracer.pinned, tracer.node_layer, tracer.attachments,
                list(dict.fromkeys(tracer.notes)), paths, output_shapes)
