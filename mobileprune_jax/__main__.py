@@ -1,4 +1,9 @@
-"""Command line: ``python -m mobileprune_jax demo``."""
+"""Command line.
+
+    python -m mobileprune_jax run --config experiments/configs/lenet5_mobileprune.py --workdir runs/lenet5 \
+        [--resume] [--config.key=value ...]
+    python -m mobileprune_jax demo
+"""
 
 from __future__ import annotations
 
@@ -62,16 +67,51 @@ def demo(args: argparse.Namespace) -> None:
     print(f"  {name}: {alive}/{k.shape[0]} input neurons alive, {int(jnp.count_nonzero(k)):,}/{k.size:,} weights")
 
 
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+  """Runs a config; a bad config or missing data is one error line and exit status 2."""
+  from mobileprune_jax import config as config_lib
+  from mobileprune_jax.data import DataUnavailableError
+
+  try:
+    cfg = config_lib.load_config(args.config)
+    config_lib.apply_overrides(cfg, overrides)
+    config_lib.validate(cfg)
+    from mobileprune_jax.train import pipeline
+
+    pipeline.load_data(cfg)  # missing data fails here, before any model is built
+  except (config_lib.ConfigError, DataUnavailableError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  try:
+    pipeline.run(cfg, args.workdir, resume=args.resume)
+  except FileExistsError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m mobileprune_jax", description="mobileprune_jax command line")
   sub = parser.add_subparsers(dest="command", required=True)
+  r = sub.add_parser("run", help="train, prune, retrain, shrink and measure a config",
+                     epilog="Any --config.KEY=VALUE overrides a config entry (e.g. --config.prune.iterations=3).")
+  r.add_argument("--config", required=True, help="a Python file with get_config()")
+  r.add_argument("--workdir", required=True, help="where checkpoints, log.jsonl and summary.json go")
+  r.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the workdir")
   p = sub.add_parser("demo", help="prune LeNet-300-100 on the embedded MNIST subset and print its sparsity")
   p.add_argument("--epochs", type=int, default=3)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--l0", type=float, default=2e-3)
   p.add_argument("--neuron", type=float, default=4e-2)
   p.set_defaults(fn=demo)
-  args = parser.parse_args(argv)
+  args, rest = parser.parse_known_args(argv)
+  if args.command == "run":
+    bad = [a for a in rest if not a.startswith("--config.")]
+    if bad:
+      parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    return run(args, rest)
+  if rest:
+    parser.error(f"unrecognized arguments: {' '.join(rest)}")
   args.fn(args)
   return 0
 

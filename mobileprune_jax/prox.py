@@ -116,7 +116,12 @@ _PARALLEL_MIN_SIZE = 1 << 18
 
 
 def _host_argsort_desc(a: np.ndarray, kind: str) -> np.ndarray:
-  """numpy argsort (descending) along the last axis; large inputs split over threads."""
+  """numpy argsort (descending) along the last axis; large inputs split over threads.
+
+  ``a`` may arrive as a jax.Array: it is turned into numpy first, because running any jax
+  computation inside a host callback deadlocks the CPU backend.
+  """
+  a = np.asarray(a)
   rows = a.reshape(-1, a.shape[-1])
   out = np.empty(rows.shape, np.int32)
 

@@ -1,0 +1,31 @@
+"""tensorflow-datasets loaders that never sit in tfds's offline retry loop."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def load_tfds(name: str, data_dir: str | None = None):
+  """((train_x, train_y), (test_x, test_y)) of a prepared tfds data set, or a clear error.
+
+  Only data that is already prepared is read (``download=False``): offline, ``tfds.load``
+  retries for minutes before failing, so we check first and fail at once.
+  """
+  from mobileprune_jax.data import DataUnavailableError
+
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise DataUnavailableError(f"{name!r} needs tensorflow-datasets: pip install tensorflow-datasets") from e
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise DataUnavailableError(
+        f"tfds data set {name!r} is not prepared in {builder.data_dir!r}. With network access run "
+        f"`python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}').download_and_prepare()\"` "
+        "(or pass --config.data_dir=DIR where it is prepared); for MNIST-format files use the *_idx data sets")
+  try:
+    splits = tfds.as_numpy(builder.as_dataset(split=["train", "test"], batch_size=-1, as_supervised=True))
+  except ImportError as e:
+    raise DataUnavailableError(f"reading {name!r} from tfds needs TensorFlow: pip install tensorflow") from e
+  (tx, ty), (vx, vy) = splits
+  return (np.asarray(tx), np.asarray(ty)), (np.asarray(vx), np.asarray(vy))

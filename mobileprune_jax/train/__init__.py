@@ -1,0 +1,1 @@
+"""Training: jitted steps, PALM, and the resumable prune/retrain pipelines."""

@@ -1,0 +1,130 @@
+"""PALM (Bolte–Sabach–Teboulle) for MobilePrune's pruning phase, spec §B.
+
+Per mini-batch, for each layer block l in forward order (Gauss–Seidel: the gradient is taken
+after the earlier blocks were updated):
+
+    g = ∇_l loss(W);  L = 1
+    repeat ≤ max_backtracks times:
+        s = 1/(γ·L);  W_l⁺ = prox_{s·R_l}(W_l − s·g)
+        accept if loss(W⁺) ≤ loss(W) + ⟨g, W_l⁺ − W_l⟩ + L/2·‖W_l⁺ − W_l‖²   else L ← γ·L
+
+A block is a layer's kernel and bias; the prox is the regulariser's transform applied with
+step s (π on dense kernels, θ on conv kernels for MobilePrune). There is no learning rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from mobileprune_jax import groups
+from mobileprune_jax.train.steps import cross_entropy
+
+# (step size s) -> optax transform whose update at zero gradient is prox_{s R}(p) − p
+ProxFactory = Callable[[jax.Array], optax.GradientTransformation]
+
+
+def layer_blocks(param_paths: Sequence[str], kernel_paths: Sequence[str]) -> list[list[int]]:
+  """Leaf indices of each layer block (kernel + sibling bias), in the order of kernel_paths."""
+  index = {p: i for i, p in enumerate(param_paths)}
+  blocks = []
+  for kernel in kernel_paths:
+    parent = kernel.rpartition("/")[0]
+    block = [index[kernel]]
+    bias = f"{parent}/bias" if parent else "bias"
+    if bias in index:
+      block.append(index[bias])
+    blocks.append(block)
+  return blocks
+
+
+def _nested(paths: Sequence[str], leaves: Sequence[jax.Array]) -> dict:
+  tree: dict = {}
+  for path, leaf in zip(paths, leaves):
+    node = tree
+    *parents, name = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[name] = leaf
+  return tree
+
+
+def make_palm_step(model: nnx.Module, prox_factory: ProxFactory, kernel_paths: Sequence[str],
+                   gamma: float = 1.1, max_backtracks: int = 100):
+  """A jitted ``step(params, rest, x, y) -> (params, loss, mean_L)`` over the model's Param leaves."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  flat, treedef = jax.tree.flatten_with_path(params)
+  paths = [groups.path_to_str(p) for p, _ in flat]
+  blocks = layer_blocks(paths, kernel_paths)
+
+  def loss_of(leaves, rest, x, y):
+    m = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves), rest)
+    return cross_entropy(m(x, train=True), y)
+
+  def prox(block_paths, block_leaves, s):
+    tree = _nested(block_paths, block_leaves)
+    tx = prox_factory(s)
+    zeros = jax.tree.map(jnp.zeros_like, tree)
+    u, _ = tx.update(zeros, tx.init(tree), tree)
+    new = optax.apply_updates(tree, u)
+    return [new_leaf for new_leaf in jax.tree.leaves(new)], jax.tree.leaves(tree)
+
+  @jax.jit
+  def step(leaves, rest, x, y):
+    leaves = list(leaves)
+    l_values = []
+    for block in blocks:
+      block_paths = [paths[i] for i in block]
+
+      def block_loss(bl, leaves=leaves, block=block):
+        full = list(leaves)
+        for i, v in zip(block, bl):
+          full[i] = v
+        return loss_of(full, rest, x, y)
+
+      current = [leaves[i] for i in block]
+      f0, g = jax.value_and_grad(block_loss)(current)
+      # order of jax.tree.leaves(_nested(...)) may differ from block order: map by path
+      order = sorted(range(len(block)), key=lambda j: block_paths[j].split("/"))
+
+      def candidate(lip):
+        s = 1.0 / (gamma * lip)
+        moved = [c - s * gi for c, gi in zip(current, g)]
+        new_sorted, _ = prox([block_paths[j] for j in order], [moved[j] for j in order], s)
+        new = [None] * len(block)
+        for pos, j in enumerate(order):
+          new[j] = new_sorted[pos]
+        d = [n - c for n, c in zip(new, current)]
+        bound = f0 + sum(jnp.vdot(gi, di) for gi, di in zip(g, d)) + 0.5 * lip * sum(jnp.vdot(di, di) for di in d)
+        return new, block_loss(new) <= bound
+
+      def cond(state):
+        lip, _, ok, it = state
+        return (~ok) & (it < max_backtracks)
+
+      def body(state):
+        lip, _, _, it = state
+        lip = lip * gamma
+        new, ok = candidate(lip)
+        return lip, new, ok, it + 1
+
+      lip0 = jnp.asarray(1.0, jnp.float32)
+      new0, ok0 = candidate(lip0)
+      lip, new, _, _ = jax.lax.while_loop(cond, body, (lip0, new0, ok0, jnp.asarray(0)))
+      for i, v in zip(block, new):
+        leaves[i] = v
+      l_values.append(lip)
+    return leaves, loss_of(leaves, rest, x, y), jnp.mean(jnp.stack(l_values))
+
+  def run(model: nnx.Module, x, y):
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    leaves = jax.tree.leaves(params)
+    new_leaves, loss, lip = step(leaves, rest, x, y)
+    nnx.update(model, jax.tree.unflatten(treedef, new_leaves))
+    return loss, lip
+
+  return run
