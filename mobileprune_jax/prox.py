@@ -149,15 +149,17 @@ def _device_argsort_desc(a: Array) -> Array:
 def _argsort_desc(a: Array, runs: bool = False) -> Array:
   """Indices that sort a in descending order along the last axis (order of ties unspecified).
 
-  ``runs=True`` says the rows are made of a few pre-sorted runs (numpy's timsort is then
-  faster than its quicksort).
-
-  XLA's sort is ~8x slower than numpy's on CPU, so on the CPU backend the sort runs in
-  numpy through a host callback; on GPU/TPU it stays in XLA. The branch is chosen when the
-  function is lowered, so one jitted function runs on every backend.
+  XLA's sort is ~8x slower than numpy's on CPU, so on a single CPU device the sort runs in
+  numpy through a host callback; on GPU/TPU, and when several devices run the program
+  (host callbacks inside multi-device CPU programs can abort), it stays in XLA. The
+  platform branch is chosen when the function is lowered, so one jitted function runs on
+  every backend. ``runs=True`` says the rows are made of a few pre-sorted runs (numpy's
+  timsort is then faster than its quicksort).
   """
   if a.shape[-1] <= 1 or a.size == 0:
     return jnp.zeros(a.shape, jnp.int32)
+  if jax.device_count() > 1:
+    return _device_argsort_desc(a)
   cpu = functools.partial(_cpu_argsort_desc, kind="stable" if runs else "quicksort")
   return jax.lax.platform_dependent(a, cpu=cpu, default=_device_argsort_desc)
 

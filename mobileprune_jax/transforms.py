@@ -74,8 +74,8 @@ def _check_coefficients(fn: str, **coefs: float) -> None:
 
 
 def _check_learning_rate(fn: str, learning_rate: ScalarOrSchedule) -> None:
-  if callable(learning_rate):
-    return
+  if callable(learning_rate) or isinstance(learning_rate, (jax.Array, jax.core.Tracer)):
+    return  # schedules and traced step sizes (e.g. PALM's 1/(γL)) are checked by their producer
   _check_coefficients(fn, learning_rate=learning_rate)
 
 

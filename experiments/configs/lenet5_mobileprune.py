@@ -14,5 +14,5 @@ def get_config():
   c.pretrain = dict(epochs=6, optimizer="adam", lr=1e-3)
   c.prune = dict(iterations=3, epochs=2, lr=0.05, momentum=0.9)
   c.retrain = dict(epochs=2, optimizer="adam", lr=5e-4)
-  c.coef = dict(l0=2e-4, neuron=2e-3, channel=1e-2, shape=2e-3)
+  c.coef = dict(l0=5e-4, neuron=5e-2, channel=0.1, shape=2e-2)
   return c

@@ -1,0 +1,126 @@
+"""Data loaders on small files in the real formats, written by the tests."""
+
+import gzip
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from mobileprune_jax import data
+from mobileprune_jax.data import har, idx
+
+
+def _write_idx(path, array, compress):
+  header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+  payload = header + array.astype(np.uint8).tobytes()
+  if compress:
+    with gzip.open(str(path) + ".gz", "wb") as f:
+      f.write(payload)
+  else:
+    path.write_bytes(payload)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_files_round_trip(tmp_path, compress):
+  rng = np.random.default_rng(0)
+  arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (7, 28, 28)), "train-labels-idx1-ubyte": rng.integers(0, 10, 7),
+            "t10k-images-idx3-ubyte": rng.integers(0, 256, (3, 28, 28)), "t10k-labels-idx1-ubyte": rng.integers(0, 10, 3)}
+  for name, a in arrays.items():
+    _write_idx(tmp_path / name, a, compress)
+  ds = data.load("fashion_mnist_idx", str(tmp_path))
+  assert ds.train_x.shape == (7, 28, 28, 1) and ds.test_x.shape == (3, 28, 28, 1)
+  np.testing.assert_allclose(ds.train_x[..., 0] * 255, arrays["train-images-idx3-ubyte"], atol=1e-4)
+  np.testing.assert_array_equal(ds.test_y, arrays["t10k-labels-idx1-ubyte"])
+  (tmp_path / "bad").write_bytes(b"\x00\x00\x0d\x01" + b"\x00" * 8)
+  with pytest.raises(ValueError, match="not an unsigned-byte IDX"):
+    idx.read_idx(tmp_path / "bad")
+
+
+def test_missing_idx_files_are_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+    data.load("mnist_idx", str(tmp_path))
+
+
+def test_embedded_subset():
+  ds = data.load("mnist_subset")
+  assert ds.train_x.shape == (8000, 28, 28, 1) and ds.test_x.shape == (2000, 28, 28, 1)
+  assert ds.train_x.dtype == np.float32 and 0.0 <= ds.train_x.min() and ds.train_x.max() <= 1.0
+  assert np.all(np.bincount(ds.test_y) == 200)
+
+
+def test_tfds_offline_fails_fast_with_instructions(tmp_path):
+  t0 = time.time()
+  with pytest.raises(data.DataUnavailableError, match="not prepared"):
+    data.load("mnist", str(tmp_path))
+  assert time.time() - t0 < 30
+
+
+def test_windows_take_the_mode_label():
+  signal = np.arange(20, dtype=float)[:, None]
+  labels = np.array([0] * 6 + [1] * 14)
+  x, y = har.windows(signal, labels, window=8, step=4)
+  assert x.shape == (4, 8, 1)
+  np.testing.assert_array_equal(y, [0, 1, 1, 1])  # window 0: six 0s, two 1s
+  np.testing.assert_array_equal(x[1, :, 0], np.arange(4, 12))
+
+
+def test_wisdm_raw_format(tmp_path):
+  rng = np.random.default_rng(1)
+  lines = []
+  for i in range(1000):
+    act = har.WISDM_CLASSES[(i // 100) % 6]
+    x, y, z = rng.normal(size=3)
+    lines.append(f"{i % 7},{act},{1000 + i},{x:.4f},{y:.4f},{z:.4f};")
+  lines.insert(10, "33,Jogging,49106062271000,5.012288,11.264028,0.95342433;")
+  lines.insert(20, "3,Walking,1234,NaN,1.0,2.0;")  # dropped
+  lines.insert(30, "broken,line")
+  (tmp_path / "WISDM_ar_v1.1_raw.txt").write_text("\n".join(lines))
+  ds = data.load("wisdm", str(tmp_path), fold=2)
+  n_windows = (1001 - 80) // 40 + 1
+  assert ds.train_x.shape[1:] == (80, 3)
+  assert len(ds.train_x) + len(ds.val_x) + len(ds.test_x) == n_windows
+  assert len(ds.test_x) == n_windows // 5
+  assert ds.num_classes == 6
+  allx = np.concatenate([ds.train_x, ds.val_x, ds.test_x]).reshape(-1, 3)
+  assert abs(allx.mean()) < 0.2  # standardised
+
+
+def test_uci_har_raw_format(tmp_path):
+  rng = np.random.default_rng(2)
+  root = tmp_path / "UCI HAR Dataset"
+  for split, n in (("train", 10), ("test", 4)):
+    (root / split / "Inertial Signals").mkdir(parents=True)
+    for s in har.UCI_SIGNALS:
+      np.savetxt(root / split / "Inertial Signals" / f"{s}_{split}.txt", rng.normal(size=(n, 128)))
+    np.savetxt(root / split / f"y_{split}.txt", rng.integers(1, 7, n), fmt="%d")
+  ds = data.load("uci_har", str(tmp_path), fold=0)
+  assert ds.train_x.shape == (8, 128, 9) and ds.val_x.shape == (2, 128, 9) and ds.test_x.shape == (4, 128, 9)
+  assert ds.train_y.min() >= 0 and ds.train_y.max() <= 5
+
+
+def test_pamap2_raw_format(tmp_path):
+  rng = np.random.default_rng(3)
+  proto = tmp_path / "PAMAP2_Dataset" / "Protocol"
+  proto.mkdir(parents=True)
+  for subject in (101, 102):
+    rows = []
+    for t in range(400):
+      act = [0, 1, 4, 24][(t // 100) % 4]
+      vals = rng.normal(size=52)
+      line = [f"{t * 0.01:.2f}", str(act)] + [f"{v:.4f}" for v in vals]
+      if t % 9 == 0:
+        line[2] = "NaN"  # heart rate is sparse in PAMAP2
+      rows.append(" ".join(line))
+    (proto / f"subject{subject}.dat").write_text("\n".join(rows))
+  ds = data.load("pamap2", str(tmp_path))
+  assert ds.train_x.shape[1:] == (128, 40)
+  assert ds.num_classes == 12
+  assert np.all(np.isfinite(ds.train_x))
+
+
+def test_har_without_files_is_a_clear_error(tmp_path):
+  with pytest.raises(data.DataUnavailableError, match="WISDM_ar_v1.1_raw.txt"):
+    data.load("wisdm", str(tmp_path))
+  with pytest.raises(data.DataUnavailableError, match="data_dir"):
+    data.load("pamap2")

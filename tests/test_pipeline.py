@@ -1,0 +1,193 @@
+"""End-to-end runs on the embedded data: methods, summary, resume after SIGKILL, CLI errors."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mobileprune_jax import config as config_lib
+from mobileprune_jax import metrics, models, surgery
+from mobileprune_jax.train import pipeline
+from mobileprune_jax.train.steps import Placement, train_step
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = REPO / "experiments" / "configs" / "lenet5_mobileprune.py"
+
+
+def _small(method="mobileprune", model="lenet300", **extra):
+  cfg = config_lib.load_config(CONFIG)
+  cfg.model = model
+  cfg.method = method
+  cfg.train_subset, cfg.test_subset = 1000, 500
+  cfg.progress = False
+  cfg.pretrain.epochs = 1
+  cfg.prune.iterations, cfg.prune.epochs, cfg.retrain.epochs = 1, 3, 1
+  cfg.degl.select_epochs, cfg.degl.retrain_epochs = 1, 1
+  cfg.coef.neuron, cfg.coef.l0, cfg.prune.lr = 0.3, 2e-3, 0.05
+  cfg.data_parallel = False
+  for key, value in extra.items():
+    config_lib.apply_overrides(cfg, [f"{key}={value}"])
+  return cfg
+
+
+def test_mobileprune_run_writes_summary_that_matches_the_shrunk_model(tmp_path):
+  # sharded over the 8 host devices of the test session
+  summary = pipeline.run(_small(data_parallel=True, batch_size=96), tmp_path, log=lambda *_: None)
+  assert summary["devices"] == 8
+  on_disk = json.loads((tmp_path / "summary.json").read_text())
+  for key in ("dataset", "model", "method", "base_accuracy", "pruned_accuracy", "params_total", "params_remaining",
+              "nonzero_params", "macs_dense", "macs_pruned", "architecture"):
+    assert key in on_disk, key
+  assert on_disk["params_total"] == 266_610 and on_disk["macs_dense"] == 266_200
+  assert on_disk["params_remaining"] < on_disk["params_total"]
+  assert on_disk["pruned_accuracy"] > 0.5
+  assert on_disk["shrink_max_abs_diff"] <= 1e-5
+  # the saved shrunk model: its measured size equals metrics' structural counts
+  shrunk = surgery.load(tmp_path / "model")
+  x = jnp.zeros((1, 28, 28, 1))
+  assert metrics.count_params(nnx.state(shrunk, nnx.Param)) == summary["params_remaining"]
+  assert metrics.macs(shrunk, x, sparse=True) == summary["macs_pruned"]
+  stats = metrics.layer_stats(shrunk, x)
+  assert summary["macs_pruned"] == sum(s.n_out * s.live_in for s in stats)  # n_in alive × n_out
+  phases = [json.loads(line)["phase"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+  assert phases == ["pretrain", "prune/1", "prune/1", "prune/1", "retrain/1"]
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("degl", {"degl.t_th": 0.05, "degl.gamma": 0.2}),
+    ("group_lasso", {}),
+    ("l1", {"coef.l1": 1e-3}),
+    ("mobileprune", {"mode": "palm", "prune.steps": 3, "model": "lenet5"}),
+])
+def test_other_methods_run(tmp_path, method, extra):
+  summary = pipeline.run(_small(method, **extra), tmp_path, log=lambda *_: None)
+  assert summary["method"] == method
+  assert summary["nonzero_params"] <= summary["params_total"]
+  if method == "degl":
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert any(e.get("degl_removed_units", 0) > 0 for e in lines)
+    assert summary["params_remaining"] < summary["params_total"]
+
+
+def test_palm_sweeps_decrease_the_penalised_objective():
+  """PALM's guarantee: Ψ = loss + R never goes up on the batch it steps on (R computed here in numpy)."""
+  from mobileprune_jax import transforms
+  from mobileprune_jax.data import load
+  from mobileprune_jax.train import palm
+  from mobileprune_jax.train.steps import cross_entropy
+
+  l0, neuron = 1e-3, 5e-2
+  ds = load("mnist_subset")
+  m = models.create("lenet300")
+  factory = lambda s: transforms.l0_sparse_group_lasso(s, l0=l0, neuron=neuron)
+  step = palm.make_palm_step(m, factory, ["fc1/kernel", "fc2/kernel", "fc3/kernel"])
+  x, y = jnp.asarray(ds.train_x[:200]), jnp.asarray(ds.train_y[:200])
+
+  def psi(model):
+    r = 0.0
+    for layer in (model.fc1, model.fc2, model.fc3):
+      k, b = np.asarray(layer.kernel[...], np.float64), np.asarray(layer.bias[...], np.float64)
+      r += l0 * (np.count_nonzero(k) + np.count_nonzero(b))
+      r += neuron * (np.linalg.norm(k, axis=1).sum() + np.abs(b).sum())
+    return float(cross_entropy(model(x), y)) + r
+
+  values = [psi(m)]
+  for _ in range(4):
+    _, lip = step(m, x, y)
+    values.append(psi(m))
+    assert float(lip) >= 1.0
+  assert all(b <= a + 1e-4 for a, b in zip(values, values[1:])), values
+  assert values[-1] < values[0] - 0.1
+  assert int(jnp.sum(m.fc1.kernel[...] == 0)) > 1000
+
+
+def test_data_parallel_matches_one_device():
+  assert jax.device_count() == 8  # conftest asks for 8 host devices
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(64, 28, 28, 1)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, 64))
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    import optax
+
+    model = models.create("lenet5", seed=0)
+    opt = nnx.Optimizer(model, optax.sgd(0.05, momentum=0.9), wrt=nnx.Param)
+    placement = Placement(devices)
+    placement.put_model(model, opt)
+    for _ in range(3):
+      xb, yb = placement.put_batch(x, y)
+      loss, _ = train_step(model, opt, xb, yb)
+    results.append((float(loss), jax.tree.map(np.asarray, nnx.state(model, nnx.Param))))
+  assert abs(results[0][0] - results[1][0]) < 1e-5
+  for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def _cli(*args, env=None):
+  return subprocess.Popen([sys.executable, "-m", "mobileprune_jax", *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.nonsense=1", "unknown config key 'nonsense'"),
+    ("--config.coef.l0=-1e-4", "coef.l0 must be a non-negative number"),
+    ("--config.model=resnet1000", "unknown model 'resnet1000'"),
+    ("--config.dataset=imagenet", "unknown dataset 'imagenet'"),
+    ("--config.dataset=wisdm", "needs --config.data_dir"),
+    ("--config.batch_size=big", "takes a int"),
+])
+def test_bad_config_is_one_error_line_before_training(tmp_path, override, message):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  p = _cli("run", "--config", str(CONFIG), "--workdir", str(tmp_path / "w"), override, env=env)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 2
+  lines = [line for line in err.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1 and message in lines[0], err
+  assert not (tmp_path / "w" / "log.jsonl").exists()
+
+
+KILL_ARGS = ["--config.model=lenet300", "--config.train_subset=2000", "--config.test_subset=500",
+             "--config.pretrain.epochs=2", "--config.prune.iterations=1", "--config.prune.epochs=1",
+             "--config.retrain.epochs=2", "--config.checkpoint_every_steps=7", "--config.progress=False",
+             "--config.coef.neuron=5e-2", "--config.coef.l0=2e-3", "--config.batch_size=50"]
+
+
+def _final_params(workdir):
+  model = surgery.load(workdir / "model")
+  return [np.asarray(p) for p in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+def test_sigkill_and_resume_gives_the_same_final_parameters(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  ref = _cli("run", "--config", str(CONFIG), "--workdir", str(tmp_path / "ref"), *KILL_ARGS, env=env)
+  assert ref.wait(timeout=600) == 0, ref.stderr.read()
+  victim = _cli("run", "--config", str(CONFIG), "--workdir", str(tmp_path / "kill"), *KILL_ARGS, env=env)
+  log = tmp_path / "kill" / "log.jsonl"
+  deadline = time.time() + 300
+  # kill in the middle of the prune phase (after pretraining, mid-epoch checkpoints exist)
+  while time.time() < deadline:
+    if log.exists() and sum(1 for _ in log.open()) >= 2:
+      break
+    time.sleep(0.2)
+  time.sleep(1.0)
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  assert not (tmp_path / "kill" / "summary.json").exists()
+  resumed = _cli("run", "--config", str(CONFIG), "--workdir", str(tmp_path / "kill"), "--resume", *KILL_ARGS, env=env)
+  out, err = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, err
+  assert "resuming at phase" in out
+  for a, b in zip(_final_params(tmp_path / "ref"), _final_params(tmp_path / "kill")):
+    np.testing.assert_array_equal(a, b)
+  ref_log = (tmp_path / "ref" / "log.jsonl").read_text().splitlines()
+  kill_log = (tmp_path / "kill" / "log.jsonl").read_text().splitlines()
+  assert [json.loads(x)["phase"] for x in ref_log] == [json.loads(x)["phase"] for x in kill_log]
