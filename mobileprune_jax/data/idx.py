@@ -15,7 +15,7 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 # where Debian's dataset-fashion-mnist puts the files
-KNOWN_DIRS = {"fashion_mnist": ["/usr/share/dataset-fashion-mnist", "/usr/share/fashion-mnist"]}
+KNOWN_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}
 
 
 def read_idx(path: str | pathlib.Path) -> np.ndarray:

@@ -1,0 +1,29 @@
+"""Shared settings of the CPU-sized runs on the embedded MNIST subset / Fashion-MNIST."""
+
+import ml_collections
+
+# prox-SGD coefficients tuned on the embedded MNIST subset (README job); the paper's
+# Table B.2 values are for PALM steps 1/(1.1 L) and are far too weak for prox-SGD at lr 0.05.
+MOBILEPRUNE_COEF = dict(l0=5e-4, neuron=5e-2, channel=0.1, shape=2e-2)
+
+
+def base(model: str, method: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = f"{model}_{method}"
+  c.dataset = "mnist_subset"
+  c.model = model
+  c.method = method
+  c.mode = "prox_sgd"
+  c.batch_size = 100
+  c.pretrain = dict(epochs=6, optimizer="adam", lr=1e-3)
+  c.prune = dict(iterations=3, epochs=2, lr=0.05, momentum=0.9)
+  c.retrain = dict(epochs=2, optimizer="adam", lr=5e-4)
+  c.coef = dict(MOBILEPRUNE_COEF)
+  if method == "group_lasso":
+    c.coef = dict(l0=0.0, neuron=MOBILEPRUNE_COEF["neuron"], channel=MOBILEPRUNE_COEF["channel"],
+                  shape=MOBILEPRUNE_COEF["shape"])
+  if method in ("degl", "egl", "degl_group_lasso"):
+    # DEGL Table 1 (LeNet-5): gamma 5e-3, lambda 1e-4; EGL selection by prox-SGD at lr 0.05
+    c.pretrain = dict(epochs=0)
+    c.degl = dict(select_epochs=10, lr=0.05, momentum=0.9, gamma=5e-3, lam=1e-4, t_th=1e-2, retrain_epochs=4)
+  return c
