@@ -90,6 +90,14 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
   return 0
 
 
+def benchmark(args: argparse.Namespace) -> None:
+  """Exports the dense and the shrunk model of a finished run and prints LiteRT latency and sizes."""
+  from mobileprune_jax import export
+
+  result = export.benchmark_workdir(args.workdir, repeats=args.repeats)
+  print(export.format_benchmark(result))
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m mobileprune_jax", description="mobileprune_jax command line")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
   r.add_argument("--config", required=True, help="a Python file with get_config()")
   r.add_argument("--workdir", required=True, help="where checkpoints, log.jsonl and summary.json go")
   r.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the workdir")
+  b = sub.add_parser("benchmark", help="TFLite export + LiteRT latency of a finished run (dense vs shrunk)")
+  b.add_argument("--workdir", required=True, help="a workdir with summary.json and model/")
+  b.add_argument("--repeats", type=int, default=200)
+  b.set_defaults(fn=benchmark)
   p = sub.add_parser("demo", help="prune LeNet-300-100 on the embedded MNIST subset and print its sparsity")
   p.add_argument("--epochs", type=int, default=3)
   p.add_argument("--seed", type=int, default=0)

@@ -390,11 +390,20 @@ def finish(cfg, workdir: pathlib.Path, model: nnx.Module, ds: data_lib.Dataset, 
       "nonzero_params_masked": metrics.count_nonzero(nnx.state(model, nnx.Param)),
       **metrics.summary(dense, shrunk, sample),
       "shrink_max_abs_diff": report.max_abs_diff,
+      "input_shape": list(ds.input_shape),
       "shrink": report.to_json(),
       "devices": jax.device_count(),
   }
   surgery.save(workdir / "model", shrunk, factory="mobileprune_jax.models:create", kwargs=factory_kwargs,
                cuts=report.cuts)
+  if cfg.export.tflite:
+    from mobileprune_jax import export
+
+    summary.update(export.compare(dense, shrunk, sample[:1], workdir / "tflite"))
+    if cfg.export.quantize:
+      path = export.to_tflite(shrunk, sample[:1], workdir / "tflite" / f"pruned_{cfg.export.quantize}.tflite",
+                              quantize=cfg.export.quantize)
+      summary[f"tflite_bytes_pruned_{cfg.export.quantize}"] = path.stat().st_size
   (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
   log(format_summary(summary))
   return summary

@@ -1,0 +1,194 @@
+"""TFLite export of (shrunk) NNX models, LiteRT output parity, and latency.
+
+Route: ``jax2tf.convert`` (no gradient) → ``tf.function`` with a static input signature →
+``tf.lite.TFLiteConverter.from_concrete_functions`` with builtin ops only. The model runs
+in inference mode (BatchNorm running statistics, no dropout) at the batch size of
+``sample_input``. TensorFlow and ai-edge-litert are needed only here::
+
+    pip install -r requirements-export.txt      # or: pip install .[export]
+
+Parity (on by default) runs the file in ``ai_edge_litert``'s interpreter on the sample and
+random inputs and compares with JAX; a mismatch raises. Tolerances (max abs difference,
+relative to max(1, max |JAX output|)): float32 1e-5; float16 weights 2e-2; dynamic-range
+int8 1e-1 (weights are quantised to 8 bits, so logits move by a few per cent).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from mobileprune_jax.surgery.depgraph import eval_mode
+
+QUANTIZE = (None, "float16", "dynamic_int8")
+TOLERANCE = {None: 1e-5, "float16": 2e-2, "dynamic_int8": 1e-1}
+INSTALL_HINT = "TFLite export needs TensorFlow and ai-edge-litert: pip install -r requirements-export.txt"
+
+
+class ParityError(AssertionError):
+  """The TFLite file's outputs differ from the JAX model's."""
+
+
+def _tf():
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  try:
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+  except ImportError as e:
+    raise ImportError(INSTALL_HINT) from e
+  return tf, jax2tf
+
+
+def _interpreter(path: str | pathlib.Path, threads: int | None = 1):
+  try:
+    from ai_edge_litert.interpreter import Interpreter
+  except ImportError as e:
+    raise ImportError(INSTALL_HINT) from e
+  interpreter = Interpreter(model_path=str(path), num_threads=threads if threads else os.cpu_count())
+  interpreter.allocate_tensors()
+  return interpreter
+
+
+def _forward(model: nnx.Module):
+  graphdef, state = nnx.split(eval_mode(model))
+
+  def f(x):
+    return nnx.merge(graphdef, state)(x)
+
+  return f
+
+
+def to_tflite(model: nnx.Module, sample_input: Any, path: str | pathlib.Path, quantize: str | None = None,
+              check: bool = True) -> pathlib.Path:
+  """Writes ``model`` as a .tflite file (static input shape = ``sample_input``'s) and returns the path.
+
+  Args:
+    model: an NNX module (exported in inference mode; the module itself is not changed).
+    sample_input: an input batch; its shape and dtype become the file's static signature.
+    path: where to write the file.
+    quantize: None (float32), "float16" (float16 weights) or "dynamic_int8" (dynamic-range).
+    check: run the LiteRT parity check (raises ``ParityError`` on a mismatch).
+  """
+  if quantize not in QUANTIZE:
+    raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+  tf, jax2tf = _tf()
+  x = np.asarray(sample_input)
+  f = _forward(model)
+  tf_fn = tf.function(jax2tf.convert(f, with_gradient=False, native_serialization_platforms=("cpu",)),
+                      input_signature=[tf.TensorSpec(x.shape, tf.as_dtype(x.dtype))], autograph=False)
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([tf_fn.get_concrete_function()], tf_fn)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  if quantize:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+      converter.target_spec.supported_types = [tf.float16]
+  blob = converter.convert()
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(blob)
+  if check:
+    diff = parity(path, model, x)
+    tol = TOLERANCE[quantize]
+    if not diff <= tol:
+      raise ParityError(f"{path}: LiteRT output differs from JAX by {diff:.3g} (> {tol}, quantize={quantize})")
+  return path
+
+
+def run_tflite(path: str | pathlib.Path, x: np.ndarray, threads: int | None = 1) -> np.ndarray:
+  """Runs a .tflite file on one input batch in the LiteRT interpreter."""
+  interpreter = _interpreter(path, threads)
+  inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+  interpreter.set_tensor(inp["index"], np.asarray(x, inp["dtype"]))
+  interpreter.invoke()
+  return interpreter.get_tensor(out["index"])
+
+
+def parity(path: str | pathlib.Path, model: nnx.Module, sample_input: Any, n_random: int = 3, seed: int = 0) -> float:
+  """max |LiteRT − JAX| / max(1, max |JAX|) over the sample and ``n_random`` random inputs."""
+  x0 = np.asarray(sample_input)
+  rng = np.random.default_rng(seed)
+  xs = [x0] + [rng.normal(size=x0.shape).astype(x0.dtype) for _ in range(n_random)]
+  f = jax.jit(_forward(model))
+  worst = 0.0
+  for x in xs:
+    ref = np.asarray(f(x), np.float64)
+    got = run_tflite(path, x).astype(np.float64)
+    worst = max(worst, float(np.max(np.abs(got - ref)) / max(1.0, float(np.max(np.abs(ref))))))
+  return worst
+
+
+def latency_ms(path: str | pathlib.Path, sample_input: Any, threads: int | None = 1, warmup: int = 20,
+               repeats: int = 200) -> float:
+  """Median wall time (ms) of one ``invoke`` at the file's batch size, after warm-up."""
+  interpreter = _interpreter(path, threads)
+  inp = interpreter.get_input_details()[0]
+  interpreter.set_tensor(inp["index"], np.asarray(sample_input, inp["dtype"]))
+  for _ in range(warmup):
+    interpreter.invoke()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    interpreter.invoke()
+    times.append(time.perf_counter() - t0)
+  return 1e3 * float(np.median(times))
+
+
+def compare(dense: nnx.Module, pruned: nnx.Module, sample_input: Any, directory: str | pathlib.Path,
+            repeats: int = 200) -> dict[str, Any]:
+  """Exports both models (batch 1) and measures file sizes and LiteRT latency (1 and all threads)."""
+  from mobileprune_jax import metrics
+
+  directory = pathlib.Path(directory)
+  x = np.asarray(sample_input)[:1]
+  paths = {k: to_tflite(m, x, directory / f"{k}.tflite") for k, m in (("dense", dense), ("pruned", pruned))}
+  out: dict[str, Any] = {"tflite_path": str(paths["pruned"]), "tflite_path_dense": str(paths["dense"])}
+  for k, p in paths.items():
+    out[f"tflite_bytes_{k}"] = p.stat().st_size
+    out[f"latency_{k}_ms"] = latency_ms(p, x, threads=1, repeats=repeats)
+    out[f"latency_{k}_ms_all_threads"] = latency_ms(p, x, threads=None, repeats=repeats)
+  macs_dense = metrics.macs(dense, x)
+  macs_pruned = sum(s.macs_dense for s in metrics.layer_stats(pruned, x))  # what the dense kernels of the file cost
+  out["macs_ratio"] = macs_pruned / macs_dense
+  out["latency_ratio"] = out["latency_pruned_ms"] / out["latency_dense_ms"]
+  out["latency_target_met"] = out["latency_ratio"] <= 1.5 * out["macs_ratio"] + 0.05
+  return out
+
+
+def benchmark_workdir(workdir: str | pathlib.Path, repeats: int = 200) -> dict[str, Any]:
+  """Exports the dense and the shrunk model of a finished run and times both in LiteRT.
+
+  Writes ``<workdir>/tflite/{dense,pruned}.tflite`` and ``<workdir>/benchmark.json``.
+  """
+  import json
+
+  from mobileprune_jax import surgery
+
+  workdir = pathlib.Path(workdir)
+  summary = json.loads((workdir / "summary.json").read_text())
+  spec = json.loads((workdir / "model" / surgery.io.SPEC_FILE).read_text())
+  dense = surgery.build(spec["factory"], spec["kwargs"])
+  pruned = surgery.load(workdir / "model")
+  x = np.zeros((1, *summary["input_shape"]), np.float32)
+  result = compare(dense, pruned, x, workdir / "tflite", repeats=repeats)
+  result["macs_dense"], result["macs_pruned_compacted"] = summary["macs_dense"], summary["macs_pruned"]
+  (workdir / "benchmark.json").write_text(json.dumps(result, indent=1))
+  return result
+
+
+def format_benchmark(r: dict[str, Any]) -> str:
+  rows = [
+      ("file size dense -> pruned", f"{r['tflite_bytes_dense']:,} -> {r['tflite_bytes_pruned']:,} B "
+                                    f"({r['tflite_bytes_pruned'] / r['tflite_bytes_dense']:.3f}x)"),
+      ("latency 1 thread", f"{r['latency_dense_ms']:.3f} -> {r['latency_pruned_ms']:.3f} ms ({r['latency_ratio']:.3f}x)"),
+      ("latency all threads", f"{r['latency_dense_ms_all_threads']:.3f} -> {r['latency_pruned_ms_all_threads']:.3f} ms"),
+      ("MACs ratio (shrunk, dense kernels)", f"{r['macs_ratio']:.3f}"),
+      ("target latency <= 1.5 MACs + 0.05", "met" if r["latency_target_met"] else "NOT met"),
+  ]
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
