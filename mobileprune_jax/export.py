@@ -174,7 +174,12 @@ def benchmark_workdir(workdir: str | pathlib.Path, repeats: int = 200) -> dict[s
   spec = json.loads((workdir / "model" / surgery.io.SPEC_FILE).read_text())
   dense = surgery.build(spec["factory"], spec["kwargs"])
   pruned = surgery.load(workdir / "model")
-  x = np.zeros((1, *summary["input_shape"]), np.float32)
+  shape = summary.get("input_shape")
+  if shape is None:  # summaries written before input_shape was recorded: ask the data set
+    from mobileprune_jax import data
+
+    shape = data.load(summary["dataset"]).input_shape
+  x = np.zeros((1, *shape), np.float32)
   result = compare(dense, pruned, x, workdir / "tflite", repeats=repeats)
   result["macs_dense"], result["macs_pruned_compacted"] = summary["macs_dense"], summary["macs_pruned"]
   (workdir / "benchmark.json").write_text(json.dumps(result, indent=1))
