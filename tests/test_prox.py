@@ -65,7 +65,7 @@ def test_theta_is_global_minimum_by_support_enumeration(dtype):
   rng = np.random.default_rng(1)
   regimes, worst, naive_worse = {"zero": 0, "full": 0, "partial": 0}, -np.inf, 0
   for L, F in _theta_shapes():
-    b = 25
+    b = 16
     y = rng.normal(size=(b, L, F)) * rng.uniform(0.1, 3, size=(b, 1, 1))
     alpha, beta, gamma = (rng.uniform(0, 0.7, (3, b)) ** 2) * (rng.random((3, b)) > 0.1)
     y = y.astype(dtype).astype(np.float64)
