@@ -380,6 +380,17 @@ class _Tracer:
       return None
     return path
 
+  def input_features(self, x: Act, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Node and zero flag of every feature along ``axis`` (a feature whose node varies over the
+    other positions gets no node, and its nodes are pinned)."""
+    ids = np.moveaxis(x.ids, axis, -1).reshape(-1, x.ids.shape[axis])
+    zero = np.moveaxis(x.zero, axis, -1).reshape(ids.shape)
+    in_nodes = ids[0].copy()
+    uniform = np.all(ids == in_nodes[None, :], axis=0)
+    in_nodes[~uniform] = NO_NODE
+    self.pin(ids[:, ~uniform], None)
+    return in_nodes, np.all(zero, axis=0)
+
   def add_layer(self, layer: Layer, in_zero: np.ndarray, kernel: np.ndarray, eqn_name: str) -> None:
     index = len(self.layers)
     self.layers.append(layer)
@@ -402,13 +413,7 @@ class _Tracer:
     path = self.kernel_param(k)
     grouped = eqn.params["feature_group_count"] != 1 or eqn.params["batch_group_count"] != 1
     # per input channel node: must not vary over batch and spatial positions
-    ids = np.moveaxis(x.ids, lhs_spec[1], -1).reshape(-1, x.ids.shape[lhs_spec[1]])
-    zero = np.moveaxis(x.zero, lhs_spec[1], -1).reshape(ids.shape)
-    in_nodes = ids[0].copy()
-    uniform = np.all(ids == in_nodes[None, :], axis=0)
-    in_nodes[~uniform] = NO_NODE
-    self.pin(ids[:, ~uniform], None)
-    in_zero = np.all(zero, axis=0)
+    in_nodes, in_zero = self.input_features(x, lhs_spec[1])
     n_out = kernel.shape[rhs_spec[0]]
     out_nodes = self.new_nodes(n_out)
     spatial = math.prod(out_shape[d] for d in out_spec[2:])
@@ -434,13 +439,7 @@ class _Tracer:
     if len(lc) != 1 or len(rc) != 1 or lb or rb or kernel.ndim != 2:
       return self.opaque(eqn, [x, k])[0]
     in_axis, out_axis = rc[0], 1 - rc[0]
-    ids = np.moveaxis(x.ids, lc[0], -1).reshape(-1, x.ids.shape[lc[0]])
-    zero = np.moveaxis(x.zero, lc[0], -1).reshape(ids.shape)
-    in_nodes = ids[0].copy()
-    uniform = np.all(ids == in_nodes[None, :], axis=0)
-    in_nodes[~uniform] = NO_NODE
-    self.pin(ids[:, ~uniform], None)
-    in_zero = np.all(zero, axis=0)
+    in_nodes, in_zero = self.input_features(x, lc[0])
     n_out = kernel.shape[out_axis]
     out_nodes = self.new_nodes(n_out)
     layer = Layer("dense", path or "<computed kernel>", in_axis, out_axis, in_nodes, out_nodes, 1,

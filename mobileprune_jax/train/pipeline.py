@@ -102,7 +102,7 @@ def degl_threshold(model: nnx.Module, sample_input, t_th: float, exclude: str) -
   cut it exactly. Units tied to others by a residual add are left alone.
   """
   graph = depgraph.trace(model, sample_input)
-  variables = {path: var for path, var in _variables(model).items()}
+  variables = _variables(model)
   dead_nodes: set[int] = set()
   group_size: dict[int, int] = {}
   for node in range(len(graph.parent)):
