@@ -16,6 +16,7 @@ import ml_collections
 METHODS = ("mobileprune", "l0", "l1", "l2", "group_lasso", "l1_sgl", "degl", "egl", "degl_group_lasso", "dense")
 MODES = ("prox_sgd", "palm")
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
 
 
 class ConfigError(ValueError):
@@ -42,11 +43,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 200
   c.progress = True
 
-  c.pretrain = ml_collections.ConfigDict(dict(epochs=5, optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0))
+  # schedule: constant | cosine (to 0 over the phase) | step (×0.1 after 1/3 and 2/3 of the phase)
+  c.pretrain = ml_collections.ConfigDict(dict(epochs=5, optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0,
+                                              schedule="constant"))
   # MobilePrune schedule (spec §B): T iterations of P pruning epochs (or steps) then R retraining epochs
   c.prune = ml_collections.ConfigDict(dict(iterations=2, epochs=2, steps=0, lr=0.05, momentum=0.9,
                                            palm_max_backtracks=100, palm_gamma=1.1))
-  c.retrain = ml_collections.ConfigDict(dict(epochs=2, optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0))
+  c.retrain = ml_collections.ConfigDict(dict(epochs=2, optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0,
+                                             schedule="constant"))
   c.coef = ml_collections.ConfigDict(dict(l0=2e-4, neuron=2e-4, channel=1e-3, shape=1e-3, l1=1e-4, l2=1e-4,
                                           conv_grouping="input_channel_tree"))
   # DEGL (spec §H): EGL selection for `select_epochs`, threshold t_th, debiased retraining
@@ -140,6 +144,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   for section in ("pretrain", "retrain"):
     if cfg[section].optimizer not in OPTIMIZERS:
       raise ConfigError(f"{section}.optimizer must be one of {OPTIMIZERS}, got {cfg[section].optimizer!r}")
+    if cfg[section].schedule not in SCHEDULES:
+      raise ConfigError(f"{section}.schedule must be one of {SCHEDULES}, got {cfg[section].schedule!r}")
   numbers = {f"coef.{k}": v for k, v in cfg.coef.items() if k != "conv_grouping"}
   numbers |= {f"degl.{k}": v for k, v in cfg.degl.items() if k != "rt_scale"}
   for section in ("pretrain", "prune", "retrain"):

@@ -64,7 +64,7 @@ def test_mobileprune_run_writes_summary_that_matches_the_shrunk_model(tmp_path):
 
 @pytest.mark.parametrize("method,extra", [
     ("degl", {"degl.t_th": 0.05, "degl.gamma": 0.2}),
-    ("group_lasso", {}),
+    ("group_lasso", {"pretrain.schedule": "'cosine'", "retrain.schedule": "'step'", "retrain.optimizer": "'sgd'"}),
     ("l1", {"coef.l1": 1e-3}),
     ("mobileprune", {"mode": "palm", "prune.steps": 3, "model": "lenet5"}),
 ])
@@ -144,6 +144,7 @@ def _cli(*args, env=None):
     ("--config.dataset=imagenet", "unknown dataset 'imagenet'"),
     ("--config.dataset=wisdm", "needs --config.data_dir"),
     ("--config.batch_size=big", "takes a int"),
+    ("--config.retrain.schedule=linear", "retrain.schedule must be one of"),
 ])
 def test_bad_config_is_one_error_line_before_training(tmp_path, override, message):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

@@ -59,12 +59,22 @@ class Phase:
   on_end: Callable[[nnx.Module], dict[str, Any]] | None = None
 
 
-def _optimizer(kind: str, lr: float, momentum: float, weight_decay: float) -> optax.GradientTransformation:
-  if kind == "adam":
-    base = optax.adam(lr, b1=momentum) if momentum else optax.adam(lr)
+def learning_rate(lr: float, schedule: str, total_steps: int) -> optax.ScalarOrSchedule:
+  """constant, cosine decay to 0, or ×0.1 after 1/3 and 2/3 of ``total_steps``."""
+  if schedule == "cosine":
+    return optax.cosine_decay_schedule(lr, max(total_steps, 1))
+  if schedule == "step":
+    return optax.exponential_decay(lr, transition_steps=max(total_steps // 3, 1), decay_rate=0.1, staircase=True)
+  return lr
+
+
+def _optimizer(section: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  lr = learning_rate(section.lr, section.schedule, total_steps)
+  if section.optimizer == "adam":
+    base = optax.adam(lr, b1=section.momentum) if section.momentum else optax.adam(lr)
   else:
-    base = optax.sgd(lr, momentum=momentum or None)
-  return optax.chain(optax.add_decayed_weights(weight_decay), base) if weight_decay else base
+    base = optax.sgd(lr, momentum=section.momentum or None)
+  return optax.chain(optax.add_decayed_weights(section.weight_decay), base) if section.weight_decay else base
 
 
 def prox_factory(cfg: ml_collections.ConfigDict, rules) -> ProxFactory | None:
@@ -149,13 +159,13 @@ def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
   return {"/".join(str(p) for p in path): node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Variable)}
 
 
-def build_phases(cfg: ml_collections.ConfigDict, model: nnx.Module, sample_input) -> list[Phase]:
+def build_phases(cfg: ml_collections.ConfigDict, model: nnx.Module, sample_input, steps_per_epoch: int = 1) -> list[Phase]:
   """The phases of ``cfg.method`` (spec §B for MobilePrune and baselines, §H for DEGL)."""
   rules = output_layer_rules(model, sample_input)
   pre, pr, rt = cfg.pretrain, cfg.prune, cfg.retrain
   phases: list[Phase] = []
   if pre.epochs:
-    phases.append(Phase("pretrain", pre.epochs, make_tx=lambda: _optimizer(pre.optimizer, pre.lr, pre.momentum, pre.weight_decay)))
+    phases.append(Phase("pretrain", pre.epochs, make_tx=lambda: _optimizer(pre, pre.epochs * steps_per_epoch)))
   if cfg.method == "dense":
     return phases
   if cfg.method in ("degl", "egl", "degl_group_lasso"):
@@ -185,7 +195,7 @@ def build_phases(cfg: ml_collections.ConfigDict, model: nnx.Module, sample_input
                           make_tx=lambda: optax.chain(optax.sgd(pr.lr, momentum=pr.momentum or None), factory(pr.lr))))
     if rt.epochs:
       phases.append(Phase(f"retrain/{t}", rt.epochs, make_tx=lambda: optax.chain(
-          _optimizer(rt.optimizer, rt.lr, rt.momentum, rt.weight_decay), transforms.keep_support())))
+          _optimizer(rt, rt.epochs * steps_per_epoch), transforms.keep_support())))
   return phases
 
 
@@ -273,7 +283,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, resume: boo
   ds = load_data(cfg)  # fails fast, before any training, when the data is missing
   model, factory_kwargs = create_model(cfg, ds)
   sample = jnp.asarray(ds.test_x[:2])
-  phases = build_phases(cfg, model, sample)
+  phases = build_phases(cfg, model, sample, max(len(ds.train_x) // cfg.batch_size, 1))
   placement = Placement(jax.devices() if cfg.data_parallel else jax.devices()[:1])
   placement.check_batch(cfg.batch_size)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -334,7 +344,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, resume: boo
         if progress is not None:
           progress.update(1)
           if (i + 1) % 10 == 0:
-            progress.set_postfix(loss=f"{float(loss):.4f}")
+            progress.set_postfix(loss=f"{float(loss):.4f}", acc=f"{float(acc):.3f}")
         if cfg.checkpoint_every_steps and state["global_step"] % cfg.checkpoint_every_steps == 0:
           state.update(phase=p_index, epoch=epoch)
           save(optimizer)
