@@ -96,10 +96,8 @@ def prox_factory(cfg: ml_collections.ConfigDict, rules) -> ProxFactory | None:
   return factories.get(cfg.method)
 
 
-def output_layer_rules(model: nnx.Module, sample_input) -> list[tuple[str, str]]:
-  """Rules that exclude the classifier (the layer producing the outputs) from group terms."""
-  graph = depgraph.trace(model, sample_input)
-  last = graph.layers[-1].kernel_path
+def output_layer_rules(last: str) -> list[tuple[str, str]]:
+  """Rules that exclude the classifier (kernel path ``last``, the layer producing the outputs) from group terms."""
   parent = last.rpartition("/")[0]
   return [(f"^{parent}/(kernel|bias)$", "none")] if parent else [(f"^{last}$", "none")]
 
@@ -161,7 +159,8 @@ def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
 
 def build_phases(cfg: ml_collections.ConfigDict, model: nnx.Module, sample_input, steps_per_epoch: int = 1) -> list[Phase]:
   """The phases of ``cfg.method`` (spec §B for MobilePrune and baselines, §H for DEGL)."""
-  rules = output_layer_rules(model, sample_input)
+  last_kernel = depgraph.trace(model, sample_input).layers[-1].kernel_path
+  rules = output_layer_rules(last_kernel)
   pre, pr, rt = cfg.pretrain, cfg.prune, cfg.retrain
   phases: list[Phase] = []
   if pre.epochs:
@@ -173,9 +172,8 @@ def build_phases(cfg: ml_collections.ConfigDict, model: nnx.Module, sample_input
     lam = 0.0 if cfg.method == "degl_group_lasso" else d.lam
     select = lambda: optax.chain(optax.sgd(d.lr, momentum=d.momentum or None),
                                  transforms.elastic_group_lasso(d.lr, gamma=d.gamma, lam=lam, rules=rules))
-    exclude = graph_last_kernel(model, sample_input)
     phases.append(Phase("select", d.select_epochs, make_tx=select,
-                        on_end=lambda m: degl_threshold(m, sample_input, d.t_th, exclude)))
+                        on_end=lambda m: degl_threshold(m, sample_input, d.t_th, last_kernel)))
     if cfg.method == "egl":
       retrain = lambda: optax.chain(optax.sgd(d.lr, momentum=d.momentum or None),
                                     transforms.elastic_group_lasso(d.lr, gamma=d.gamma, lam=lam, rules=rules),
@@ -197,10 +195,6 @@ def build_phases(cfg: ml_collections.ConfigDict, model: nnx.Module, sample_input
       phases.append(Phase(f"retrain/{t}", rt.epochs, make_tx=lambda: optax.chain(
           _optimizer(rt, rt.epochs * steps_per_epoch), transforms.keep_support())))
   return phases
-
-
-def graph_last_kernel(model: nnx.Module, sample_input) -> str:
-  return depgraph.trace(model, sample_input).layers[-1].kernel_path
 
 
 # ------------------------------------------------------------------------ checkpoints ---
