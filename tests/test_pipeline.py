@@ -192,3 +192,10 @@ def test_sigkill_and_resume_gives_the_same_final_parameters(tmp_path):
   ref_log = (tmp_path / "ref" / "log.jsonl").read_text().splitlines()
   kill_log = (tmp_path / "kill" / "log.jsonl").read_text().splitlines()
   assert [json.loads(x)["phase"] for x in ref_log] == [json.loads(x)["phase"] for x in kill_log]
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "experiments" / "configs").glob("*.py") if p.name != "common.py"))
+def test_every_experiment_config_loads_and_validates(path):
+  cfg = config_lib.load_config(REPO / "experiments" / "configs" / path)
+  config_lib.validate(cfg)
+  assert cfg.method in config_lib.METHODS

@@ -27,3 +27,33 @@ def base(model: str, method: str) -> ml_collections.ConfigDict:
     c.pretrain = dict(epochs=0)
     c.degl = dict(select_epochs=10, lr=0.05, momentum=0.9, gamma=5e-3, lam=1e-4, t_th=1e-2, retrain_epochs=4)
   return c
+
+
+def paper_mobileprune(model, dataset, *, l0, neuron, channel, shape, prune_epochs=0, prune_steps=0, retrain_epochs,
+                      iterations, weight_decay, batch_size, pretrain_epochs=20, model_kwargs=None,
+                      retrain_optimizer="sgd") -> ml_collections.ConfigDict:
+  """A MobilePrune paper row (spec §B, Table B.2): faithful PALM pruning, masked retraining."""
+  c = base(model, "mobileprune")
+  c.name = f"paper_{model}_{dataset}_mobileprune"
+  c.dataset = dataset
+  c.mode = "palm"
+  c.batch_size = batch_size
+  if model_kwargs:
+    c.model_kwargs = model_kwargs
+  c.pretrain = dict(epochs=pretrain_epochs, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=weight_decay,
+                    schedule="cosine")
+  c.prune = dict(iterations=iterations, epochs=prune_epochs, steps=prune_steps)
+  c.retrain = dict(epochs=retrain_epochs, optimizer=retrain_optimizer, lr=1e-3, momentum=0.9, weight_decay=weight_decay)
+  c.coef = dict(l0=l0, neuron=neuron, channel=channel, shape=shape)
+  return c
+
+
+def paper_degl(model, dataset, *, epochs, gamma, lam, t_th, batch_size, lr=0.05, retrain_epochs=None):
+  """A DEGL paper row (spec §H): EGL selection for `epochs`, threshold t_th, debiased retraining."""
+  c = base(model, "degl")
+  c.name = f"paper_{model}_{dataset}_degl"
+  c.dataset = dataset
+  c.batch_size = batch_size
+  c.degl = dict(select_epochs=epochs, lr=lr, momentum=0.9, gamma=gamma, lam=lam, t_th=t_th,
+                retrain_epochs=retrain_epochs if retrain_epochs is not None else max(epochs // 4, 1))
+  return c

@@ -1,0 +1,11 @@
+"""DEGL, LeNet-5 / MNIST (Table 1: 100 epochs, γ 5e-3, λ 1e-4; t_th 1e-5, 1e-4, 1e-3, 1e-2, 2.5e-2 for DEGL1..5 — DEGL5 here)."""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import common  # noqa: E402
+
+
+def get_config():
+  return common.paper_degl("lenet5", "mnist", epochs=100, gamma=5e-3, lam=1e-4, t_th=2.5e-2, batch_size=256)

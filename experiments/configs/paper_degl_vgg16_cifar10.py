@@ -1,0 +1,11 @@
+"""DEGL, VGG-16 / CIFAR-10 (Table 2: 300 epochs, γ 1e-5, λ 1e-6; t_th 1e-4, 1e-3, 1e-2 for DEGL1..3 — DEGL3 here)."""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import common  # noqa: E402
+
+
+def get_config():
+  return common.paper_degl("vgg_like", "cifar10", epochs=300, gamma=1e-5, lam=1e-6, t_th=1e-2, batch_size=256)
