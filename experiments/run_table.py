@@ -49,7 +49,10 @@ def main() -> None:
       rows.append(row(summary))
       out = pathlib.Path(args.out)
       out.parent.mkdir(parents=True, exist_ok=True)
-      out.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+      preface = (f"Made by `python experiments/run_table.py --configs {' '.join(args.configs)} --datasets "
+                 f"{' '.join(args.datasets)}` (one seed; base = after dense pretraining; params = the shrunk model; "
+                 "MACs in the papers' compacted convention; architecture = conv filters / dense inputs alive).\n\n")
+      out.write_text(preface + HEADER + "\n" + "\n".join(rows) + "\n")
       print(rows[-1], flush=True)
 
 
