@@ -248,7 +248,7 @@ class _Tracer:
   def const_eqn(self, eqn, ins: list[Const]) -> list[Any]:
     name = eqn.primitive.name
     if name in _NP_STRUCTURAL and isinstance(ins[0].value, np.ndarray):
-      values = [self.structural_array(eqn, ins[0].value, None)]
+      values = [self.structural_array(eqn, ins[0].value)]
     else:
       params = eqn.primitive.get_bind_params(eqn.params)
       out = eqn.primitive.bind(*[jnp.asarray(c.value) for c in ins], **params)
@@ -256,7 +256,7 @@ class _Tracer:
       values = [_host(o) for o in outs]
     origin: dict[str, np.ndarray] = {}
     if name in _STRUCTURAL and ins[0].origin:
-      origin = {p: self.structural_array(eqn, idx, -1) for p, idx in ins[0].origin.items()}
+      origin = {p: self.structural_array(eqn, idx) for p, idx in ins[0].origin.items()}
     elif (name in _BINARY or name in _UNARY_ZERO_PRESERVING or name in _UNARY_OTHER) and len(values) == 1:
       shape = values[0].shape
       for c in ins:
@@ -266,9 +266,8 @@ class _Tracer:
     return [Const(v, origin if i == 0 else {}) for i, v in enumerate(values)]
 
   @staticmethod
-  def structural_array(eqn, arr: np.ndarray, fill) -> np.ndarray:
+  def structural_array(eqn, arr: np.ndarray) -> np.ndarray:
     """Applies a structural primitive (reshape, broadcast, transpose, ...) to a metadata array."""
-    del fill
     return np.ascontiguousarray(_NP_STRUCTURAL[eqn.primitive.name](arr, **eqn.params))
 
   # -- activations ---------------------------------------------------------------------
@@ -321,7 +320,7 @@ class _Tracer:
     return Act(ids, zero)
 
   def structural(self, eqn, a: Act) -> Act:
-    return Act(self.structural_array(eqn, a.ids, NO_NODE).astype(np.int64), self.structural_array(eqn, a.zero, False))
+    return Act(self.structural_array(eqn, a.ids).astype(np.int64), self.structural_array(eqn, a.zero))
 
   def pad(self, eqn, ins: list[Any]) -> Act:
     a, value = ins

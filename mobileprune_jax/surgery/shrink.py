@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mobileprune_jax import groups
 from mobileprune_jax.surgery import depgraph
 
 Cuts = dict[str, list[tuple[int, list[int]]]]  # param path -> [(axis, kept indices), ...]
@@ -276,4 +275,4 @@ def shrink(model: nnx.Module, sample_input: Any) -> nnx.Module:
 
 
 __all__ = ["LayerChange", "ShrinkReport", "apply_cuts", "count_params", "max_output_diff", "plan", "shrink",
-           "shrink_with_report", "groups"]
+           "shrink_with_report"]
