@@ -13,7 +13,8 @@ from typing import Any
 
 import ml_collections
 
-METHODS = ("mobileprune", "l0", "l1", "l2", "group_lasso", "l1_sgl", "degl", "egl", "degl_group_lasso", "dense")
+METHODS = ("mobileprune", "l0", "l1", "l2", "group_lasso", "l1_sgl", "degl", "egl", "degl_group_lasso", "magnitude",
+           "dense")
 MODES = ("prox_sgd", "palm")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
@@ -56,13 +57,24 @@ def base_config() -> ml_collections.ConfigDict:
   # DEGL (spec §H): EGL selection for `select_epochs`, threshold t_th, debiased retraining
   c.degl = ml_collections.ConfigDict(dict(select_epochs=5, lr=0.05, momentum=0.9, gamma=5e-3, lam=1e-4,
                                           t_th=1e-2, rt_scale=-1.0, retrain_epochs=3))
+  # magnitude: train (pretrain section), then zero conv weights with |w| <= threshold (global), then
+  # optional masked retraining -- the HAR notebooks' procedure (spec §F, "har_mode=paper_code")
+  c.magnitude = ml_collections.ConfigDict(dict(threshold=0.015, layers="conv"))
   c.export = ml_collections.ConfigDict(dict(tflite=False, quantize=""))
   return c
 
 
 def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """Runs ``get_config()`` of a config file and merges it over ``base_config()``."""
-  path = pathlib.Path(path)
+  """Runs ``get_config()`` of a config file and merges it over ``base_config()``.
+
+  ``"file.py:arg"`` calls ``get_config("arg")`` (as flax's config flags do), so one file can
+  describe a grid, e.g. ``experiments/configs/offline.py:lenet5,l1_sgl,mnist_subset``.
+  """
+  text = str(path)
+  arg = None
+  if not pathlib.Path(text).exists() and ":" in text:
+    text, _, arg = text.rpartition(":")
+  path = pathlib.Path(text)
   if not path.exists():
     raise ConfigError(f"config file {str(path)!r} does not exist")
   spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
@@ -70,8 +82,14 @@ def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {str(path)!r} has no get_config()")
+  try:
+    new = module.get_config(arg) if arg is not None else module.get_config()
+  except TypeError as e:
+    raise ConfigError(f"config file {str(path)!r}: get_config({arg!r}) failed: {e}") from e
+  except (KeyError, ValueError) as e:
+    raise ConfigError(f"config file {str(path)!r}: bad argument {arg!r}: {e}") from e
   cfg = base_config()
-  _merge(cfg, module.get_config(), prefix="")
+  _merge(cfg, new, prefix="")
   return cfg
 
 
@@ -148,6 +166,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"{section}.schedule must be one of {SCHEDULES}, got {cfg[section].schedule!r}")
   numbers = {f"coef.{k}": v for k, v in cfg.coef.items() if k != "conv_grouping"}
   numbers |= {f"degl.{k}": v for k, v in cfg.degl.items() if k != "rt_scale"}
+  numbers["magnitude.threshold"] = cfg.magnitude.threshold
+  if cfg.magnitude.layers not in ("conv", "all"):
+    raise ConfigError(f"magnitude.layers must be 'conv' or 'all', got {cfg.magnitude.layers!r}")
   for section in ("pretrain", "prune", "retrain"):
     numbers |= {f"{section}.{k}": v for k, v in cfg[section].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
   numbers |= {"batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size}

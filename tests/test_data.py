@@ -124,3 +124,65 @@ def test_har_without_files_is_a_clear_error(tmp_path):
     data.load("wisdm", str(tmp_path))
   with pytest.raises(data.DataUnavailableError, match="data_dir"):
     data.load("pamap2")
+
+
+def test_basic_motions_from_aeon():
+  pytest.importorskip("aeon")
+  ds = data.load("basic_motions")
+  assert ds.train_x.shape == (40, 100, 6) and ds.test_x.shape == (40, 100, 6) and ds.num_classes == 4
+  assert ds.train_x.dtype == np.float32
+  assert sorted(np.bincount(ds.train_y).tolist()) == [10, 10, 10, 10]
+  # standardised with the training set's per-channel statistics
+  np.testing.assert_allclose(ds.train_x.reshape(-1, 6).mean(0), 0, atol=1e-4)
+  np.testing.assert_allclose(ds.train_x.reshape(-1, 6).std(0), 1, atol=1e-3)
+
+
+def _write_tiny_imagenet(root, wnids=("n01", "n02", "n03"), per_class=2, val=4):
+  from PIL import Image
+
+  rng = np.random.default_rng(0)
+  (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+  pixels = {}
+  for w in wnids:
+    d = root / "train" / w / "images"
+    d.mkdir(parents=True)
+    for i in range(per_class):
+      img = np.broadcast_to(rng.integers(0, 256, 3, dtype=np.uint8), (64, 64, 3)).copy()  # flat colour: JPEG-exact
+      Image.fromarray(img).save(d / f"{w}_{i}.JPEG", quality=100)
+      pixels[(w, i)] = img
+  (root / "val" / "images").mkdir(parents=True)
+  lines = []
+  for i in range(val):
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "val" / "images" / f"val_{i}.JPEG")
+    lines.append(f"val_{i}.JPEG\t{wnids[(i * 2) % len(wnids)]}\t0\t0\t63\t63")
+  (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+  return pixels
+
+
+def test_tiny_imagenet_directory_layout_and_cache(tmp_path):
+  pytest.importorskip("PIL")
+  root = tmp_path / "tiny-imagenet-200"
+  root.mkdir()
+  pixels = _write_tiny_imagenet(root)
+  ds = data.load("tiny_imagenet", str(tmp_path))  # finds the tiny-imagenet-200 child
+  assert ds.train_x.shape == (6, 64, 64, 3) and ds.test_x.shape == (4, 64, 64, 3) and ds.num_classes == 200
+  assert ds.train_y.tolist() == [0, 0, 1, 1, 2, 2]
+  assert ds.test_y.tolist() == [0, 2, 1, 0]  # wnids n01, n03, n02, n01 by line index
+  # the decoded pixels are the ones written (flat colours survive JPEG to within rounding)
+  assert np.abs(ds.train_x[2] * 255 - pixels[("n02", 0)]).max() < 3
+  assert (root / "mobileprune_cache.npz").exists()
+  again = data.load("tiny_imagenet", str(root))
+  np.testing.assert_array_equal(again.train_x, ds.train_x)
+
+
+def test_tiny_imagenet_errors(tmp_path):
+  with pytest.raises(data.DataUnavailableError, match="tiny-imagenet-200"):
+    data.load("tiny_imagenet", str(tmp_path))
+  with pytest.raises(data.DataUnavailableError, match="data_dir"):
+    data.load("tiny_imagenet")
+  root = tmp_path / "t"
+  root.mkdir()
+  _write_tiny_imagenet(root)
+  (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99\t0\t0\t1\t1\n")
+  with pytest.raises(ValueError, match="n99"):
+    data.load("tiny_imagenet", str(root))

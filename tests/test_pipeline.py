@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from mobileprune_jax import config as config_lib
-from mobileprune_jax import metrics, models, surgery
+from mobileprune_jax import groups, metrics, models, surgery
 from mobileprune_jax.train import pipeline
 from mobileprune_jax.train.steps import Placement, train_step
 
@@ -194,8 +194,78 @@ def test_sigkill_and_resume_gives_the_same_final_parameters(tmp_path):
   assert [json.loads(x)["phase"] for x in ref_log] == [json.loads(x)["phase"] for x in kill_log]
 
 
-@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "experiments" / "configs").glob("*.py") if p.name != "common.py"))
+CONFIGS = REPO / "experiments" / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in CONFIGS.glob("*.py") if p.name != "common.py" and not p.name.startswith("_")))
 def test_every_experiment_config_loads_and_validates(path):
-  cfg = config_lib.load_config(REPO / "experiments" / "configs" / path)
+  cfg = config_lib.load_config(CONFIGS / path)
   config_lib.validate(cfg)
   assert cfg.method in config_lib.METHODS
+
+
+def _offline_grid():
+  sys.path.insert(0, str(REPO / "experiments"))
+  import reproduce
+
+  return [(model, method, dataset) for dataset, models_ in reproduce.MODELS.items() for model in models_
+          for method in reproduce.METHODS]
+
+
+@pytest.mark.parametrize("model,method,dataset", _offline_grid())
+def test_offline_grid_configs_validate(model, method, dataset):
+  cfg = config_lib.load_config(f"{CONFIGS / 'offline.py'}:{model},{method},{dataset}")
+  config_lib.validate(cfg)
+  assert (cfg.model, cfg.dataset) == (model, dataset)
+  assert cfg.mode == ("palm" if method == "mobileprune_palm" else "prox_sgd")
+  assert cfg.method == ("mobileprune" if method == "mobileprune_palm" else method)
+
+
+@pytest.mark.parametrize("name", ["wisdm", "uci_har", "pamap2"])
+def test_har_paper_configs_have_both_modes(name):
+  path = CONFIGS / f"paper_mobileprune_{name}_har.py"
+  palm_cfg = config_lib.load_config(path)
+  code_cfg = config_lib.load_config(f"{path}:paper_code")
+  for cfg in (palm_cfg, code_cfg):
+    config_lib.validate(cfg)
+  assert (palm_cfg.method, palm_cfg.mode) == ("mobileprune", "palm")
+  assert code_cfg.method == "magnitude" and code_cfg.magnitude.threshold == {"wisdm": 0.015, "uci_har": 0.005,
+                                                                            "pamap2": 0.01}[name]
+  with pytest.raises(config_lib.ConfigError, match="bad argument"):
+    config_lib.load_config(f"{path}:sgd")
+
+
+def test_config_argument_errors_are_config_errors():
+  with pytest.raises(config_lib.ConfigError, match="bad argument"):
+    config_lib.load_config(f"{CONFIGS / 'offline.py'}:lenet5,nope,mnist_subset")
+  with pytest.raises(config_lib.ConfigError, match="get_config"):
+    config_lib.load_config(f"{CONFIG}:extra")  # a get_config() without an argument
+  with pytest.raises(config_lib.ConfigError, match="does not exist"):
+    config_lib.load_config(f"{CONFIGS / 'missing.py'}:x")
+
+
+def test_magnitude_threshold_zeroes_small_conv_weights_only():
+  model = models.create("lenet5", seed=3)
+  x = jnp.zeros((1, 28, 28, 1))
+  flat = lambda: {groups.path_to_str(k): np.asarray(v)
+                  for k, v in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
+  before = flat()
+  info = pipeline.magnitude_threshold(model, x, threshold=0.1, layers="conv", exclude="fc2/kernel")
+  after = flat()
+  expected_zeroed = 0
+  for path, w in before.items():
+    if path.endswith("kernel") and w.ndim == 4:  # conv: brute-force rule keep |w| > t
+      np.testing.assert_array_equal(after[path], np.where(np.abs(w) > 0.1, w, 0))
+      expected_zeroed += int(np.sum((np.abs(w) <= 0.1) & (w != 0)))
+    else:
+      np.testing.assert_array_equal(after[path], w)
+  assert info["magnitude_zeroed"] == expected_zeroed > 0
+
+
+def test_magnitude_run_prunes_conv_channels(tmp_path):
+  summary = pipeline.run(_small("magnitude", model="lenet5", **{"magnitude.threshold": 0.2, "retrain.epochs": 0}),
+                         tmp_path, log=lambda *_: None)
+  assert summary["method"] == "magnitude"
+  lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+  assert any(e.get("magnitude_zeroed", 0) > 0 for e in lines)
+  assert summary["nonzero_params"] < summary["params_total"]

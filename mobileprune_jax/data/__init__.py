@@ -93,6 +93,18 @@ def _har(name: str) -> Callable[..., Dataset]:
   return load
 
 
+def _tiny_imagenet(data_dir: str | None = None, **_) -> Dataset:
+  from mobileprune_jax.data import tiny_imagenet
+
+  root = tiny_imagenet.find_root(data_dir) if data_dir else None
+  if root is None:
+    raise DataUnavailableError(
+        "tiny_imagenet needs --config.data_dir pointing at the unzipped tiny-imagenet-200 directory (with wnids.txt, "
+        "train/, val/) from http://cs231n.stanford.edu/tiny-imagenet-200.zip")
+  (tx, ty), (vx, vy) = tiny_imagenet.read(root)
+  return Dataset("tiny_imagenet", _images(tx), ty, _images(vx), vy, 200)
+
+
 def _basic_motions(data_dir: str | None = None, **_) -> Dataset:
   try:
     from aeon.datasets import load_basic_motions
@@ -123,6 +135,7 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "uci_har": _har("uci_har"),
     "pamap2": _har("pamap2"),
     "basic_motions": _basic_motions,
+    "tiny_imagenet": _tiny_imagenet,
 }
 
 

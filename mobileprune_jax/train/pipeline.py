@@ -153,6 +153,22 @@ def degl_threshold(model: nnx.Module, sample_input, t_th: float, exclude: str) -
   return {"degl_removed_units": removed, "t_th": t_th}
 
 
+def magnitude_threshold(model: nnx.Module, sample_input, threshold: float, layers: str, exclude: str) -> dict[str, Any]:
+  """Zeroes every kernel weight with |w| <= threshold in conv layers (``layers="conv"``) or all layers but ``exclude``."""
+  graph = depgraph.trace(model, sample_input)
+  variables = _variables(model)
+  zeroed = 0
+  for layer in graph.layers:
+    var = variables[layer.kernel_path]
+    kernel = var.get_value()
+    if layer.kernel_path == exclude or (layers == "conv" and kernel.ndim < 3):
+      continue
+    small = jnp.abs(kernel) <= threshold
+    zeroed += int(jnp.sum(small & (kernel != 0)))
+    var.set_value(jnp.where(small, jnp.zeros_like(kernel), kernel))
+  return {"magnitude_zeroed": zeroed, "threshold": threshold}
+
+
 def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
   return {"/".join(str(p) for p in path): node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Variable)}
 
@@ -166,6 +182,14 @@ def build_phases(cfg: ml_collections.ConfigDict, model: nnx.Module, sample_input
   if pre.epochs:
     phases.append(Phase("pretrain", pre.epochs, make_tx=lambda: _optimizer(pre, pre.epochs * steps_per_epoch)))
   if cfg.method == "dense":
+    return phases
+  if cfg.method == "magnitude":
+    mg = cfg.magnitude
+    phases.append(Phase("threshold", 0, on_end=lambda m: magnitude_threshold(m, sample_input, mg.threshold, mg.layers,
+                                                                              last_kernel)))
+    if rt.epochs:
+      phases.append(Phase("retrain/1", rt.epochs, make_tx=lambda: optax.chain(
+          _optimizer(rt, rt.epochs * steps_per_epoch), transforms.keep_support())))
     return phases
   if cfg.method in ("degl", "egl", "degl_group_lasso"):
     d = cfg.degl
@@ -321,7 +345,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, resume: boo
       n_steps = min(steps_per_epoch, phase.steps - epoch * steps_per_epoch) if phase.steps else steps_per_epoch
       skip = state["step"]
       progress = _progress(cfg, phase.name, epoch, epochs, n_steps, skip)
-      losses, accs = [], []
+      losses, accs, lips = [], [], []
       for i, (xb, yb) in enumerate(data_lib.batches(ds.train_x, ds.train_y, cfg.batch_size, order_seed, skip=skip)):
         if skip + i >= n_steps:
           break
@@ -329,6 +353,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, resume: boo
         if palm_step is not None:
           loss, lip = palm_step(model, xb, yb)
           acc = jnp.nan
+          lips.append(lip)
         else:
           loss, acc = train_step(model, optimizer, xb, yb)
         losses.append(loss)
@@ -350,9 +375,16 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, resume: boo
                "loss": float(np.mean([float(v) for v in losses])) if losses else None,
                "test_accuracy": test_acc, "val_accuracy": val_acc, "nonzero_fraction": _sparsity(model),
                "seconds": round(time.time() - t_start, 1)}
+      if entry["loss"] is not None and not math.isfinite(entry["loss"]):
+        raise FloatingPointError(f"{cfg.name}: the training loss became {entry['loss']} in phase {phase.name!r}, epoch "
+                                 f"{epoch + 1}; lower the learning rate or the penalty coefficients (the last good "
+                                 "checkpoint is kept, but resuming would diverge again)")
+      if lips:  # PALM: mean backtracked Lipschitz estimate (the step is 1 / (palm_gamma * L))
+        entry["palm_lipschitz"] = float(np.mean([float(v) for v in lips]))
       record(entry)
       log(f"[{phase.name}] epoch {epoch + 1}/{epochs}  loss {entry['loss'] if entry['loss'] is None else round(entry['loss'], 4)}  "
-          f"test acc {test_acc:.4f}  nonzero {100 * entry['nonzero_fraction']:.2f} %")
+          f"test acc {test_acc:.4f}  nonzero {100 * entry['nonzero_fraction']:.2f} %"
+          + (f"  L {entry['palm_lipschitz']:.3g}" if lips else ""))
       state.update(phase=p_index, epoch=epoch + 1, step=0)
       save(optimizer)
     if phase.on_end is not None:
