@@ -87,6 +87,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
   except FileExistsError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except FloatingPointError as e:  # the run diverged: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr)
+    return 3
   return 0
 
 

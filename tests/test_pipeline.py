@@ -269,3 +269,10 @@ def test_magnitude_run_prunes_conv_channels(tmp_path):
   lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
   assert any(e.get("magnitude_zeroed", 0) > 0 for e in lines)
   assert summary["nonzero_params"] < summary["params_total"]
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tmp_path):
+  cfg = _small("l1", **{"prune.lr": 1e8, "pretrain.epochs": 0})
+  with pytest.raises(FloatingPointError, match="loss became .* in phase 'prune/1', epoch 1; lower the learning rate"):
+    pipeline.run(cfg, tmp_path, log=lambda *_: None)
+  assert not (tmp_path / "summary.json").exists()
