@@ -140,10 +140,11 @@ def dataset_table(dataset: str, cells) -> str:
   return "\n".join(lines) + "\n"
 
 
-# headline rows of the papers (spec §I): (paper, data, model, base, pruned, params remaining, MACs, our cell)
+# headline rows of the papers (spec §I): (paper, data, model, base, pruned, params remaining, MACs,
+# our cells = (model, method, ...) or None)
 PAPER_ROWS = [
-    ("MobilePrune", "MNIST", "LeNet-300-100", 98.24, 98.23, "5.25K / 267K (1.97 %)", "25.79K", ("lenet300", "mobileprune_palm")),
-    ("MobilePrune", "MNIST", "LeNet-5", 99.12, 99.11, "2.31K / 431K (0.54 %)", "113.50K / 2293K", ("lenet5", "mobileprune_palm")),
+    ("MobilePrune", "MNIST", "LeNet-300-100", 98.24, 98.23, "5.25K / 267K (1.97 %)", "25.79K", ("lenet300", "mobileprune_palm", "mobileprune")),
+    ("MobilePrune", "MNIST", "LeNet-5", 99.12, 99.11, "2.31K / 431K (0.54 %)", "113.50K / 2293K", ("lenet5", "mobileprune_palm", "mobileprune")),
     ("MobilePrune ablation", "MNIST", "LeNet-5 ℓ0", None, None, "321K / 431K", "–", ("lenet5", "l0")),
     ("MobilePrune ablation", "MNIST", "LeNet-5 group lasso", None, None, "8.81K / 431K", "187.0K", ("lenet5", "group_lasso")),
     ("MobilePrune ablation", "MNIST", "LeNet-5 ℓ1-SGL", None, None, "9.98K / 431K", "183.8K", ("lenet5", "l1_sgl")),
@@ -152,9 +153,9 @@ PAPER_ROWS = [
     ("MobilePrune", "CIFAR-10", "ResNet-32 (wide)", 95.29, 95.47, "2.93M / 7.42M (39.49 %)", "371.30M", None),
     ("MobilePrune", "Tiny-ImageNet", "VGG-19", 61.56, 56.27, "4.05M / 20.12M", "407.37M / 1592.53M", None),
     ("DEGL", "CIFAR-10", "VGG-16", 93.25, 93.55, "13.3 / 12.0 / 10.0 %", "−85.6 / −87.0 / −88.1 %", None),
-    ("MobilePrune", "WISDM", "1D-CNN", 94.97, 94.65, "params 28.03 %, nnz 9.52 %", "delay 0.50→0.17 s", ("har_cnn", "mobileprune_palm")),
-    ("MobilePrune", "UCI-HAR", "1D-CNN", 90.06, 89.96, "params 46.83 %, nnz 23.00 %", "delay 1.01→0.43 s", ("har_cnn", "mobileprune_palm")),
-    ("MobilePrune", "PAMAP2", "1D-CNN", 96.89, 96.95, "params 3.72 %, nnz 1.26 %", "delay 0.51→0.05 s", ("har_cnn", "mobileprune_palm")),
+    ("MobilePrune", "WISDM", "1D-CNN", 94.97, 94.65, "params 28.03 %, nnz 9.52 %", "delay 0.50→0.17 s", ("har_cnn", "mobileprune_palm", "mobileprune")),
+    ("MobilePrune", "UCI-HAR", "1D-CNN", 90.06, 89.96, "params 46.83 %, nnz 23.00 %", "delay 1.01→0.43 s", ("har_cnn", "mobileprune_palm", "mobileprune")),
+    ("MobilePrune", "PAMAP2", "1D-CNN", 96.89, 96.95, "params 3.72 %, nnz 1.26 %", "delay 0.51→0.05 s", ("har_cnn", "mobileprune_palm", "mobileprune")),
 ]
 OUR_DATA = {"MNIST": ("mnist_subset", "fashion_mnist_idx"), "WISDM": ("basic_motions",), "UCI-HAR": ("basic_motions",),
             "PAMAP2": ("basic_motions",)}
@@ -187,17 +188,19 @@ def side_by_side(cells) -> str:
     prefix = f"| {paper} | {data} | {model} | {acc} | {params} | {macs} |"
     rows = []
     if ours is not None:
-      for dataset in OUR_DATA.get(data, ()):
-        ss = cells.get((dataset, *ours))
+      model_ours, *methods = ours
+      for dataset, method in ((d, m) for d in OUR_DATA.get(data, ()) for m in methods):
+        ss = cells.get((dataset, model_ours, method))
         if not ss:
           continue
         st = cell_stats(ss)
         base_ours = mean_std(st["base"]) if any(v is not None for v in st["base"]) else "–"
-        rows.append(f" ⚠ {dataset} | {METHOD_NAMES[ours[1]]} | {base_ours} → {mean_std(st['pruned'])} | "
+        rows.append(f" ⚠ {dataset} | {METHOD_NAMES[method]} | {base_ours} → {mean_std(st['pruned'])} | "
                     f"{statistics.mean(st['params']):,.0f} ({mean_std(st['params_pct'])}) | {mean_std(st['macs_pct'])} | "
                     f"`{config}` |")
     if not rows:
-      rows = [f" not run here (no {data} offline) | – | – | – | – | `{config}` |"]
+      reason = "no run of this cell in the run directories" if data in OUR_DATA and ours else f"not run here (no {data} offline)"
+      rows = [f" {reason} | – | – | – | – | `{config}` |"]
     lines += [prefix + r for r in rows]
   return "\n".join(lines) + "\n"
 

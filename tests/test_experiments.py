@@ -53,11 +53,13 @@ def test_report_tables_hold_the_seed_statistics(runs, tmp_path):
   for p in pngs:
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
   side = (tmp_path / "paper_vs_ours.md").read_text()
-  # the MobilePrune LeNet-300 row has no PALM run here -> marked as not run; DEGL/CIFAR rows name their configs
+  # LeNet-300: our prox-SGD cell (no PALM run here); LeNet-5: no run; CIFAR rows: not runnable here, config named
   assert "| MobilePrune | CIFAR-10 | VGG-like |" in side and "paper_mobileprune_vgglike_cifar10" in side
-  for line in side.splitlines():
-    if line.startswith("| MobilePrune | MNIST | LeNet-300-100"):
-      assert "not run here" in line
+  lenet300 = [x for x in side.splitlines() if x.startswith("| MobilePrune | MNIST | LeNet-300-100")]
+  assert len(lenet300) == 1 and "MobilePrune (prox-SGD)" in lenet300[0]
+  assert f"→ {mean:.2f} ± {std:.2f}" in lenet300[0] and "⚠ mnist_subset" in lenet300[0]
+  lenet5 = [x for x in side.splitlines() if x.startswith("| MobilePrune | MNIST | LeNet-5 |")]
+  assert len(lenet5) == 1 and "no run of this cell" in lenet5[0]
 
 
 def test_side_by_side_uses_our_cell(runs, tmp_path):

@@ -41,8 +41,10 @@ COEF = {
     "l0": dict(l0=1e-3, neuron=0.0, channel=0.0, shape=0.0),
     "l1": dict(l0=0.0, neuron=0.0, channel=0.0, shape=0.0, l1=5e-3),
 }
-# PALM steps are 1/(1.1 L) per block (L from backtracking), not the SGD learning rate
+# PALM steps are 1/(1.1 L) per block (L from backtracking), not the SGD learning rate. LeNet-5's blocks have
+# L ≈ 4-5 (steps ≈ 0.2); LeNet-300's start at L ≈ 1.3 (steps ≈ 0.7), so its coefficients are 4× smaller.
 PALM_COEF = dict(l0=1.25e-4, neuron=1.2e-2, channel=2.5e-2, shape=5e-3)
+PALM_MODEL_SCALE = {"lenet300": 0.25}
 ACCUMULATING = ("neuron", "channel", "shape", "l1")
 
 
@@ -65,7 +67,7 @@ def get_config(arg: str = "lenet5,mobileprune,mnist_subset"):
   c.retrain = dict(epochs=p["retrain"], optimizer="adam", lr=5e-4)
   if method == "mobileprune_palm":
     c.mode = "palm"
-    coef = dict(PALM_COEF)
+    coef = {k: v * PALM_MODEL_SCALE.get(model, 1.0) for k, v in PALM_COEF.items()}
   elif method in COEF:
     coef = dict(COEF[method])
   else:  # degl / egl
