@@ -210,6 +210,7 @@ def plot_accuracy_vs_params(dataset: str, cells, path: pathlib.Path) -> None:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
 
   models = [m for m in MODELS.get(dataset, ()) if any(k[:2] == (dataset, m) for k in cells)]
   fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
@@ -228,6 +229,8 @@ def plot_accuracy_vs_params(dataset: str, cells, path: pathlib.Path) -> None:
     if base:
       ax.axhline(statistics.mean(base), color="grey", linestyle="--", linewidth=1, label="dense (mean)")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("parameters of the shrunk model (% of dense, log)")
     ax.set_ylabel("test accuracy after pruning (%)")
     ax.set_title(f"{model} on {dataset}")
@@ -244,13 +247,14 @@ def plot_widths(dataset: str, model: str, cells, path: pathlib.Path) -> None:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
 
   methods = [m for m in METHODS if (dataset, model, m) in cells]
   if not methods:
     return
   before = cells[(dataset, model, methods[0])][0]["widths_before"]
   layers = list(before)
-  fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(layers) * (len(methods) + 1) / 4), 4.2))
+  fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(layers) * (len(methods) + 1) / 4), 4.5))
   width = 0.8 / (len(methods) + 1)
   xs = range(len(layers))
   ax.bar([x - 0.4 + width / 2 for x in xs], [before[k] for k in layers], width, color="lightgrey", label="dense")
@@ -260,8 +264,9 @@ def plot_widths(dataset: str, model: str, cells, path: pathlib.Path) -> None:
            label=METHOD_NAMES[method])
   ax.set_xticks(list(xs), [k.replace("/kernel", "") for k in layers], rotation=30, ha="right", fontsize=8)
   ax.set_yscale("log")
+  ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
   ax.set_ylabel("output channels / units kept (log)")
-  ax.set_title(f"{model} on {dataset}: layer widths before / after pruning (seed 0)")
+  ax.set_title(f"{model} on {dataset}: output widths per layer, dense vs pruned (seed 0)", fontsize=10)
   ax.legend(fontsize=7, ncol=3)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
