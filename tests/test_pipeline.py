@@ -276,3 +276,15 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path):
   with pytest.raises(FloatingPointError, match="loss became .* in phase 'prune/1', epoch 1; lower the learning rate"):
     pipeline.run(cfg, tmp_path, log=lambda *_: None)
   assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize("name,row,method,t_th", [
+    ("paper_degl_lenet5_mnist.py", "DEGL1", "degl", 1e-5), ("paper_degl_lenet5_mnist.py", "EGL4", "egl", 1e-2),
+    ("paper_degl_vgg16_cifar10.py", "GL2", "degl_group_lasso", 1e-3), ("paper_degl_resnet56_cifar10.py", "DEGL3", "degl", 1e-2),
+])
+def test_degl_paper_configs_select_table_rows(name, row, method, t_th):
+  cfg = config_lib.load_config(f"{CONFIGS / name}:{row}")
+  config_lib.validate(cfg)
+  assert (cfg.method, cfg.degl.t_th) == (method, t_th)
+  with pytest.raises(config_lib.ConfigError, match="bad argument"):
+    config_lib.load_config(f"{CONFIGS / name}:DEGL9")

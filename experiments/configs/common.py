@@ -48,12 +48,21 @@ def paper_mobileprune(model, dataset, *, l0, neuron, channel, shape, prune_epoch
   return c
 
 
-def paper_degl(model, dataset, *, epochs, gamma, lam, t_th, batch_size, lr=0.05, retrain_epochs=None):
-  """A DEGL paper row (spec §H): EGL selection for `epochs`, threshold t_th, debiased retraining."""
-  c = base(model, "degl")
-  c.name = f"paper_{model}_{dataset}_degl"
+def paper_degl(model, dataset, *, epochs, gamma, lam, thresholds, row, batch_size, lr=0.05, retrain_epochs=None):
+  """A DEGL paper row (spec §H): EGL selection for `epochs`, threshold t_th, debiased retraining.
+
+  ``row`` names the table row: ``DEGL<i>`` (t_th = thresholds[i-1]), ``EGL<i>`` (same threshold, retrained with
+  the full cost, no debiasing) or ``GL<i>`` (the group-lasso ablation: λ = 0).
+  """
+  kinds = {"DEGL": "degl", "EGL": "egl", "GL": "degl_group_lasso"}
+  kind = row.rstrip("0123456789")
+  index = row[len(kind):]
+  if kind not in kinds or not index.isdigit() or not 1 <= int(index) <= len(thresholds):
+    raise ValueError(f"row must be DEGL1..DEGL{len(thresholds)}, EGL<i> or GL<i>, got {row!r}")
+  c = base(model, kinds[kind])
+  c.name = f"paper_{model}_{dataset}_{row.lower()}"
   c.dataset = dataset
   c.batch_size = batch_size
-  c.degl = dict(select_epochs=epochs, lr=lr, momentum=0.9, gamma=gamma, lam=lam, t_th=t_th,
+  c.degl = dict(select_epochs=epochs, lr=lr, momentum=0.9, gamma=gamma, lam=lam, t_th=thresholds[int(index) - 1],
                 retrain_epochs=retrain_epochs if retrain_epochs is not None else max(epochs // 4, 1))
   return c

@@ -1,4 +1,7 @@
-"""DEGL, VGG-16 / CIFAR-10 (Table 2: 300 epochs, γ 1e-5, λ 1e-6; t_th 1e-4, 1e-3, 1e-2 for DEGL1..3 — DEGL3 here)."""
+"""DEGL, VGG-16 / CIFAR-10 (Table 2: 300 epochs, γ 1e-5, λ 1e-6; t_th 1e-4, 1e-3, 1e-2 for DEGL1..3).
+
+Argument: the table row, ``DEGL1``..``DEGL3`` (default DEGL3), ``EGL<i>`` or ``GL<i>``.
+"""
 
 import pathlib
 import sys
@@ -7,5 +10,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import common  # noqa: E402
 
 
-def get_config():
-  return common.paper_degl("vgg_like", "cifar10", epochs=300, gamma=1e-5, lam=1e-6, t_th=1e-2, batch_size=256)
+def get_config(row="DEGL3"):
+  return common.paper_degl("vgg_like", "cifar10", epochs=300, gamma=1e-5, lam=1e-6, thresholds=(1e-4, 1e-3, 1e-2), row=row,
+                           batch_size=256)
