@@ -302,3 +302,43 @@ def test_bad_input_is_a_clear_error():
     prox.pi(y, np.ones(3), 0.0)
   with pytest.raises(ValueError, match="at least 2 dimension"):
     prox.theta(np.ones(3, np.float32), 0.1, 0.1, 0.1)
+
+
+_ONE_DEVICE_SCRIPT = """
+import sys, numpy as np, jax
+from mobileprune_jax import prox
+assert jax.device_count() == 1
+rng = np.random.default_rng(7)
+out = {}
+for dtype in (np.float32, np.float64):
+  jax.config.update("jax_enable_x64", dtype == np.float64)
+  y = rng.normal(size=(6, 40, 500)).astype(dtype) * 0.05
+  out[f"pi_{dtype.__name__}"] = np.asarray(prox.pi(y, 0.2, 2e-4))
+  t = rng.normal(size=(64, 9, 128)).astype(dtype) * 0.05
+  out[f"theta_{dtype.__name__}"] = np.asarray(prox.theta(t, 1e-4, 1e-2, 5e-2))
+  out[f"y_{dtype.__name__}"], out[f"t_{dtype.__name__}"] = y, t
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_single_device_host_sort_path_matches_the_xla_path(tmp_path):
+  """On one CPU device the sorts run in numpy via host callbacks; the test session (8 devices) uses XLA's."""
+  import os
+  import subprocess
+  import sys
+
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  path = tmp_path / "one_device.npz"
+  subprocess.run([sys.executable, "-c", _ONE_DEVICE_SCRIPT, str(path)], env=env, check=True, timeout=300)
+  got = np.load(path)
+  assert jax.device_count() > 1
+  for dtype in (np.float32, np.float64):
+    name = dtype.__name__
+    with jax.enable_x64(dtype == np.float64):
+      ref_pi = np.asarray(prox.pi(got[f"y_{name}"], 0.2, 2e-4))
+      ref_theta = np.asarray(prox.theta(got[f"t_{name}"], 1e-4, 1e-2, 5e-2))
+    for one, ref in ((got[f"pi_{name}"], ref_pi), (got[f"theta_{name}"], ref_theta)):
+      assert one.dtype == dtype
+      np.testing.assert_array_equal(one == 0, ref == 0)  # the same supports
+      np.testing.assert_allclose(one, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=0)
+      assert 0.05 < np.mean(ref == 0) < 0.95  # a partial-support regime, so supports can differ
