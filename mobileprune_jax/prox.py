@@ -115,35 +115,52 @@ _HOST_POOL = concurrent.futures.ThreadPoolExecutor(_HOST_THREADS) if _HOST_THREA
 _PARALLEL_MIN_SIZE = 1 << 18
 
 
-def _host_rows(fn: Callable[[np.ndarray], np.ndarray], a: np.ndarray, dtype) -> np.ndarray:
-  """Applies ``fn`` to the rows (last axis) of ``a`` in numpy; large inputs are split over threads.
+def _host_rows(fn: Callable[[np.ndarray, np.ndarray], None], a: np.ndarray, dtype, width: int | None = None) -> np.ndarray:
+  """Runs ``fn(rows, out_rows)`` over the rows (last axis) of ``a`` in numpy; large inputs are split over threads.
 
+  ``fn`` writes its result for rows (r, n) into out_rows (r, width) (width = n unless given).
   ``a`` may arrive as a jax.Array: it is turned into numpy first, because running any jax
   computation inside a host callback deadlocks the CPU backend.
   """
   a = np.asarray(a)
   rows = a.reshape(-1, a.shape[-1])
-  out = np.empty(rows.shape, dtype)
+  width = rows.shape[-1] if width is None else width
+  out = np.empty((rows.shape[0], width), dtype)
 
   def run(lo, hi):
-    out[lo:hi] = fn(rows[lo:hi])
+    fn(rows[lo:hi], out[lo:hi])
 
   if _HOST_POOL is None or a.size < _PARALLEL_MIN_SIZE or rows.shape[0] < 2:
     run(0, rows.shape[0])
   else:
     bounds = np.linspace(0, rows.shape[0], _HOST_THREADS + 1).astype(int)
     list(_HOST_POOL.map(run, bounds[:-1], bounds[1:]))  # numpy releases the GIL in sort
-  return out.reshape(a.shape)
+  return out.reshape(a.shape[:-1] + (width,))
 
 
 def _host_argsort_desc(a: np.ndarray, kind: str) -> np.ndarray:
   """numpy argsort (descending) along the last axis."""
-  return _host_rows(lambda r: np.argsort(-r, axis=-1, kind=kind), a, np.int32)
+  def fn(rows, out):
+    out[:] = np.argsort(-rows, axis=-1, kind=kind)
+
+  return _host_rows(fn, a, np.int32)
 
 
-def _host_sort_desc(a: np.ndarray) -> np.ndarray:
-  """numpy sort (descending) along the last axis: values only, ~10× faster than argsort (vectorised)."""
-  return _host_rows(lambda r: np.sort(r, axis=-1)[:, ::-1], a, np.asarray(a).dtype)
+def _host_sorted_cumsq(a: np.ndarray) -> np.ndarray:
+  """[a sorted ascending, prefix sums of the squares in descending order] along the last axis, in numpy.
+
+  Values only: numpy's vectorised sort is ~10× faster than argsort, and its cumsum than any
+  scan XLA runs on CPU. Written in place into one output buffer.
+  """
+  n = np.shape(a)[-1]
+
+  def fn(rows, out):
+    srt = out[:, :n]
+    srt[:] = rows
+    srt.sort(axis=-1)
+    np.cumsum(np.square(srt[:, ::-1]), axis=-1, out=out[:, n:])
+
+  return _host_rows(fn, a, np.asarray(a).dtype, width=2 * n)
 
 
 def _cpu_argsort_desc(a: Array, kind: str) -> Array:
@@ -156,12 +173,14 @@ def _device_argsort_desc(a: Array) -> Array:
   return jnp.argsort(-a, axis=-1).astype(jnp.int32)
 
 
-def _cpu_sort_desc(a: Array) -> Array:
-  return jax.pure_callback(_host_sort_desc, jax.ShapeDtypeStruct(a.shape, a.dtype), a, vmap_method="expand_dims")
+def _cpu_sorted_cumsq(a: Array) -> Array:
+  out = jax.ShapeDtypeStruct(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+  return jax.pure_callback(_host_sorted_cumsq, out, a, vmap_method="expand_dims")
 
 
-def _device_sort_desc(a: Array) -> Array:
-  return -jnp.sort(-a, axis=-1)
+def _device_sorted_cumsq(a: Array) -> Array:
+  srt = jnp.sort(a, axis=-1)
+  return jnp.concatenate([srt, _scan(jnp.add, jnp.square(jnp.flip(srt, axis=-1)))], axis=-1)
 
 
 def _argsort_desc(a: Array, runs: bool = False) -> Array:
@@ -182,13 +201,14 @@ def _argsort_desc(a: Array, runs: bool = False) -> Array:
   return jax.lax.platform_dependent(a, cpu=cpu, default=_device_argsort_desc)
 
 
-def _sort_desc(a: Array) -> Array:
-  """a sorted in descending order along the last axis (same backend choice as ``_argsort_desc``)."""
-  if a.shape[-1] <= 1 or a.size == 0:
-    return a
-  if jax.device_count() > 1:
-    return _device_sort_desc(a)
-  return jax.lax.platform_dependent(a, cpu=_cpu_sort_desc, default=_device_sort_desc)
+def _sorted_cumsq(a: Array) -> Array:
+  """[a sorted ascending, prefix sums of the squares in descending order] along the last axis.
+
+  Backends as ``_argsort_desc``.
+  """
+  if a.size == 0 or jax.device_count() > 1:
+    return _device_sorted_cumsq(a)
+  return jax.lax.platform_dependent(a, cpu=_cpu_sorted_cumsq, default=_device_sorted_cumsq)
 
 
 def _scan(op, x: Array, reverse: bool = False) -> Array:
@@ -203,8 +223,9 @@ def _sorted_norms(y: Array) -> tuple[Array, Array]:
     a_sorted: |y| in descending order, shape (..., n).
     s: s[..., k] = ‖top-k entries of y‖₂ for k = 0..n (shape (..., n + 1), s[..., 0] = 0).
   """
-  a_sorted = _sort_desc(jnp.abs(y))
-  cum = _scan(jnp.add, jnp.square(a_sorted))
+  n = y.shape[-1]
+  both = _sorted_cumsq(jnp.abs(y))
+  a_sorted, cum = jnp.flip(both[..., :n], axis=-1), both[..., n:]
   zero = jnp.zeros(cum.shape[:-1] + (1,), cum.dtype)
   return a_sorted, jnp.sqrt(jnp.concatenate([zero, cum], axis=-1))
 
@@ -220,7 +241,10 @@ def _top_k_mask(a: Array, a_sorted: Array, k: Array) -> Array:
   above = a > kth
   tied = a == kth
   room = k[..., None] - jnp.sum(above, axis=-1, keepdims=True)
-  keep = above | (tied & (_scan(jnp.add, tied.astype(jnp.int32)) <= room))
+  too_many_tied = jnp.any((jnp.sum(tied, axis=-1, keepdims=True) > room) & (k[..., None] > 0))
+  keep = jax.lax.cond(too_many_tied,  # rare (exact ties at the cut): rank the tied entries
+                      lambda: above | (tied & (_scan(jnp.add, tied.astype(jnp.int32)) <= room)),
+                      lambda: above | tied)
   return keep & (k[..., None] > 0)
 
 
