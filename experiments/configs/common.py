@@ -1,4 +1,4 @@
-"""Shared settings of the CPU-sized runs on the embedded MNIST subset / Fashion-MNIST."""
+"""Builders shared by the configs: the CPU-sized base run, MobilePrune paper rows (PALM), DEGL paper rows."""
 
 import ml_collections
 
