@@ -288,3 +288,30 @@ def test_degl_paper_configs_select_table_rows(name, row, method, t_th):
   assert (cfg.method, cfg.degl.t_th) == (method, t_th)
   with pytest.raises(config_lib.ConfigError, match="bad argument"):
     config_lib.load_config(f"{CONFIGS / name}:DEGL9")
+
+
+def _write_wisdm(directory, lines=3000):
+  from mobileprune_jax.data import har
+
+  rng = np.random.default_rng(5)
+  text = "\n".join(f"{i % 7},{har.WISDM_CLASSES[(i // 150) % 6]},{1000 + i},{x:.4f},{y:.4f},{z:.4f};"
+                   for i, (x, y, z) in enumerate(rng.normal(size=(lines, 3))))
+  (directory / "WISDM_ar_v1.1_raw.txt").write_text(text)
+
+
+@pytest.mark.parametrize("mode", ["palm", "paper_code"])
+def test_wisdm_paper_config_runs_on_raw_files(tmp_path, mode):
+  """The paper-row config end to end on WISDM-format raw files (synthetic), shortened."""
+  _write_wisdm(tmp_path)
+  cfg = config_lib.load_config(f"{CONFIGS / 'paper_mobileprune_wisdm_har.py'}:{mode}")
+  config_lib.apply_overrides(cfg, [f"data_dir={tmp_path}", "pretrain.epochs=1", "prune.iterations=1", "prune.epochs=1",
+                                   "retrain.epochs=1", "progress=False", "data_parallel=False",
+                                   "magnitude.threshold=0.03"])
+  summary = pipeline.run(cfg, tmp_path / "run", log=lambda *_: None)
+  # spec §F: 5 × Conv1D(k=10, 128, no bias) on 80×3 windows → flatten 128·35 = 4480 → 100 → 6
+  assert summary["params_total"] == 3 * 128 * 10 + 4 * 128 * 128 * 10 + 4480 * 100 + 100 + 100 * 6 + 6
+  assert summary["input_shape"] == [80, 3]
+  assert summary["nonzero_params"] < summary["params_total"]
+  assert summary["mode"] == ("palm" if mode == "palm" else "prox_sgd")
+  phases = [json.loads(x)["phase"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+  assert phases[0] == "pretrain" and (("prune/1" in phases) == (mode == "palm")) and (("threshold" in phases) == (mode != "palm"))
