@@ -216,7 +216,7 @@ def plot_accuracy_vs_params(dataset: str, cells, path: pathlib.Path) -> None:
   import matplotlib.ticker
 
   models = [m for m in MODELS.get(dataset, ()) if any(k[:2] == (dataset, m) for k in cells)]
-  fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+  fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.8), squeeze=False)
   for ax, model in zip(axes[0], models):
     for i, method in enumerate(METHODS):
       ss = cells.get((dataset, model, method))
@@ -238,8 +238,12 @@ def plot_accuracy_vs_params(dataset: str, cells, path: pathlib.Path) -> None:
     ax.set_ylabel("test accuracy after pruning (%)")
     ax.set_title(f"{model} on {dataset}")
     ax.grid(True, which="both", alpha=0.3)
-  axes[0][-1].legend(fontsize=7, loc="lower right")
-  fig.tight_layout()
+  handles = {}
+  for ax in axes[0]:
+    for h, label in zip(*ax.get_legend_handles_labels()):
+      handles.setdefault(label, h)
+  fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=5, fontsize=8)
+  fig.tight_layout(rect=(0, 0.12, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
@@ -257,7 +261,7 @@ def plot_widths(dataset: str, model: str, cells, path: pathlib.Path) -> None:
     return
   before = cells[(dataset, model, methods[0])][0]["widths_before"]
   layers = list(before)
-  fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(layers) * (len(methods) + 1) / 4), 4.5))
+  fig, ax = plt.subplots(figsize=(min(12.0, max(8.0, 0.2 * len(layers) * (len(methods) + 1))), 4.5))
   width = 0.8 / (len(methods) + 1)
   xs = range(len(layers))
   ax.bar([x - 0.4 + width / 2 for x in xs], [before[k] for k in layers], width, color="lightgrey", label="dense")
@@ -270,7 +274,8 @@ def plot_widths(dataset: str, model: str, cells, path: pathlib.Path) -> None:
   ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
   ax.set_ylabel("output channels / units kept (log)")
   ax.set_title(f"{model} on {dataset}: output widths per layer, dense vs pruned (seed 0)", fontsize=10)
-  ax.legend(fontsize=7, ncol=3)
+  ax.set_ylim(top=8 * max(before.values()))  # room for the legend above the bars
+  ax.legend(fontsize=7, ncol=5, loc="upper center")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
