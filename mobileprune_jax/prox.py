@@ -138,10 +138,10 @@ def _host_rows(fn: Callable[[np.ndarray, np.ndarray], None], a: np.ndarray, dtyp
   return out.reshape(a.shape[:-1] + (width,))
 
 
-def _host_argsort_desc(a: np.ndarray, kind: str) -> np.ndarray:
-  """numpy argsort (descending) along the last axis."""
+def _host_argsort_desc(a: np.ndarray) -> np.ndarray:
+  """numpy stable argsort (descending) along the last axis."""
   def fn(rows, out):
-    out[:] = np.argsort(-rows, axis=-1, kind=kind)
+    out[:] = np.argsort(-rows, axis=-1, kind="stable")
 
   return _host_rows(fn, a, np.int32)
 
@@ -163,10 +163,9 @@ def _host_sorted_cumsq(a: np.ndarray) -> np.ndarray:
   return _host_rows(fn, a, np.asarray(a).dtype, width=2 * n)
 
 
-def _cpu_argsort_desc(a: Array, kind: str) -> Array:
+def _cpu_argsort_desc(a: Array) -> Array:
   out = jax.ShapeDtypeStruct(a.shape, jnp.int32)
-  host = functools.partial(_host_argsort_desc, kind=kind)
-  return jax.pure_callback(host, out, a, vmap_method="expand_dims")
+  return jax.pure_callback(_host_argsort_desc, out, a, vmap_method="expand_dims")
 
 
 def _device_argsort_desc(a: Array) -> Array:
@@ -183,22 +182,20 @@ def _device_sorted_cumsq(a: Array) -> Array:
   return jnp.concatenate([srt, _scan(jnp.add, jnp.square(jnp.flip(srt, axis=-1)))], axis=-1)
 
 
-def _argsort_desc(a: Array, runs: bool = False) -> Array:
-  """Indices that sort a in descending order along the last axis (order of ties unspecified).
+def _argsort_desc(a: Array) -> Array:
+  """Indices that sort a in descending order along the last axis (stable: ties keep their order).
 
   XLA's sort is ~8x slower than numpy's on CPU, so on a single CPU device the sort runs in
   numpy through a host callback; on GPU/TPU, and when several devices run the program
   (host callbacks inside multi-device CPU programs can abort), it stays in XLA. The
   platform branch is chosen when the function is lowered, so one jitted function runs on
-  every backend. ``runs=True`` says the rows are made of a few pre-sorted runs (numpy's
-  timsort is then faster than its quicksort).
+  every backend. numpy's stable sort (timsort) suits θ's event rows, a few pre-sorted runs.
   """
   if a.shape[-1] <= 1 or a.size == 0:
     return jnp.zeros(a.shape, jnp.int32)
   if jax.device_count() > 1:
     return _device_argsort_desc(a)
-  cpu = functools.partial(_cpu_argsort_desc, kind="stable" if runs else "quicksort")
-  return jax.lax.platform_dependent(a, cpu=cpu, default=_device_argsort_desc)
+  return jax.lax.platform_dependent(a, cpu=_cpu_argsort_desc, default=_device_argsort_desc)
 
 
 def _sorted_cumsq(a: Array) -> Array:
@@ -513,7 +510,7 @@ def theta(y: ArrayLike, alpha: ArrayLike, beta: ArrayLike, gamma: ArrayLike) -> 
   # at the last event of each run of equal w (and at the empty state).
   n_events = leaves * (width + 1)
   w_flat = w.reshape(batch + (n_events,))
-  order = _argsort_desc(-w_flat, runs=True)  # ascending w
+  order = _argsort_desc(-w_flat)  # ascending w
   w_sorted = jnp.take_along_axis(w_flat, order, -1)
   big_h = _scan(jnp.add, jnp.take_along_axis(dh.reshape(w_flat.shape), order, -1))
   big_k = _scan(jnp.add, jnp.take_along_axis(dk.reshape(w_flat.shape), order, -1)).astype(dt)

@@ -173,6 +173,12 @@ def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
   return {"/".join(str(p) for p in path): node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Variable)}
 
 
+def _retrain_phase(name: str, rt: ml_collections.ConfigDict, steps_per_epoch: int) -> Phase:
+  """Masked retraining: the retrain optimizer followed by ``keep_support`` (pruned weights stay 0)."""
+  return Phase(name, rt.epochs, make_tx=lambda: optax.chain(_optimizer(rt, rt.epochs * steps_per_epoch),
+                                                            transforms.keep_support()))
+
+
 def build_phases(cfg: ml_collections.ConfigDict, model: nnx.Module, sample_input, steps_per_epoch: int = 1) -> list[Phase]:
   """The phases of ``cfg.method`` (spec §B for MobilePrune and baselines, §H for DEGL)."""
   last_kernel = depgraph.trace(model, sample_input).layers[-1].kernel_path
@@ -188,8 +194,7 @@ def build_phases(cfg: ml_collections.ConfigDict, model: nnx.Module, sample_input
     phases.append(Phase("threshold", 0, on_end=lambda m: magnitude_threshold(m, sample_input, mg.threshold, mg.layers,
                                                                               last_kernel)))
     if rt.epochs:
-      phases.append(Phase("retrain/1", rt.epochs, make_tx=lambda: optax.chain(
-          _optimizer(rt, rt.epochs * steps_per_epoch), transforms.keep_support())))
+      phases.append(_retrain_phase("retrain/1", rt, steps_per_epoch))
     return phases
   if cfg.method in ("degl", "egl", "degl_group_lasso"):
     d = cfg.degl
@@ -216,8 +221,7 @@ def build_phases(cfg: ml_collections.ConfigDict, model: nnx.Module, sample_input
       phases.append(Phase(f"prune/{t}", pr.epochs, steps=pr.steps,
                           make_tx=lambda: optax.chain(optax.sgd(pr.lr, momentum=pr.momentum or None), factory(pr.lr))))
     if rt.epochs:
-      phases.append(Phase(f"retrain/{t}", rt.epochs, make_tx=lambda: optax.chain(
-          _optimizer(rt, rt.epochs * steps_per_epoch), transforms.keep_support())))
+      phases.append(_retrain_phase(f"retrain/{t}", rt, steps_per_epoch))
   return phases
 
 
@@ -301,7 +305,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, resume: boo
   ds = load_data(cfg)  # fails fast, before any training, when the data is missing
   model, factory_kwargs = create_model(cfg, ds)
   sample = jnp.asarray(ds.test_x[:2])
-  phases = build_phases(cfg, model, sample, max(len(ds.train_x) // cfg.batch_size, 1))
+  steps_per_epoch = len(ds.train_x) // cfg.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(ds.train_x)} training examples")
+  phases = build_phases(cfg, model, sample, steps_per_epoch)
   placement = Placement(jax.devices() if cfg.data_parallel else jax.devices()[:1])
   placement.check_batch(cfg.batch_size)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -336,9 +343,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, resume: boo
       ckpt.restore(model, optimizer if inside else None)
       meta = None
     placement.put_model(model, *([optimizer] if optimizer is not None else []))
-    steps_per_epoch = len(ds.train_x) // cfg.batch_size
-    if steps_per_epoch == 0:
-      raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(ds.train_x)} training examples")
     epochs = math.ceil(phase.steps / steps_per_epoch) if phase.steps else phase.epochs
     for epoch in range(state["epoch"], epochs):
       order_seed = int(np.random.SeedSequence([cfg.seed, p_index, epoch]).generate_state(1)[0])
