@@ -146,21 +146,13 @@ def _host_argsort_desc(a: np.ndarray) -> np.ndarray:
   return _host_rows(fn, a, np.int32)
 
 
-def _host_sorted_cumsq(a: np.ndarray) -> np.ndarray:
-  """[a sorted ascending, prefix sums of the squares in descending order] along the last axis, in numpy.
-
-  Values only: numpy's vectorised sort is ~10× faster than argsort, and its cumsum than any
-  scan XLA runs on CPU. Written in place into one output buffer.
-  """
-  n = np.shape(a)[-1]
-
+def _host_sort(a: np.ndarray) -> np.ndarray:
+  """numpy sort (ascending, values only) along the last axis: vectorised, ~10× faster than argsort."""
   def fn(rows, out):
-    srt = out[:, :n]
-    srt[:] = rows
-    srt.sort(axis=-1)
-    np.cumsum(np.square(srt[:, ::-1]), axis=-1, out=out[:, n:])
+    out[:] = rows
+    out.sort(axis=-1)
 
-  return _host_rows(fn, a, np.asarray(a).dtype, width=2 * n)
+  return _host_rows(fn, a, np.asarray(a).dtype)
 
 
 def _cpu_argsort_desc(a: Array) -> Array:
@@ -172,14 +164,8 @@ def _device_argsort_desc(a: Array) -> Array:
   return jnp.argsort(-a, axis=-1).astype(jnp.int32)
 
 
-def _cpu_sorted_cumsq(a: Array) -> Array:
-  out = jax.ShapeDtypeStruct(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
-  return jax.pure_callback(_host_sorted_cumsq, out, a, vmap_method="expand_dims")
-
-
-def _device_sorted_cumsq(a: Array) -> Array:
-  srt = jnp.sort(a, axis=-1)
-  return jnp.concatenate([srt, _scan(jnp.add, jnp.square(jnp.flip(srt, axis=-1)))], axis=-1)
+def _cpu_sort(a: Array) -> Array:
+  return jax.pure_callback(_host_sort, jax.ShapeDtypeStruct(a.shape, a.dtype), a, vmap_method="expand_dims")
 
 
 def _argsort_desc(a: Array) -> Array:
@@ -198,14 +184,11 @@ def _argsort_desc(a: Array) -> Array:
   return jax.lax.platform_dependent(a, cpu=_cpu_argsort_desc, default=_device_argsort_desc)
 
 
-def _sorted_cumsq(a: Array) -> Array:
-  """[a sorted ascending, prefix sums of the squares in descending order] along the last axis.
-
-  Backends as ``_argsort_desc``.
-  """
-  if a.size == 0 or jax.device_count() > 1:
-    return _device_sorted_cumsq(a)
-  return jax.lax.platform_dependent(a, cpu=_cpu_sorted_cumsq, default=_device_sorted_cumsq)
+def _sort(a: Array) -> Array:
+  """a sorted ascending along the last axis (values only). Backends as ``_argsort_desc``."""
+  if a.shape[-1] <= 1 or a.size == 0 or jax.device_count() > 1:
+    return jnp.sort(a, axis=-1)
+  return jax.lax.platform_dependent(a, cpu=_cpu_sort, default=lambda v: jnp.sort(v, axis=-1))
 
 
 def _scan(op, x: Array, reverse: bool = False) -> Array:
@@ -213,18 +196,39 @@ def _scan(op, x: Array, reverse: bool = False) -> Array:
   return jax.lax.associative_scan(op, x, reverse=reverse, axis=x.ndim - 1)
 
 
-def _sorted_norms(y: Array) -> tuple[Array, Array]:
-  """|y| sorted in descending order and its prefix norms, along the last axis.
+def _cumsum(x: Array, block: int = 32) -> Array:
+  """Inclusive prefix sums along the last axis as two small triangular matmuls.
+
+  Sums within blocks of ``block`` entries, then adds the blocks' running totals: on CPU
+  ~2–4× faster than a scan and as accurate (every entry is a short dot product).
+  """
+  n = x.shape[-1]
+  b = min(block, n)
+  m = -(-n // b)
+  hi = jax.lax.Precision.HIGHEST
+  blocks = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, m * b - n)]).reshape(x.shape[:-1] + (m, b))
+  out = jnp.matmul(blocks, jnp.triu(jnp.ones((b, b), x.dtype)), precision=hi)
+  if m > 1:
+    out = out + jnp.matmul(out[..., -1], jnp.triu(jnp.ones((m, m), x.dtype), 1), precision=hi)[..., None]
+  return out.reshape(x.shape[:-1] + (m * b,))[..., :n]
+
+
+def _sorted_stats(y: Array) -> tuple[Array, Array, Array]:
+  """|y| sorted in descending order, its prefix norms and its suffix sums of squares (last axis).
 
   Returns:
     a_sorted: |y| in descending order, shape (..., n).
     s: s[..., k] = ‖top-k entries of y‖₂ for k = 0..n (shape (..., n + 1), s[..., 0] = 0).
+    rest: rest[..., k] = Σ of the squares of all but the top-k entries (shape (..., n + 1),
+      rest[..., n] = 0), summed from the smallest up, so accurate where it is small.
   """
-  n = y.shape[-1]
-  both = _sorted_cumsq(jnp.abs(y))
-  a_sorted, cum = jnp.flip(both[..., :n], axis=-1), both[..., n:]
-  zero = jnp.zeros(cum.shape[:-1] + (1,), cum.dtype)
-  return a_sorted, jnp.sqrt(jnp.concatenate([zero, cum], axis=-1))
+  ascending = _sort(jnp.abs(y))
+  squares = jnp.square(ascending)
+  sums = _cumsum(jnp.stack([jnp.flip(squares, -1), squares], axis=-2))  # top-k, bottom-k
+  zero = jnp.zeros(y.shape[:-1] + (1,), sums.dtype)
+  s = jnp.sqrt(jnp.concatenate([zero, sums[..., 0, :]], axis=-1))
+  rest = jnp.concatenate([jnp.flip(sums[..., 1, :], -1), zero], axis=-1)
+  return jnp.flip(ascending, -1), s, rest
 
 
 def _top_k_mask(a: Array, a_sorted: Array, k: Array) -> Array:
@@ -249,6 +253,82 @@ def _shrink_factor(norm: Array, lam: Array) -> Array:
   """(1 − lam/‖·‖)_+ with 0/0 → 0 and norm == lam → 0."""
   safe = jnp.where(norm > 0, norm, 1)
   return jnp.where(norm > lam, 1 - lam / safe, 0)
+
+
+def _phi(big_h: Array, gamma: Array) -> Array:
+  """Φ(H) = ½(√H − gamma)_+²: what a support of (leaf-shrunk) squared norm H gains under a root shrink."""
+  return 0.5 * jnp.square(jnp.maximum(jnp.sqrt(big_h) - gamma, 0))
+
+
+def _phi_slope(big_h: Array, gamma: Array) -> Array:
+  """Φ'(H) = ½(1 − gamma/√H)_+ (0 where √H ≤ gamma); non-decreasing in H."""
+  root = jnp.sqrt(big_h)
+  return jnp.where(root > gamma, 0.5 * (1 - gamma / jnp.where(root > 0, root, 1)), 0)
+
+
+def _slope_floor(gain: Array, gamma: Array) -> Array:
+  """Least Φ'(H) over all H with Φ(H) ≥ gain: ½(1 − gamma/(gamma + √(2·gain))), 0 where gain ≤ 0."""
+  root = gamma + jnp.sqrt(2 * jnp.maximum(gain, 0))
+  return jnp.where(gain > 0, 0.5 * (1 - gamma / jnp.where(root > 0, root, 1)), 0)
+
+
+def _bracket(state: Callable, h_total: Array, alpha: Array, gamma: Array) -> tuple[Array, Array, Array, Array]:
+  """Solves max_S Φ(H_S) − alpha·K_S without sorting, for the groups where two bounds agree.
+
+  S is a support (per leaf: which of its largest entries are kept), H_S its value (a sum of
+  per-leaf h) and K_S its size. Φ is convex, so an optimum S* also maximises the linearisation
+  w*·H_S − alpha·K_S at w* = Φ'(H*) (spec §C.2), and the maximisers of the linearisation grow
+  with w. Two bounds pin w*: w* ≤ Φ'(H_all) = w_hi, and a feasible support's gain G_ref ≤ G*
+  gives Φ(H*) ≥ G_ref + alpha·K_lo, so w* ≥ w_lo (K_lo, H_lo: the smallest maximiser at w_lo,
+  contained in S*; the bound is then tightened once with them). If the smallest maximiser at
+  w_lo equals the largest at w_hi, every w in between selects it: it is S*, or x = 0 if its gain
+  is ≤ 0. If even Φ(H at w_hi) − alpha·K_lo ≤ 0, x = 0. Otherwise the group is ambiguous.
+  The bounds are widened by √eps (relative) against rounding, which only makes more groups
+  ambiguous.
+
+  Args:
+    state: (w, largest) ↦ (selection, per-leaf h, H, K) of the largest (or smallest) support
+      maximising w·H − alpha·K, per group; w has the group shape.
+    h_total: H of all entries, an upper bound on any H_S, per group.
+    alpha, gamma: ℓ0 and root coefficients, per group.
+
+  Returns:
+    (selection, H) of the support at w_hi, and the masks ``ambiguous`` and ``zero`` (x = 0), per group.
+  """
+  rel = float(np.sqrt(np.finfo(h_total.dtype).eps))
+  up, down = 1 + rel, 1 - rel
+  sel_hi, leaf_hi, h_hi, k_hi = state(_phi_slope(h_total * up, gamma) * up, True)
+  phi_hi = _phi(h_hi, gamma)
+  gain = phi_hi - alpha * k_hi
+  g_ref = gain - rel * (phi_hi + alpha * k_hi)  # a lower bound on that support's gain, so on G*
+  w_lo = _slope_floor(g_ref, gamma)
+  _, _, h_lo, k_lo = state(w_lo * down, False)
+  w_lo = jnp.maximum(w_lo, jnp.maximum(_phi_slope(h_lo * down, gamma), _slope_floor(g_ref + alpha * k_lo * down, gamma)))
+  sel_lo, leaf_lo, _, k_lo = state(w_lo * down, False)
+  same = (sel_lo == sel_hi) | ((alpha[..., None] == 0) & (leaf_lo == leaf_hi))  # alpha = 0: zeros kept or not, same x
+  settled = jnp.all(same, axis=-1)
+  zero = (phi_hi * up - alpha * k_lo * down <= 0) | (settled & (gain <= 0))
+  return sel_hi, h_hi, ~settled & ~zero, zero
+
+
+def _settle_ambiguous(x_fast: Array, ambiguous: Array, exact: Callable, args: tuple[Array, ...]) -> Array:
+  """x_fast with the groups marked ambiguous (axis 0) replaced by ``exact(*args)`` on them.
+
+  The ambiguous groups are gathered in chunks of an eighth of all groups and solved chunk by
+  chunk, so ``exact`` costs in proportion to how many there are (nothing when none is) and
+  is compiled once.
+  """
+  groups = ambiguous.shape[0]
+  if groups == 0:
+    return x_fast
+  chunk = max(1, groups // 8)
+
+  def solve_chunk(carry):
+    x, todo = carry
+    idx = jnp.nonzero(todo, size=chunk, fill_value=0)[0]  # padding repeats group 0: solved exactly too
+    return x.at[idx].set(exact(*(a[idx] for a in args))), todo.at[idx].set(False)
+
+  return jax.lax.while_loop(lambda carry: jnp.any(carry[1]), solve_chunk, (x_fast, ambiguous))[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -349,6 +429,10 @@ def pi(y: ArrayLike, lam: ArrayLike, eta: ArrayLike) -> Array:
   S_k = ½(s_k − lam)_+² − eta·k, s_k = ‖top-k of y‖₂; x keeps the top-k* entries,
   k* = argmax S_k, shrunk by (1 − lam/s_k*), and x = 0 if max S_k ≤ 0.
 
+  Most groups are settled without sorting (``_bracket``: the optimal support is
+  {j : w*·y_j² ≥ eta} for a slope w* pinned between two cheap bounds); the rest are solved
+  by the sort above.
+
   Args:
     y: array of shape (..., n); each y[..., :] is one group.
     lam: non-negative group coefficient, broadcastable against ``y.shape[:-1]``.
@@ -359,15 +443,37 @@ def pi(y: ArrayLike, lam: ArrayLike, eta: ArrayLike) -> Array:
   lam = _coef(lam, dt, y.shape[:-1], "pi", "lam")
   eta = _coef(eta, dt, y.shape[:-1], "pi", "eta")
   yc = y.astype(dt)
-  n = y.shape[-1]
-  a_sorted, s = _sorted_norms(yc)
-  k = jnp.arange(n + 1, dtype=dt)
+  flat = lambda a: a.reshape((-1,) + a.shape[y.ndim - 1:])
+  x_fast, ambiguous = _pi_bracketed(flat(yc), flat(lam), flat(eta))
+  x = _settle_ambiguous(x_fast, ambiguous, _pi_sorted, (flat(yc), flat(lam), flat(eta)))
+  return x.reshape(y.shape).astype(y.dtype)
+
+
+def _pi_sorted(yc: Array, lam: Array, eta: Array) -> Array:
+  """π by sorting each group: the score S_k of every support size k, then the best k."""
+  n = yc.shape[-1]
+  a_sorted, s, _ = _sorted_stats(yc)
+  k = jnp.arange(n + 1, dtype=yc.dtype)
   score = 0.5 * jnp.square(jnp.maximum(s - lam[..., None], 0)) - eta[..., None] * k
   k_best = jnp.argmax(score, axis=-1)  # first maximum: smallest k; score[0] = 0
   s_best = jnp.take_along_axis(s, k_best[..., None], axis=-1)[..., 0]
   keep = _top_k_mask(jnp.abs(yc), a_sorted, k_best)
   scale = _shrink_factor(s_best, lam)
-  return jnp.where(keep, yc * scale[..., None], 0).astype(y.dtype)
+  return jnp.where(keep, yc * scale[..., None], 0)
+
+
+def _pi_bracketed(yc: Array, lam: Array, eta: Array) -> tuple[Array, Array]:
+  """π where ``_bracket`` settles it (no sort), and the mask of groups it leaves ambiguous."""
+  sq = jnp.square(yc)
+
+  def state(w, largest):  # each entry is a leaf of one member: kept iff w·y_j² ≥ eta (> for the smallest)
+    take = w[:, None] * sq >= eta[:, None] if largest else w[:, None] * sq > eta[:, None]
+    leaf_h = jnp.where(take, sq, 0)
+    return take, leaf_h, jnp.sum(leaf_h, -1), jnp.sum(take, -1).astype(yc.dtype)
+
+  take, big_h, ambiguous, zero = _bracket(state, jnp.sum(sq, -1), eta, lam)
+  scale = jnp.where(zero, 0, _shrink_factor(jnp.sqrt(big_h), lam))
+  return jnp.where(take, yc * scale[..., None], 0), ambiguous
 
 
 # --------------------------------------------------------------------------------------
@@ -475,7 +581,8 @@ def theta(y: ArrayLike, alpha: ArrayLike, beta: ArrayLike, gamma: ArrayLike) -> 
   hᵢ(k) = (‖top-k of yᵢ‖ − beta)_+² and Φ(H) = ½(√H − gamma)_+². Φ is convex, so an optimum
   maximises Σᵢ w·hᵢ(kᵢ) − alpha·kᵢ for some w; sweeping w over the breakpoints of the
   per-leaf upper hulls visits it (spec §C.2). The result is the top-kᵢ entries of each leaf,
-  leaf-shrunk by beta and root-shrunk by gamma.
+  leaf-shrunk by beta and root-shrunk by gamma. Most trees are settled before the sweep
+  (``_bracket`` pins w between two bounds that give the same kᵢ); only the others are swept.
 
   Args:
     y: array of shape (..., L, F): L leaf groups y[..., i, :] of F entries under one root.
@@ -485,13 +592,51 @@ def theta(y: ArrayLike, alpha: ArrayLike, beta: ArrayLike, gamma: ArrayLike) -> 
   """
   y = _check_float(y, 2, "theta")
   alpha, beta, gamma = _tree_coefs(y, "theta", alpha=alpha, beta=beta, gamma=gamma)
-  dt = alpha.dtype
-  yc = y.astype(dt)
-  leaves, width = y.shape[-2], y.shape[-1]
-  batch = y.shape[:-2]
+  yc = y.astype(alpha.dtype).reshape((-1,) + y.shape[-2:])
+  alpha, beta, gamma = alpha.reshape(-1), beta.reshape(-1), gamma.reshape(-1)
+  a_sorted, s, rest = _sorted_stats(yc)  # (T, L, F), (T, L, F+1), (T, L, F+1)
+  h = jnp.square(jnp.maximum(s - beta[:, None, None], 0))
+  x_fast, ambiguous = _theta_bracketed(yc, a_sorted, s, rest, h, alpha, beta, gamma)
+  x = _settle_ambiguous(x_fast, ambiguous, _theta_swept, (yc, a_sorted, h, alpha, beta, gamma))
+  return x.reshape(y.shape).astype(y.dtype)
 
-  a_sorted, s = _sorted_norms(yc)  # (..., L, F), (..., L, F+1)
-  h = jnp.square(jnp.maximum(s - beta[..., None, None], 0))
+
+def _theta_bracketed(yc: Array, a_sorted: Array, s: Array, rest: Array, h: Array, alpha: Array, beta: Array,
+                     gamma: Array) -> tuple[Array, Array]:
+  """θ where ``_bracket`` settles it (no hull, no sweep), and the mask of trees it leaves ambiguous.
+
+  A leaf's best k at slope w minimises w·(h(F) − h(k)) − alpha·(F − k). h(k) itself is too
+  coarse for that (h ~ ‖leaf‖², the differences that matter ~ alpha), so h(F) − h(k) is
+  computed from the small sums of squares left out: with rest_k = s_F² − s_k²,
+  h(F) − h(k) = rest_k·(1 − 2·beta/(s_F + s_k)) once s_k ≥ beta (and h(F) before).
+  Shapes: yc, a_sorted (T, L, F); s, rest, h (T, L, F+1); coefficients (T,).
+  """
+  width = h.shape[-1] - 1
+  ks = jnp.arange(width + 1)
+  b = beta[:, None, None]
+  both = s[..., -1:] + s
+  tail = jnp.where(s >= b, rest * (1 - 2 * b / jnp.where(both > 0, both, 1)), h[..., -1:])
+  count_after = alpha[:, None, None] * (width - ks).astype(h.dtype)
+
+  def state(w, largest):
+    loss = w[:, None, None] * tail - count_after  # = score(F) − score(k), score(k) = w·h(k) − alpha·k
+    at_best = loss == jnp.min(loss, axis=-1, keepdims=True)
+    k = jnp.max(jnp.where(at_best, ks, 0), -1) if largest else jnp.min(jnp.where(at_best, ks, width), -1)
+    leaf_h = jnp.take_along_axis(h, k[..., None], -1)[..., 0]
+    return k, leaf_h, jnp.sum(leaf_h, -1), jnp.sum(k, -1).astype(h.dtype)
+
+  k_leaf, _, ambiguous, zero = _bracket(state, jnp.sum(jnp.max(h, -1), -1), alpha, gamma)
+  keep = _top_k_mask(jnp.abs(yc), a_sorted, jnp.where(zero[:, None], 0, k_leaf))
+  return _tree_shrink(jnp.where(keep, yc, 0), beta, gamma), ambiguous
+
+
+def _theta_swept(yc: Array, a_sorted: Array, h: Array, alpha: Array, beta: Array, gamma: Array) -> Array:
+  """θ by the full sweep: per-leaf upper hulls, all switch events merged and sorted, best prefix.
+
+  Shapes as ``_theta_bracketed``.
+  """
+  dt = h.dtype
+  trees, leaves, width = yc.shape
   alive, prev = _upper_hull(h)
 
   # One switch event per hull vertex k > 0: the leaf goes from its previous vertex p to k
@@ -500,7 +645,7 @@ def theta(y: ArrayLike, alpha: ArrayLike, beta: ArrayLike, gamma: ArrayLike) -> 
   event = alive & (idx > 0)
   dk = jnp.where(event, idx - prev, 0)
   dh = jnp.where(event, h - jnp.take_along_axis(h, prev, -1), 0)
-  w = alpha[..., None, None] * dk.astype(dt) / jnp.where(event, dh, 1)
+  w = alpha[:, None, None] * dk.astype(dt) / jnp.where(event, dh, 1)
   # Rounding must not reorder a leaf's own events: make them non-decreasing per leaf.
   w = _scan(jnp.maximum, jnp.where(event, w, -jnp.inf))
   w = jnp.where(event, w, jnp.inf)
@@ -508,22 +653,19 @@ def theta(y: ArrayLike, alpha: ArrayLike, beta: ArrayLike, gamma: ArrayLike) -> 
   # Merge all leaves' events of one tree and sweep w upwards. The state after all events
   # with slope ≤ w maximises the linearisation at w, so it suffices to evaluate the gain
   # at the last event of each run of equal w (and at the empty state).
-  n_events = leaves * (width + 1)
-  w_flat = w.reshape(batch + (n_events,))
+  w_flat = w.reshape(trees, leaves * (width + 1))
   order = _argsort_desc(-w_flat)  # ascending w
   w_sorted = jnp.take_along_axis(w_flat, order, -1)
-  big_h = _scan(jnp.add, jnp.take_along_axis(dh.reshape(w_flat.shape), order, -1))
-  big_k = _scan(jnp.add, jnp.take_along_axis(dk.reshape(w_flat.shape), order, -1)).astype(dt)
-  gain = 0.5 * jnp.square(jnp.maximum(jnp.sqrt(big_h) - gamma[..., None], 0)) - alpha[..., None] * big_k
-  run_end = jnp.concatenate([w_sorted[..., 1:] != w_sorted[..., :-1], jnp.ones(batch + (1,), bool)], -1)
+  big_h = _cumsum(jnp.take_along_axis(dh.reshape(w_flat.shape), order, -1))
+  big_k = _cumsum(jnp.take_along_axis(dk.reshape(w_flat.shape).astype(dt), order, -1))
+  gain = _phi(big_h, gamma[:, None]) - alpha[:, None] * big_k
+  run_end = jnp.concatenate([w_sorted[:, 1:] != w_sorted[:, :-1], jnp.ones((trees, 1), bool)], -1)
   gain = jnp.where(run_end & (w_sorted < jnp.inf), gain, -jnp.inf)
   best = jnp.argmax(gain, axis=-1)
-  w_best = jnp.where(jnp.take_along_axis(gain, best[..., None], -1)[..., 0] > 0,
-                     jnp.take_along_axis(w_sorted, best[..., None], -1)[..., 0], -jnp.inf)  # ties → 0
+  w_best = jnp.where(jnp.take_along_axis(gain, best[:, None], -1)[:, 0] > 0,
+                     jnp.take_along_axis(w_sorted, best[:, None], -1)[:, 0], -jnp.inf)  # ties → 0
 
   # Leaf support sizes of the best state, and the entries that make them up.
-  k_leaf = jnp.sum(jnp.where(w <= w_best[..., None, None], dk, 0), axis=-1)  # (..., L)
+  k_leaf = jnp.sum(jnp.where(w <= w_best[:, None, None], dk, 0), axis=-1)  # (T, L)
   keep = _top_k_mask(jnp.abs(yc), a_sorted, k_leaf)
-  z = jnp.where(keep, yc, 0)
-  x = _tree_shrink(z, beta, gamma)
-  return x.astype(y.dtype)
+  return _tree_shrink(jnp.where(keep, yc, 0), beta, gamma)

@@ -136,6 +136,106 @@ def test_ties_are_exact_and_go_to_zero():
   assert np.all(_run(prox.group_soft_threshold, np.float64, np.array([3.0, 4.0]), 5.0) == 0)
 
 
+def _per_group(y, *coefs, batch_ndim=1):
+  y = jnp.asarray(y)
+  return y, *(jnp.broadcast_to(jnp.asarray(c, y.dtype), y.shape[:batch_ndim]) for c in coefs)
+
+
+@jax.jit
+def _jit_bracketed_theta(y, alpha, beta, gamma):
+  a_sorted, s, rest = prox._sorted_stats(y)
+  h = jnp.square(jnp.maximum(s - beta[:, None, None], 0))
+  return prox._theta_bracketed(y, a_sorted, s, rest, h, alpha, beta, gamma)
+
+
+@jax.jit
+def _jit_swept_theta(y, alpha, beta, gamma):
+  a_sorted, s, _ = prox._sorted_stats(y)
+  return prox._theta_swept(y, a_sorted, jnp.square(jnp.maximum(s - beta[:, None, None], 0)), alpha, beta, gamma)
+
+
+def _bracketed_pi(y, lam, eta):
+  x, ambiguous = jax.jit(prox._pi_bracketed)(*_per_group(y, lam, eta))
+  return np.asarray(x, np.float64), np.asarray(ambiguous)
+
+
+def _bracketed_theta(y, alpha, beta, gamma):
+  x, ambiguous = _jit_bracketed_theta(*_per_group(y, alpha, beta, gamma))
+  return np.asarray(x, np.float64), np.asarray(ambiguous)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bracketed_shortcut_is_exact_wherever_it_settles(dtype):
+  """The sort-free path (``_bracket``) against support enumeration, on the groups it claims to settle."""
+  rng = np.random.default_rng(4)
+  settled, total, worst = 0, 0, -np.inf
+  with jax.enable_x64(dtype == np.float64):
+    for n in range(1, 9):
+      b = 60
+      y = (rng.normal(size=(b, n)) * rng.uniform(0.1, 3, size=(b, 1))).astype(dtype)
+      lam, eta = rng.uniform(0, 0.6, (2, b)) ** 2
+      x, ambiguous = _bracketed_pi(y, lam, eta)
+      for i in np.flatnonzero(~ambiguous):
+        y64 = y[i].astype(np.float64)
+        worst = max(worst, bf.objective_pi(x[i], y64, lam[i], eta[i]) - bf.brute_pi(y64, lam[i], eta[i]))
+      settled, total = settled + np.sum(~ambiguous), total + b
+    for L, F in _theta_shapes():
+      b = 20
+      y = (rng.normal(size=(b, L, F)) * rng.uniform(0.1, 3, size=(b, 1, 1))).astype(dtype)
+      alpha, beta, gamma = rng.uniform(0, 0.6, (3, b)) ** 2
+      x, ambiguous = _bracketed_theta(y, alpha, beta, gamma)
+      for i in np.flatnonzero(~ambiguous):
+        y64 = y[i].astype(np.float64)
+        worst = max(worst, bf.objective_theta(x[i], y64, alpha[i], beta[i], gamma[i])
+                    - bf.brute_theta(y64, alpha[i], beta[i], gamma[i]))
+      settled, total = settled + np.sum(~ambiguous), total + b
+  print(f"bracketed ({np.dtype(dtype).name}): settled {settled}/{total}, worst objective gap {worst:.3e}")
+  assert worst <= TOL * (1e4 if dtype == np.float32 else 1)
+  assert 0.3 * total < settled < total  # both outcomes occur, so the test sees each
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bracketed_shortcut_settles_training_sized_layers(dtype):
+  """On a conv layer's trees and a dense layer's rows with step-scaled coefficients nearly every group
+  settles without a sort, with the swept / sorted results' objective (which enumeration checks above)."""
+  rng = np.random.default_rng(5)
+  with jax.enable_x64(dtype == np.float64):
+    t = (rng.normal(size=(64, 9, 64)) * 0.05).astype(dtype)
+    t[:8] *= 0.01  # a few channels about to be pruned
+    coefs = (1e-6, 1e-4, 5e-3)
+    x, ambiguous = _bracketed_theta(t, *coefs)
+    ref = np.asarray(_jit_swept_theta(*_per_group(t, *coefs)), np.float64)
+    t64 = t.astype(np.float64)
+    f_x, f_ref = bf.objective_theta(x, t64, *coefs), bf.objective_theta(ref, t64, *coefs)
+    d = (rng.normal(size=(200, 500)) * 0.05).astype(dtype)
+    d[:20] *= 0.01  # a few neurons about to be pruned
+    lam, eta = 5e-2, 1e-6
+    xd, amb_d = _bracketed_pi(d, lam, eta)
+    refd = np.asarray(jax.jit(prox._pi_sorted)(*_per_group(d, lam, eta)))
+    d64 = d.astype(np.float64)
+    g_x, g_ref = bf.objective_pi(xd, d64, lam, eta), bf.objective_pi(refd, d64, lam, eta)
+  assert np.mean(ambiguous) <= 0.05 and np.mean(amb_d) <= 0.05
+  assert 0 < np.mean(np.all(x == 0, (-2, -1))) and 0 < np.mean(np.all(xd == 0, -1))  # some groups pruned
+  tol = 1e-5 if dtype == np.float32 else 1e-12
+  np.testing.assert_array_less(f_x[~ambiguous] - f_ref[~ambiguous], tol * (1 + np.abs(f_ref[~ambiguous])))
+  np.testing.assert_array_less(g_x[~amb_d] - g_ref[~amb_d], tol * (1 + np.abs(g_ref[~amb_d])))
+
+
+def test_many_ambiguous_groups_are_solved_chunk_by_chunk():
+  """More ambiguous groups than one chunk (an eighth of the groups): every one still comes out exact."""
+  rng = np.random.default_rng(6)
+  b, L, F = 48, 2, 3
+  y = rng.normal(size=(b, L, F))
+  gamma = np.linalg.norm(y, axis=(1, 2)) * rng.uniform(0.5, 0.9, b)  # roots near their threshold: ambiguous
+  alpha, beta = rng.uniform(0.05, 0.3, b) ** 2, rng.uniform(0, 0.3, b) ** 2
+  with jax.enable_x64(True):
+    _, ambiguous = _bracketed_theta(y, alpha, beta, gamma)
+  assert ambiguous.sum() > b // 8 + 1
+  x = _run(prox.theta, np.float64, y, alpha, beta, gamma)
+  for i in range(b):
+    assert bf.objective_theta(x[i], y[i], alpha[i], beta[i], gamma[i]) <= bf.brute_theta(y[i], alpha[i], beta[i], gamma[i]) + TOL
+
+
 # ----------------------------------------------------------------- convex operators ---
 
 
