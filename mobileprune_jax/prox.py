@@ -283,7 +283,7 @@ def _bracket(state: Callable, h_total: Array, alpha: Array, gamma: Array) -> tup
   contained in S*; the bound is then tightened once with them). If the smallest maximiser at
   w_lo equals the largest at w_hi, every w in between selects it: it is S*, or x = 0 if its gain
   is ≤ 0. If even Φ(H at w_hi) − alpha·K_lo ≤ 0, x = 0. Otherwise the group is ambiguous.
-  The bounds are widened by √eps (relative) against rounding, which only makes more groups
+  The bounds are widened by 1024·eps (relative) against rounding, which only makes more groups
   ambiguous.
 
   Args:
@@ -295,7 +295,7 @@ def _bracket(state: Callable, h_total: Array, alpha: Array, gamma: Array) -> tup
   Returns:
     (selection, H) of the support at w_hi, and the masks ``ambiguous`` and ``zero`` (x = 0), per group.
   """
-  rel = float(np.sqrt(np.finfo(h_total.dtype).eps))
+  rel = 1024 * float(np.finfo(h_total.dtype).eps)
   up, down = 1 + rel, 1 - rel
   sel_hi, leaf_hi, h_hi, k_hi = state(_phi_slope(h_total * up, gamma) * up, True)
   phi_hi = _phi(h_hi, gamma)
@@ -314,14 +314,14 @@ def _bracket(state: Callable, h_total: Array, alpha: Array, gamma: Array) -> tup
 def _settle_ambiguous(x_fast: Array, ambiguous: Array, exact: Callable, args: tuple[Array, ...]) -> Array:
   """x_fast with the groups marked ambiguous (axis 0) replaced by ``exact(*args)`` on them.
 
-  The ambiguous groups are gathered in chunks of an eighth of all groups and solved chunk by
+  The ambiguous groups are gathered in chunks of 1/16 of all groups and solved chunk by
   chunk, so ``exact`` costs in proportion to how many there are (nothing when none is) and
   is compiled once.
   """
   groups = ambiguous.shape[0]
   if groups == 0:
     return x_fast
-  chunk = max(1, groups // 8)
+  chunk = max(1, groups // 16)
 
   def solve_chunk(carry):
     x, todo = carry
