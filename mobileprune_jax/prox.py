@@ -171,11 +171,13 @@ def _cpu_sort(a: Array) -> Array:
 def _argsort_desc(a: Array) -> Array:
   """Indices that sort a in descending order along the last axis (stable: ties keep their order).
 
-  XLA's sort is ~8x slower than numpy's on CPU, so on a single CPU device the sort runs in
-  numpy through a host callback; on GPU/TPU, and when several devices run the program
+  XLA's sort is tens of times slower than numpy's on CPU, so on a single CPU device the sort
+  runs in numpy through a host callback; on GPU/TPU, and when several devices run the program
   (host callbacks inside multi-device CPU programs can abort), it stays in XLA. The
   platform branch is chosen when the function is lowered, so one jitted function runs on
   every backend. numpy's stable sort (timsort) suits θ's event rows, a few pre-sorted runs.
+  Cost to know: a CPU program holding a host callback is dispatched synchronously, so the
+  caller's Python work no longer overlaps the previous step.
   """
   if a.shape[-1] <= 1 or a.size == 0:
     return jnp.zeros(a.shape, jnp.int32)
