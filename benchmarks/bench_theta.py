@@ -75,14 +75,12 @@ def _median_time(fn, x, repeats: int) -> float:
 
 @jax.jit
 def _ambiguous(trees, alpha, beta, gamma):
-  a_sorted, s, rest = prox._sorted_stats(trees)
-  h = jnp.square(jnp.maximum(s - beta[:, None, None], 0))
-  return prox._theta_bracketed(trees, a_sorted, s, rest, h, alpha, beta, gamma)[1]
+  return prox._theta_bracketed(trees, *prox._theta_tables(trees, beta), alpha, beta, gamma)[1]
 
 
 def _swept(trees, alpha, beta, gamma):
-  a_sorted, s, _ = prox._sorted_stats(trees)
-  return prox._theta_swept(trees, a_sorted, jnp.square(jnp.maximum(s - beta[:, None, None], 0)), alpha, beta, gamma)
+  a_sorted, _, _, h = prox._theta_tables(trees, beta)
+  return prox._theta_swept(trees, a_sorted, h, alpha, beta, gamma)
 
 
 def main() -> None:

@@ -115,17 +115,16 @@ _HOST_POOL = concurrent.futures.ThreadPoolExecutor(_HOST_THREADS) if _HOST_THREA
 _PARALLEL_MIN_SIZE = 1 << 18
 
 
-def _host_rows(fn: Callable[[np.ndarray, np.ndarray], None], a: np.ndarray, dtype, width: int | None = None) -> np.ndarray:
+def _host_rows(fn: Callable[[np.ndarray, np.ndarray], None], a: np.ndarray, dtype) -> np.ndarray:
   """Runs ``fn(rows, out_rows)`` over the rows (last axis) of ``a`` in numpy; large inputs are split over threads.
 
-  ``fn`` writes its result for rows (r, n) into out_rows (r, width) (width = n unless given).
+  ``fn`` writes its result for rows (r, n) into out_rows (r, n).
   ``a`` may arrive as a jax.Array: it is turned into numpy first, because running any jax
   computation inside a host callback deadlocks the CPU backend.
   """
   a = np.asarray(a)
   rows = a.reshape(-1, a.shape[-1])
-  width = rows.shape[-1] if width is None else width
-  out = np.empty((rows.shape[0], width), dtype)
+  out = np.empty(rows.shape, dtype)
 
   def run(lo, hi):
     fn(rows[lo:hi], out[lo:hi])
@@ -135,7 +134,7 @@ def _host_rows(fn: Callable[[np.ndarray, np.ndarray], None], a: np.ndarray, dtyp
   else:
     bounds = np.linspace(0, rows.shape[0], _HOST_THREADS + 1).astype(int)
     list(_HOST_POOL.map(run, bounds[:-1], bounds[1:]))  # numpy releases the GIL in sort
-  return out.reshape(a.shape[:-1] + (width,))
+  return out.reshape(a.shape)
 
 
 def _host_argsort_desc(a: np.ndarray) -> np.ndarray:
@@ -596,11 +595,16 @@ def theta(y: ArrayLike, alpha: ArrayLike, beta: ArrayLike, gamma: ArrayLike) -> 
   alpha, beta, gamma = _tree_coefs(y, "theta", alpha=alpha, beta=beta, gamma=gamma)
   yc = y.astype(alpha.dtype).reshape((-1,) + y.shape[-2:])
   alpha, beta, gamma = alpha.reshape(-1), beta.reshape(-1), gamma.reshape(-1)
-  a_sorted, s, rest = _sorted_stats(yc)  # (T, L, F), (T, L, F+1), (T, L, F+1)
-  h = jnp.square(jnp.maximum(s - beta[:, None, None], 0))
+  a_sorted, s, rest, h = _theta_tables(yc, beta)
   x_fast, ambiguous = _theta_bracketed(yc, a_sorted, s, rest, h, alpha, beta, gamma)
   x = _settle_ambiguous(x_fast, ambiguous, _theta_swept, (yc, a_sorted, h, alpha, beta, gamma))
   return x.reshape(y.shape).astype(y.dtype)
+
+
+def _theta_tables(yc: Array, beta: Array) -> tuple[Array, Array, Array, Array]:
+  """Per-leaf tables of θ: ``_sorted_stats`` of yc (T, L, F) and h(k) = (s_k − beta)_+², k = 0..F."""
+  a_sorted, s, rest = _sorted_stats(yc)
+  return a_sorted, s, rest, jnp.square(jnp.maximum(s - beta[:, None, None], 0))
 
 
 def _theta_bracketed(yc: Array, a_sorted: Array, s: Array, rest: Array, h: Array, alpha: Array, beta: Array,

@@ -143,15 +143,13 @@ def _per_group(y, *coefs, batch_ndim=1):
 
 @jax.jit
 def _jit_bracketed_theta(y, alpha, beta, gamma):
-  a_sorted, s, rest = prox._sorted_stats(y)
-  h = jnp.square(jnp.maximum(s - beta[:, None, None], 0))
-  return prox._theta_bracketed(y, a_sorted, s, rest, h, alpha, beta, gamma)
+  return prox._theta_bracketed(y, *prox._theta_tables(y, beta), alpha, beta, gamma)
 
 
 @jax.jit
 def _jit_swept_theta(y, alpha, beta, gamma):
-  a_sorted, s, _ = prox._sorted_stats(y)
-  return prox._theta_swept(y, a_sorted, jnp.square(jnp.maximum(s - beta[:, None, None], 0)), alpha, beta, gamma)
+  a_sorted, _, _, h = prox._theta_tables(y, beta)
+  return prox._theta_swept(y, a_sorted, h, alpha, beta, gamma)
 
 
 def _bracketed_pi(y, lam, eta):
