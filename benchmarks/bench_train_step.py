@@ -19,30 +19,19 @@ import optax
 from flax import nnx
 
 from mobileprune_jax import models, transforms
+from mobileprune_jax.train.steps import bound_train_step
 
 
 def _make_step(model_fn, tx):
-  """A jitted train step (forward, backward, optimizer update) and its state, compiled."""
+  """The pipeline's jitted train step (forward, backward, optimizer update), bound to a new model."""
   model = model_fn()
-  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-  @nnx.jit
-  def step(model, opt, x, y):
-    def loss_fn(m):
-      logits = m(x, train=True)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    opt.update(model, grads)
-    return loss
-
-  return lambda x, y: step(model, opt, x, y)
+  return bound_train_step(model, nnx.Optimizer(model, tx, wrt=nnx.Param))
 
 
 def _time(step, x, y, steps: int) -> float:
   t0 = time.perf_counter()
   for _ in range(steps):
-    loss = step(x, y)
+    loss, _ = step(x, y)
   jax.block_until_ready(loss)
   return (time.perf_counter() - t0) / steps
 

@@ -24,9 +24,7 @@ traced coefficients (inside ``jit``) cannot be checked and must be non-negative.
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
-import os
 from collections.abc import Callable
 
 import jax
@@ -110,86 +108,16 @@ def _checked(*names: str) -> Callable:
   return wrap
 
 
-_HOST_THREADS = max(1, min(8, os.cpu_count() or 1))
-_HOST_POOL = concurrent.futures.ThreadPoolExecutor(_HOST_THREADS) if _HOST_THREADS > 1 else None
-_PARALLEL_MIN_SIZE = 1 << 18
-
-
-def _host_rows(fn: Callable[[np.ndarray, np.ndarray], None], a: np.ndarray, dtype) -> np.ndarray:
-  """Runs ``fn(rows, out_rows)`` over the rows (last axis) of ``a`` in numpy; large inputs are split over threads.
-
-  ``fn`` writes its result for rows (r, n) into out_rows (r, n).
-  ``a`` may arrive as a jax.Array: it is turned into numpy first, because running any jax
-  computation inside a host callback deadlocks the CPU backend.
-  """
-  a = np.asarray(a)
-  rows = a.reshape(-1, a.shape[-1])
-  out = np.empty(rows.shape, dtype)
-
-  def run(lo, hi):
-    fn(rows[lo:hi], out[lo:hi])
-
-  if _HOST_POOL is None or a.size < _PARALLEL_MIN_SIZE or rows.shape[0] < 2:
-    run(0, rows.shape[0])
-  else:
-    bounds = np.linspace(0, rows.shape[0], _HOST_THREADS + 1).astype(int)
-    list(_HOST_POOL.map(run, bounds[:-1], bounds[1:]))  # numpy releases the GIL in sort
-  return out.reshape(a.shape)
-
-
-def _host_argsort_desc(a: np.ndarray) -> np.ndarray:
-  """numpy stable argsort (descending) along the last axis."""
-  def fn(rows, out):
-    out[:] = np.argsort(-rows, axis=-1, kind="stable")
-
-  return _host_rows(fn, a, np.int32)
-
-
-def _host_sort(a: np.ndarray) -> np.ndarray:
-  """numpy sort (ascending, values only) along the last axis: vectorised, ~10× faster than argsort."""
-  def fn(rows, out):
-    out[:] = rows
-    out.sort(axis=-1)
-
-  return _host_rows(fn, a, np.asarray(a).dtype)
-
-
-def _cpu_argsort_desc(a: Array) -> Array:
-  out = jax.ShapeDtypeStruct(a.shape, jnp.int32)
-  return jax.pure_callback(_host_argsort_desc, out, a, vmap_method="expand_dims")
-
-
-def _device_argsort_desc(a: Array) -> Array:
-  return jnp.argsort(-a, axis=-1).astype(jnp.int32)
-
-
-def _cpu_sort(a: Array) -> Array:
-  return jax.pure_callback(_host_sort, jax.ShapeDtypeStruct(a.shape, a.dtype), a, vmap_method="expand_dims")
-
-
 def _argsort_desc(a: Array) -> Array:
   """Indices that sort a in descending order along the last axis (stable: ties keep their order).
 
-  XLA's sort is tens of times slower than numpy's on CPU, so on a single CPU device the sort
-  runs in numpy through a host callback; on GPU/TPU, and when several devices run the program
-  (host callbacks inside multi-device CPU programs can abort), it stays in XLA. The
-  platform branch is chosen when the function is lowered, so one jitted function runs on
-  every backend. numpy's stable sort (timsort) suits θ's event rows, a few pre-sorted runs.
-  Cost to know: a CPU program holding a host callback is dispatched synchronously, so the
-  caller's Python work no longer overlaps the previous step.
+  Sorting runs only on the groups the sort-free bracket leaves ambiguous, so it stays in XLA on
+  every backend: no host callback, whose presence would make the CPU runtime dispatch the
+  whole training step synchronously.
   """
   if a.shape[-1] <= 1 or a.size == 0:
     return jnp.zeros(a.shape, jnp.int32)
-  if jax.device_count() > 1:
-    return _device_argsort_desc(a)
-  return jax.lax.platform_dependent(a, cpu=_cpu_argsort_desc, default=_device_argsort_desc)
-
-
-def _sort(a: Array) -> Array:
-  """a sorted ascending along the last axis (values only). Backends as ``_argsort_desc``."""
-  if a.shape[-1] <= 1 or a.size == 0 or jax.device_count() > 1:
-    return jnp.sort(a, axis=-1)
-  return jax.lax.platform_dependent(a, cpu=_cpu_sort, default=lambda v: jnp.sort(v, axis=-1))
+  return jnp.argsort(-a, axis=-1, stable=True).astype(jnp.int32)
 
 
 def _scan(op, x: Array, reverse: bool = False) -> Array:
@@ -214,22 +142,16 @@ def _cumsum(x: Array, block: int = 32) -> Array:
   return out.reshape(x.shape[:-1] + (m * b,))[..., :n]
 
 
-def _sorted_stats(y: Array) -> tuple[Array, Array, Array]:
-  """|y| sorted in descending order, its prefix norms and its suffix sums of squares (last axis).
+def _sorted_stats(y: Array) -> tuple[Array, Array]:
+  """|y| sorted in descending order and its prefix norms (last axis).
 
   Returns:
     a_sorted: |y| in descending order, shape (..., n).
     s: s[..., k] = ‖top-k entries of y‖₂ for k = 0..n (shape (..., n + 1), s[..., 0] = 0).
-    rest: rest[..., k] = Σ of the squares of all but the top-k entries (shape (..., n + 1),
-      rest[..., n] = 0), summed from the smallest up, so accurate where it is small.
   """
-  ascending = _sort(jnp.abs(y))
-  squares = jnp.square(ascending)
-  sums = _cumsum(jnp.stack([jnp.flip(squares, -1), squares], axis=-2))  # top-k, bottom-k
-  zero = jnp.zeros(y.shape[:-1] + (1,), sums.dtype)
-  s = jnp.sqrt(jnp.concatenate([zero, sums[..., 0, :]], axis=-1))
-  rest = jnp.concatenate([jnp.flip(sums[..., 1, :], -1), zero], axis=-1)
-  return jnp.flip(ascending, -1), s, rest
+  a_sorted = jnp.flip(jnp.sort(jnp.abs(y), axis=-1), -1)
+  sums = _cumsum(jnp.square(a_sorted))
+  return a_sorted, jnp.sqrt(jnp.concatenate([jnp.zeros(y.shape[:-1] + (1,), sums.dtype), sums], axis=-1))
 
 
 def _top_k_mask(a: Array, a_sorted: Array, k: Array) -> Array:
@@ -276,37 +198,43 @@ def _slope_floor(gain: Array, gamma: Array) -> Array:
 def _bracket(state: Callable, h_total: Array, alpha: Array, gamma: Array) -> tuple[Array, Array, Array, Array]:
   """Solves max_S Φ(H_S) − alpha·K_S without sorting, for the groups where two bounds agree.
 
-  S is a support (per leaf: which of its largest entries are kept), H_S its value (a sum of
-  per-leaf h) and K_S its size. Φ is convex, so an optimum S* also maximises the linearisation
-  w*·H_S − alpha·K_S at w* = Φ'(H*) (spec §C.2), and the maximisers of the linearisation grow
-  with w. Two bounds pin w*: w* ≤ Φ'(H_all) = w_hi, and a feasible support's gain G_ref ≤ G*
-  gives Φ(H*) ≥ G_ref + alpha·K_lo, so w* ≥ w_lo (K_lo, H_lo: the smallest maximiser at w_lo,
-  contained in S*; the bound is then tightened once with them). If the smallest maximiser at
-  w_lo equals the largest at w_hi, every w in between selects it: it is S*, or x = 0 if its gain
-  is ≤ 0. If even Φ(H at w_hi) − alpha·K_lo ≤ 0, x = 0. Otherwise the group is ambiguous.
-  The bounds are widened by 1024·eps (relative) against rounding, which only makes more groups
-  ambiguous.
+  S is a support (a set of entries, grouped in leaves), H_S its value (a sum of per-leaf h) and
+  K_S its size. Φ is convex, so an optimum S* also maximises the linearisation w*·H_S − alpha·K_S
+  at w* = Φ'(H*) (spec §C.2), and the maximisers of the linearisation grow with w. Two bounds pin
+  w*: w* ≤ Φ'(H_all) = w_hi, and a feasible support's gain G_ref ≤ G* gives
+  Φ(H*) ≥ G_ref + alpha·K_lo, so w* ≥ w_lo (I_lo: a support inside every maximiser at w_lo, hence
+  inside S*; the bound is then tightened once with its H and K). If that inner support at w_lo
+  equals a support O_hi containing every maximiser at w_hi, then I_lo ⊆ S* ⊆ O_hi: O_hi is S*, or
+  x = 0 if its gain is ≤ 0. If even Φ(H of O_hi) − alpha·K_lo ≤ 0, x = 0. Otherwise the group is
+  ambiguous. The bounds are widened by 1024·eps (relative) against rounding, which only makes
+  more groups ambiguous.
 
   Args:
-    state: (w, largest) ↦ (selection, per-leaf h, H, K) of the largest (or smallest) support
-      maximising w·H − alpha·K, per group; w has the group shape.
+    state: (w, outer) ↦ (selection, per-leaf h, H, K) of a support containing every maximiser of
+      w·H − alpha·K (outer=True) or contained in every one (outer=False), per group; w has the
+      group shape; per-leaf h has shape (groups, leaves), the selection the same or with one
+      more axis (the leaves' entries).
     h_total: H of all entries, an upper bound on any H_S, per group.
     alpha, gamma: ℓ0 and root coefficients, per group.
 
   Returns:
-    (selection, H) of the support at w_hi, and the masks ``ambiguous`` and ``zero`` (x = 0), per group.
+    (selection, H) of the outer support at w_hi, and the masks ``ambiguous`` and ``zero`` (x = 0),
+    per group.
   """
   rel = 1024 * float(np.finfo(h_total.dtype).eps)
   up, down = 1 + rel, 1 - rel
-  sel_hi, leaf_hi, h_hi, k_hi = state(_phi_slope(h_total * up, gamma) * up, True)
+  w_hi = _phi_slope(h_total * up, gamma) * up
+  sel_hi, leaf_hi, h_hi, k_hi = state(w_hi, True)
   phi_hi = _phi(h_hi, gamma)
   gain = phi_hi - alpha * k_hi
   g_ref = gain - rel * (phi_hi + alpha * k_hi)  # a lower bound on that support's gain, so on G*
-  w_lo = _slope_floor(g_ref, gamma)
+  w_lo = jnp.minimum(_slope_floor(g_ref, gamma), w_hi)
   _, _, h_lo, k_lo = state(w_lo * down, False)
   w_lo = jnp.maximum(w_lo, jnp.maximum(_phi_slope(h_lo * down, gamma), _slope_floor(g_ref + alpha * k_lo * down, gamma)))
+  w_lo = jnp.minimum(w_lo, w_hi)
   sel_lo, leaf_lo, _, k_lo = state(w_lo * down, False)
-  same = (sel_lo == sel_hi) | ((alpha[..., None] == 0) & (leaf_lo == leaf_hi))  # alpha = 0: zeros kept or not, same x
+  same_sel = jnp.all(sel_lo == sel_hi, axis=tuple(range(leaf_hi.ndim, sel_hi.ndim)))
+  same = same_sel | ((alpha[..., None] == 0) & (leaf_lo == leaf_hi))  # alpha = 0: zeros kept or not, same x
   settled = jnp.all(same, axis=-1)
   zero = (phi_hi * up - alpha * k_lo * down <= 0) | (settled & (gain <= 0))
   return sel_hi, h_hi, ~settled & ~zero, zero
@@ -315,14 +243,14 @@ def _bracket(state: Callable, h_total: Array, alpha: Array, gamma: Array) -> tup
 def _settle_ambiguous(x_fast: Array, ambiguous: Array, exact: Callable, args: tuple[Array, ...]) -> Array:
   """x_fast with the groups marked ambiguous (axis 0) replaced by ``exact(*args)`` on them.
 
-  The ambiguous groups are gathered in chunks of 1/16 of all groups and solved chunk by
+  The ambiguous groups are gathered in chunks of 1/64 of all groups and solved chunk by
   chunk, so ``exact`` costs in proportion to how many there are (nothing when none is) and
   is compiled once.
   """
   groups = ambiguous.shape[0]
   if groups == 0:
     return x_fast
-  chunk = max(1, groups // 16)
+  chunk = max(1, groups // 64)
 
   def solve_chunk(carry):
     x, todo = carry
@@ -453,7 +381,7 @@ def pi(y: ArrayLike, lam: ArrayLike, eta: ArrayLike) -> Array:
 def _pi_sorted(yc: Array, lam: Array, eta: Array) -> Array:
   """π by sorting each group: the score S_k of every support size k, then the best k."""
   n = yc.shape[-1]
-  a_sorted, s, _ = _sorted_stats(yc)
+  a_sorted, s = _sorted_stats(yc)
   k = jnp.arange(n + 1, dtype=yc.dtype)
   score = 0.5 * jnp.square(jnp.maximum(s - lam[..., None], 0)) - eta[..., None] * k
   k_best = jnp.argmax(score, axis=-1)  # first maximum: smallest k; score[0] = 0
@@ -467,8 +395,8 @@ def _pi_bracketed(yc: Array, lam: Array, eta: Array) -> tuple[Array, Array]:
   """π where ``_bracket`` settles it (no sort), and the mask of groups it leaves ambiguous."""
   sq = jnp.square(yc)
 
-  def state(w, largest):  # each entry is a leaf of one member: kept iff w·y_j² ≥ eta (> for the smallest)
-    take = w[:, None] * sq >= eta[:, None] if largest else w[:, None] * sq > eta[:, None]
+  def state(w, outer):  # each entry is a leaf of one member: kept iff w·y_j² ≥ eta (> for the inner bound)
+    take = w[:, None] * sq >= eta[:, None] if outer else w[:, None] * sq > eta[:, None]
     leaf_h = jnp.where(take, sq, 0)
     return take, leaf_h, jnp.sum(leaf_h, -1), jnp.sum(take, -1).astype(yc.dtype)
 
@@ -582,8 +510,9 @@ def theta(y: ArrayLike, alpha: ArrayLike, beta: ArrayLike, gamma: ArrayLike) -> 
   hᵢ(k) = (‖top-k of yᵢ‖ − beta)_+² and Φ(H) = ½(√H − gamma)_+². Φ is convex, so an optimum
   maximises Σᵢ w·hᵢ(kᵢ) − alpha·kᵢ for some w; sweeping w over the breakpoints of the
   per-leaf upper hulls visits it (spec §C.2). The result is the top-kᵢ entries of each leaf,
-  leaf-shrunk by beta and root-shrunk by gamma. Most trees are settled before the sweep
-  (``_bracket`` pins w between two bounds that give the same kᵢ); only the others are swept.
+  leaf-shrunk by beta and root-shrunk by gamma. Most trees are settled without sorting
+  (``_theta_bracketed``: w is pinned between two bounds, and each leaf's choice at a given w is
+  bracketed the same way, by thresholds on y²); only the trees left ambiguous are sorted and swept.
 
   Args:
     y: array of shape (..., L, F): L leaf groups y[..., i, :] of F entries under one root.
@@ -595,44 +524,97 @@ def theta(y: ArrayLike, alpha: ArrayLike, beta: ArrayLike, gamma: ArrayLike) -> 
   alpha, beta, gamma = _tree_coefs(y, "theta", alpha=alpha, beta=beta, gamma=gamma)
   yc = y.astype(alpha.dtype).reshape((-1,) + y.shape[-2:])
   alpha, beta, gamma = alpha.reshape(-1), beta.reshape(-1), gamma.reshape(-1)
-  a_sorted, s, rest, h = _theta_tables(yc, beta)
-  x_fast, ambiguous = _theta_bracketed(yc, a_sorted, s, rest, h, alpha, beta, gamma)
-  x = _settle_ambiguous(x_fast, ambiguous, _theta_swept, (yc, a_sorted, h, alpha, beta, gamma))
+  x_fast, ambiguous = _theta_bracketed(yc, alpha, beta, gamma)
+  x = _settle_ambiguous(x_fast, ambiguous, _theta_exact, (yc, alpha, beta, gamma))
   return x.reshape(y.shape).astype(y.dtype)
 
 
-def _theta_tables(yc: Array, beta: Array) -> tuple[Array, Array, Array, Array]:
-  """Per-leaf tables of θ: ``_sorted_stats`` of yc (T, L, F) and h(k) = (s_k − beta)_+², k = 0..F."""
-  a_sorted, s, rest = _sorted_stats(yc)
-  return a_sorted, s, rest, jnp.square(jnp.maximum(s - beta[:, None, None], 0))
+def _theta_exact(yc: Array, alpha: Array, beta: Array, gamma: Array) -> Array:
+  """θ by sorting every leaf and sweeping (``_theta_swept``); shapes as ``_theta_bracketed``."""
+  a_sorted, s = _sorted_stats(yc)
+  return _theta_swept(yc, a_sorted, jnp.square(jnp.maximum(s - beta[:, None, None], 0)), alpha, beta, gamma)
 
 
-def _theta_bracketed(yc: Array, a_sorted: Array, s: Array, rest: Array, h: Array, alpha: Array, beta: Array,
-                     gamma: Array) -> tuple[Array, Array]:
-  """θ where ``_bracket`` settles it (no hull, no sweep), and the mask of trees it leaves ambiguous.
+def _g(u: Array, beta: Array) -> Array:
+  """g(u) = (√u − beta)_+²: what a leaf of squared norm u is worth after its leaf shrink."""
+  return 2 * _phi(u, beta)
 
-  A leaf's best k at slope w minimises w·(h(F) − h(k)) − alpha·(F − k). h(k) itself is too
-  coarse for that (h ~ ‖leaf‖², the differences that matter ~ alpha), so h(F) − h(k) is
-  computed from the small sums of squares left out: with rest_k = s_F² − s_k²,
-  h(F) − h(k) = rest_k·(1 − 2·beta/(s_F + s_k)) once s_k ≥ beta (and h(F) before).
-  Shapes: yc, a_sorted (T, L, F); s, rest, h (T, L, F+1); coefficients (T,).
+
+def _g_slope(u: Array, beta: Array) -> Array:
+  """g'(u) = (1 − beta/√u)_+; non-decreasing in u."""
+  return 2 * _phi_slope(u, beta)
+
+
+def _leaf_slope_floor(gain: Array, w: Array, beta: Array) -> Array:
+  """Least w·g'(u) over all u with w·g(u) ≥ gain: w·√gain / (beta·√w + √gain), 0 where gain ≤ 0."""
+  root = jnp.sqrt(jnp.maximum(gain, 0))
+  den = beta * jnp.sqrt(w) + root
+  return jnp.where(gain > 0, w * root / jnp.where(den > 0, den, 1), 0)
+
+
+def _leaf_support(sq: Array, omega: Array, alpha: Array, outer: bool) -> tuple[Array, Array, Array]:
+  """Entries with omega·y² ≥ alpha (> when not ``outer``) per leaf, their squared norm and count."""
+  value = omega[..., None] * sq
+  take = value >= alpha[:, None, None] if outer else value > alpha[:, None, None]
+  return take, jnp.sum(jnp.where(take, sq, 0), -1), jnp.sum(take, -1)
+
+
+def _leaf_outer(sq: Array, u_all: Array, w: Array, alpha: Array, beta: Array, rel: float):
+  """A support per leaf containing every maximiser S of w·g(u_S) − alpha·|S| (no sort).
+
+  g is convex, so a maximiser S* keeps {j : ω*·y_j² ≥ alpha} with ω* = w·g'(u*) (the π argument
+  of spec §C.1 with the leaf as the group); ω* ≤ w·g'(u_all) gives a first outer support, and
+  u* ≤ its u tightens the slope once. Slopes are widened by rel against rounding.
+  Shapes: sq (T, L, F), u_all (T, L), w, alpha, beta (T,). Returns (take, u, count).
   """
-  width = h.shape[-1] - 1
-  ks = jnp.arange(width + 1)
-  b = beta[:, None, None]
-  both = s[..., -1:] + s
-  tail = jnp.where(s >= b, rest * (1 - 2 * b / jnp.where(both > 0, both, 1)), h[..., -1:])
-  count_after = alpha[:, None, None] * (width - ks).astype(h.dtype)
+  up = 1 + rel
+  wb, b = w[:, None], beta[:, None]
+  omega = wb * _g_slope(u_all * up, b) * up
+  _, u, _ = _leaf_support(sq, omega, alpha, True)
+  return _leaf_support(sq, jnp.minimum(omega, wb * _g_slope(u * up, b) * up), alpha, True)
 
-  def state(w, largest):
-    loss = w[:, None, None] * tail - count_after  # = score(F) − score(k), score(k) = w·h(k) − alpha·k
-    at_best = loss == jnp.min(loss, axis=-1, keepdims=True)
-    k = jnp.max(jnp.where(at_best, ks, 0), -1) if largest else jnp.min(jnp.where(at_best, ks, width), -1)
-    leaf_h = jnp.take_along_axis(h, k[..., None], -1)[..., 0]
-    return k, leaf_h, jnp.sum(leaf_h, -1), jnp.sum(k, -1).astype(h.dtype)
 
-  k_leaf, _, ambiguous, zero = _bracket(state, jnp.sum(jnp.max(h, -1), -1), alpha, gamma)
-  keep = _top_k_mask(jnp.abs(yc), a_sorted, jnp.where(zero[:, None], 0, k_leaf))
+def _leaf_inner(sq: Array, u_all: Array, w: Array, alpha: Array, beta: Array, rel: float):
+  """A support per leaf contained in every maximiser S of w·g(u_S) − alpha·|S| (no sort).
+
+  The outer support is feasible, so its gain q_ref bounds the best gain q* from below, and
+  w·g(u*) = q* + alpha·|S*| ≥ q_ref gives ω* ≥ ``_leaf_slope_floor(q_ref)``; the entries kept
+  strictly at that slope are in S*. Tightened once with their u and count (u* ≥ u, |S*| ≥ count).
+  Shapes as ``_leaf_outer``.
+  """
+  down = 1 - rel
+  wb, a, b = w[:, None], alpha[:, None], beta[:, None]
+  _, u_out, c_out = _leaf_outer(sq, u_all, w, alpha, beta, rel)
+  value, cost = wb * _g(u_out, b), a * c_out
+  q_ref = value - cost - rel * (value + cost)
+  omega = _leaf_slope_floor(q_ref, wb, b)
+  _, u, c = _leaf_support(sq, omega * down, alpha, False)
+  omega = jnp.maximum(omega, jnp.maximum(wb * _g_slope(u * down, b), _leaf_slope_floor(q_ref + a * c * down, wb, b)))
+  omega = jnp.minimum(omega, wb * _g_slope(u_all, b))  # ω* never exceeds it: keeps the inner support inside the outer
+  return _leaf_support(sq, omega * down, alpha, False)
+
+
+def _theta_bracketed(yc: Array, alpha: Array, beta: Array, gamma: Array) -> tuple[Array, Array]:
+  """θ where ``_bracket`` settles it (no sort, no hull, no sweep), and the mask of trees it leaves ambiguous.
+
+  At a root slope w the linearised problem splits over the leaves: each maximises
+  w·g(u_S) − alpha·|S| over its entries, itself a π-type problem with a convex value, so its
+  maximisers are bracketed without sorting (``_leaf_outer`` / ``_leaf_inner``). Where the
+  inner support at w_lo equals the outer one at w_hi, that support is θ's.
+  Shapes: yc (T, L, F); coefficients (T,).
+  """
+  rel = 1024 * float(np.finfo(yc.dtype).eps)
+  sq = jnp.square(yc)
+  u_all = jnp.sum(sq, -1)
+  b = beta[:, None]
+
+  def state(w, outer):
+    take, u, count = (_leaf_outer if outer else _leaf_inner)(sq, u_all, w, alpha, beta, rel)
+    leaf_h = _g(u, b)
+    return take, leaf_h, jnp.sum(leaf_h, -1), jnp.sum(count, -1).astype(yc.dtype)
+
+  take, _, ambiguous, zero = _bracket(state, jnp.sum(_g(u_all, b), -1), alpha, gamma)
+  keep = take & ~zero[:, None, None]
   return _tree_shrink(jnp.where(keep, yc, 0), beta, gamma), ambiguous
 
 

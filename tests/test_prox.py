@@ -143,13 +143,12 @@ def _per_group(y, *coefs, batch_ndim=1):
 
 @jax.jit
 def _jit_bracketed_theta(y, alpha, beta, gamma):
-  return prox._theta_bracketed(y, *prox._theta_tables(y, beta), alpha, beta, gamma)
+  return prox._theta_bracketed(y, alpha, beta, gamma)
 
 
 @jax.jit
 def _jit_swept_theta(y, alpha, beta, gamma):
-  a_sorted, _, _, h = prox._theta_tables(y, beta)
-  return prox._theta_swept(y, a_sorted, h, alpha, beta, gamma)
+  return prox._theta_exact(y, alpha, beta, gamma)
 
 
 def _bracketed_pi(y, lam, eta):
@@ -220,7 +219,7 @@ def test_bracketed_shortcut_settles_training_sized_layers(dtype):
 
 
 def test_many_ambiguous_groups_are_solved_chunk_by_chunk():
-  """More ambiguous groups than one chunk (1/16 of the groups): every one still comes out exact."""
+  """More ambiguous groups than one chunk (1/64 of the groups, at least 1): every one still comes out exact."""
   rng = np.random.default_rng(6)
   b, L, F = 48, 2, 3
   y = rng.normal(size=(b, L, F))
@@ -228,7 +227,7 @@ def test_many_ambiguous_groups_are_solved_chunk_by_chunk():
   alpha, beta = rng.uniform(0.05, 0.3, b) ** 2, rng.uniform(0, 0.3, b) ** 2
   with jax.enable_x64(True):
     _, ambiguous = _bracketed_theta(y, alpha, beta, gamma)
-  assert ambiguous.sum() > b // 16 + 1
+  assert ambiguous.sum() > max(1, b // 64)
   x = _run(prox.theta, np.float64, y, alpha, beta, gamma)
   for i in range(b):
     assert bf.objective_theta(x[i], y[i], alpha[i], beta[i], gamma[i]) <= bf.brute_theta(y[i], alpha[i], beta[i], gamma[i]) + TOL
@@ -400,53 +399,3 @@ def test_bad_input_is_a_clear_error():
     prox.pi(y, np.ones(3), 0.0)
   with pytest.raises(ValueError, match="at least 2 dimension"):
     prox.theta(np.ones(3, np.float32), 0.1, 0.1, 0.1)
-
-
-_ONE_DEVICE_SCRIPT = """
-import sys, numpy as np, jax
-from mobileprune_jax import prox
-assert jax.device_count() == 1
-rng = np.random.default_rng(7)
-out = {}
-for dtype in (np.float32, np.float64):
-  jax.config.update("jax_enable_x64", dtype == np.float64)
-  y = rng.normal(size=(6, 40, 500)).astype(dtype) * 0.05
-  out[f"pi_{dtype.__name__}"] = np.asarray(prox.pi(y, 0.2, 2e-4))
-  t = rng.normal(size=(64, 9, 128)).astype(dtype) * 0.05
-  out[f"theta_{dtype.__name__}"] = np.asarray(prox.theta(t, 1e-4, 1e-2, 5e-2))
-  out[f"y_{dtype.__name__}"], out[f"t_{dtype.__name__}"] = y, t
-np.savez(sys.argv[1], **out)
-"""
-
-
-def test_single_device_host_sort_path_matches_the_xla_path(tmp_path):
-  """On one CPU device the sorts run in numpy via host callbacks; the test session (8 devices) uses XLA's."""
-  import os
-  import subprocess
-  import sys
-
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  path = tmp_path / "one_device.npz"
-  subprocess.run([sys.executable, "-c", _ONE_DEVICE_SCRIPT, str(path)], env=env, check=True, timeout=300)
-  got = np.load(path)
-  assert jax.device_count() > 1
-  for dtype in (np.float32, np.float64):
-    name = dtype.__name__
-    with jax.enable_x64(dtype == np.float64):
-      ref_pi = np.asarray(prox.pi(got[f"y_{name}"], 0.2, 2e-4))
-      ref_theta = np.asarray(prox.theta(got[f"t_{name}"], 1e-4, 1e-2, 5e-2))
-    y, t = got[f"y_{name}"].astype(np.float64), got[f"t_{name}"].astype(np.float64)
-    pi_obj = lambda x: 0.5 * np.sum((x - y) ** 2, -1) + 0.2 * np.linalg.norm(x, axis=-1) + 2e-4 * np.sum(x != 0, -1)
-    theta_obj = lambda x: (0.5 * np.sum((x - t) ** 2, (-2, -1)) + 1e-4 * np.sum(x != 0, (-2, -1))
-                           + 1e-2 * np.sum(np.linalg.norm(x, axis=-1), -1) + 5e-2 * np.sqrt(np.sum(x * x, (-2, -1))))
-    tol = 1e-6 if dtype == np.float32 else 1e-12
-    for one, ref, objective in ((got[f"pi_{name}"], ref_pi, pi_obj), (got[f"theta_{name}"], ref_theta, theta_obj)):
-      assert one.dtype == dtype
-      assert 0.05 < np.mean(ref == 0) < 0.95  # a partial-support regime, so supports can differ
-      # both are exact up to rounding: the same objective per group, the same support but for near-ties
-      f_one, f_ref = objective(one.astype(np.float64)), objective(ref.astype(np.float64))
-      np.testing.assert_allclose(f_one, f_ref, rtol=tol, atol=tol)
-      assert np.mean((one == 0) != (ref == 0)) < 1e-4
-      same = (one == 0) == (ref == 0)
-      np.testing.assert_allclose(np.where(same, one, 0), np.where(same, ref, 0), rtol=1e-4 if dtype == np.float32 else 1e-10,
-                                 atol=1e-7 if dtype == np.float32 else 1e-13)

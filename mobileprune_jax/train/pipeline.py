@@ -34,7 +34,7 @@ from mobileprune_jax import data as data_lib
 from mobileprune_jax import metrics, models, surgery, transforms
 from mobileprune_jax.surgery import depgraph
 from mobileprune_jax.train import palm
-from mobileprune_jax.train.steps import Placement, evaluate, train_step
+from mobileprune_jax.train.steps import Placement, bound_train_step, evaluate
 
 ProxFactory = Callable[[Any], optax.GradientTransformation]
 
@@ -343,6 +343,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, resume: boo
       ckpt.restore(model, optimizer if inside else None)
       meta = None
     placement.put_model(model, *([optimizer] if optimizer is not None else []))
+    step = bound_train_step(model, optimizer) if optimizer is not None else None
     epochs = math.ceil(phase.steps / steps_per_epoch) if phase.steps else phase.epochs
     for epoch in range(state["epoch"], epochs):
       order_seed = int(np.random.SeedSequence([cfg.seed, p_index, epoch]).generate_state(1)[0])
@@ -359,7 +360,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, resume: boo
           acc = jnp.nan
           lips.append(lip)
         else:
-          loss, acc = train_step(model, optimizer, xb, yb)
+          loss, acc = step(xb, yb)
         losses.append(loss)
         accs.append(acc)
         state["step"] = skip + i + 1
