@@ -191,6 +191,35 @@ def test_bracketed_shortcut_is_exact_wherever_it_settles(dtype):
   assert 0.3 * total < settled < total  # both outcomes occur, so the test sees each
 
 
+def test_leaf_bounds_contain_and_are_contained_in_every_maximiser():
+  """θ's sort-free leaf step: at a root slope w, ``_leaf_inner`` ⊆ every maximiser S of
+  w·(‖y_S‖ − beta)_+² − alpha·|S| ⊆ ``_leaf_outer``, the maximisers found by enumerating all S."""
+  rng = np.random.default_rng(7)
+  checked, tight = 0, 0
+  with jax.enable_x64(True):
+    for F in range(1, 9):
+      t, L = 40, 3
+      y = rng.normal(size=(t, L, F)) * rng.uniform(0.1, 3, size=(t, L, 1))
+      y[rng.random(y.shape) < 0.15] = 0  # exact zeros: never worth keeping when alpha > 0
+      w = rng.uniform(0, 1, t) * (rng.random(t) > 0.1)
+      alpha, beta = rng.uniform(0, 0.6, (2, t)) ** 2
+      alpha[rng.random(t) < 0.1] = 0
+      args = (jnp.square(y), jnp.sum(jnp.square(y), -1), w, alpha, beta, 1024 * float(np.finfo(np.float64).eps))
+      outer = np.asarray(jax.jit(prox._leaf_outer, static_argnums=5)(*args)[0])
+      inner = np.asarray(jax.jit(prox._leaf_inner, static_argnums=5)(*args)[0])
+      subsets = bf.all_supports(F)
+      for i in range(t):
+        for leaf in range(L):
+          u = np.sum(np.where(subsets, y[i, leaf] ** 2, 0), -1)
+          gain = w[i] * np.maximum(np.sqrt(u) - beta[i], 0) ** 2 - alpha[i] * subsets.sum(-1)
+          best = subsets[gain >= gain.max() - 1e-12]
+          assert np.all(best | ~inner[i, leaf]), (F, i, leaf)   # inner ⊆ S
+          assert np.all(~best | outer[i, leaf]), (F, i, leaf)   # S ⊆ outer
+          checked += 1
+          tight += bool(np.all(inner[i, leaf] == outer[i, leaf]))
+  assert 0.5 * checked < tight < checked  # the bounds usually meet, and the test sees both outcomes
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bracketed_shortcut_settles_training_sized_layers(dtype):
   """On a conv layer's trees and a dense layer's rows with step-scaled coefficients nearly every group
