@@ -20,6 +20,10 @@ Conventions:
 
 Negative coefficients are rejected with a ``ValueError`` when they are concrete values;
 traced coefficients (inside ``jit``) cannot be checked and must be non-negative.
+
+``pi`` and ``theta`` sort only the groups their sort-free bounds leave ambiguous, with XLA's
+sort on every backend: no host callback, whose presence would make the CPU runtime dispatch a
+whole training step synchronously.
 """
 
 from __future__ import annotations
@@ -106,18 +110,6 @@ def _checked(*names: str) -> Callable:
     return call
 
   return wrap
-
-
-def _argsort_desc(a: Array) -> Array:
-  """Indices that sort a in descending order along the last axis (stable: ties keep their order).
-
-  Sorting runs only on the groups the sort-free bracket leaves ambiguous, so it stays in XLA on
-  every backend: no host callback, whose presence would make the CPU runtime dispatch the
-  whole training step synchronously.
-  """
-  if a.shape[-1] <= 1 or a.size == 0:
-    return jnp.zeros(a.shape, jnp.int32)
-  return jnp.argsort(-a, axis=-1, stable=True).astype(jnp.int32)
 
 
 def _scan(op, x: Array, reverse: bool = False) -> Array:
@@ -642,7 +634,7 @@ def _theta_swept(yc: Array, a_sorted: Array, h: Array, alpha: Array, beta: Array
   # with slope ≤ w maximises the linearisation at w, so it suffices to evaluate the gain
   # at the last event of each run of equal w (and at the empty state).
   w_flat = w.reshape(trees, leaves * (width + 1))
-  order = _argsort_desc(-w_flat)  # ascending w
+  order = jnp.argsort(w_flat, axis=-1, stable=True)  # ascending w
   w_sorted = jnp.take_along_axis(w_flat, order, -1)
   big_h = _cumsum(jnp.take_along_axis(dh.reshape(w_flat.shape), order, -1))
   big_k = _cumsum(jnp.take_along_axis(dk.reshape(w_flat.shape).astype(dt), order, -1))

@@ -147,7 +147,7 @@ def _jit_bracketed_theta(y, alpha, beta, gamma):
 
 
 @jax.jit
-def _jit_swept_theta(y, alpha, beta, gamma):
+def _jit_exact_theta(y, alpha, beta, gamma):
   return prox._theta_exact(y, alpha, beta, gamma)
 
 
@@ -230,7 +230,7 @@ def test_bracketed_shortcut_settles_training_sized_layers(dtype):
     t[:8] *= 0.01  # a few channels about to be pruned
     coefs = (1e-6, 1e-4, 5e-3)
     x, ambiguous = _bracketed_theta(t, *coefs)
-    ref = np.asarray(_jit_swept_theta(*_per_group(t, *coefs)), np.float64)
+    ref = np.asarray(_jit_exact_theta(*_per_group(t, *coefs)), np.float64)
     t64 = t.astype(np.float64)
     f_x, f_ref = bf.objective_theta(x, t64, *coefs), bf.objective_theta(ref, t64, *coefs)
     d = (rng.normal(size=(200, 500)) * 0.05).astype(dtype)
