@@ -15,15 +15,16 @@ import argparse
 import json
 import pathlib
 import statistics
-import sys
 from collections import defaultdict
 from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
 CONFIG = HERE / "configs" / "offline.py"
 RESULTS = HERE / "results"
-sys.path.insert(0, str(HERE / "configs"))
-import offline  # noqa: E402
+
+from mobileprune_jax.config import import_file  # noqa: E402
+
+offline = import_file(CONFIG)
 
 METHODS = offline.METHODS
 MODELS = {"mnist_subset": ("lenet300", "lenet5"), "fashion_mnist_idx": ("lenet300", "lenet5"),

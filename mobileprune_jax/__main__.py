@@ -68,37 +68,41 @@ def demo(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-  """Runs a config; a bad config or missing data is one error line and exit status 2."""
+  """Runs a config. Bad input (config, data, model kwargs), a busy workdir or unusable checkpoints are
+  one ``error:`` line and exit status 2, before any training; a diverging run is one line and status 3."""
   from mobileprune_jax import config as config_lib
-  from mobileprune_jax.data import DataUnavailableError
+  from mobileprune_jax.data import DataUnavailableError, InvalidDataError
+  from mobileprune_jax.train import pipeline
 
   try:
     cfg = config_lib.load_config(args.config)
     config_lib.apply_overrides(cfg, overrides)
-    config_lib.validate(cfg)
-    from mobileprune_jax.train import pipeline
-
-    pipeline.load_data(cfg)  # missing data fails here, before any model is built
-  except (config_lib.ConfigError, DataUnavailableError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  try:
     pipeline.run(cfg, args.workdir, resume=args.resume)
-  except FileExistsError as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (config_lib.ConfigError, DataUnavailableError, InvalidDataError, FileNotFoundError, FileExistsError,
+          pipeline.WorkdirBusyError, pipeline.CheckpointError, pipeline.ConfigMismatchError) as e:
+    print(f"error: {_one_line(e)}", file=sys.stderr)
     return 2
   except FloatingPointError as e:  # the run diverged: one line, not a traceback
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {_one_line(e)}", file=sys.stderr)
     return 3
   return 0
 
 
-def benchmark(args: argparse.Namespace) -> None:
-  """Exports the dense and the shrunk model of a finished run and prints LiteRT latency and sizes."""
-  from mobileprune_jax import export
+def _one_line(error: BaseException) -> str:
+  return " ".join(str(error).split())
 
-  result = export.benchmark_workdir(args.workdir, repeats=args.repeats)
+
+def benchmark(args: argparse.Namespace) -> int:
+  """Exports the dense and the shrunk model of a finished run and prints LiteRT latency and sizes."""
+  from mobileprune_jax import export, surgery
+
+  try:
+    result = export.benchmark_workdir(args.workdir, repeats=args.repeats)
+  except (surgery.ModelFileError, FileNotFoundError) as e:
+    print(f"error: {_one_line(e)}", file=sys.stderr)
+    return 2
   print(export.format_benchmark(result))
+  return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     return run(args, rest)
   if rest:
     parser.error(f"unrecognized arguments: {' '.join(rest)}")
-  args.fn(args)
-  return 0
+  return args.fn(args) or 0
 
 
 if __name__ == "__main__":

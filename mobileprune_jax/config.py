@@ -2,13 +2,20 @@
 
     python -m mobileprune_jax run --config experiments/configs/lenet5_mobileprune.py \\
         --workdir runs/lenet5 --config.prune.iterations=2 --config.coef.l0=1e-4
+
+``base_config()`` is a *locked* ``ConfigDict``: a config file or an override can only set keys
+it has (at any depth; ``model_kwargs`` is open and checked by building the model), with the
+type it has (``ConfigDict``'s type safety). ``validate`` then checks every value's range.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 import pathlib
+import sys
+import types
 from typing import Any
 
 import ml_collections
@@ -18,6 +25,8 @@ METHODS = ("mobileprune", "l0", "l1", "l2", "group_lasso", "l1_sgl", "degl", "eg
 MODES = ("prox_sgd", "palm")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
+QUANTIZE = ("", "float16", "dynamic_int8")
+CONV_GROUPINGS = ("input_channel_tree", "output_filter")
 
 
 class ConfigError(ValueError):
@@ -41,7 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 128
   c.eval_batch_size = 500
   c.data_parallel = True  # shard batches over all local devices
-  c.checkpoint_every_steps = 200
+  c.checkpoint_every_steps = 200  # also at every epoch end and phase start
+  c.checkpoint_keep = 3  # newest checkpoints kept (older ones are the fallback if the newest is damaged)
   c.progress = True
 
   # schedule: constant | cosine (to 0 over the phase) | step (×0.1 after 1/3 and 2/3 of the phase)
@@ -56,30 +66,64 @@ def base_config() -> ml_collections.ConfigDict:
                                           conv_grouping="input_channel_tree"))
   # DEGL (spec §H): EGL selection for `select_epochs`, threshold t_th, debiased retraining
   c.degl = ml_collections.ConfigDict(dict(select_epochs=5, lr=0.05, momentum=0.9, gamma=5e-3, lam=1e-4,
-                                          t_th=1e-2, rt_scale=-1.0, retrain_epochs=3))
+                                          t_th=1e-2, retrain_epochs=3))
+  # debiasing ridge λ_rt = rt_scale · λ (spec §H); None = 1
+  c.degl.rt_scale = ml_collections.FieldReference(None, field_type=float)
   # magnitude: train (pretrain section), then zero conv weights with |w| <= threshold (global), then
   # optional masked retraining -- the HAR notebooks' procedure (spec §F, "har_mode=paper_code")
   c.magnitude = ml_collections.ConfigDict(dict(threshold=0.015, layers="conv"))
   c.export = ml_collections.ConfigDict(dict(tflite=False, quantize=""))
+  c.lock()
+  c.model_kwargs.unlock()  # checked against the model's constructor when it is built
   return c
 
 
+def import_file(path: str | pathlib.Path) -> types.ModuleType:
+  """Imports a Python file as a module, inside its package when its folder has ``__init__.py``.
+
+  ``experiments/configs/offline.py`` becomes ``experiments.configs.offline``, so configs
+  share code with relative imports (``from . import common``) and need no ``sys.path`` edits.
+  """
+  path = pathlib.Path(path).resolve()
+  parts, root = [path.stem], path.parent
+  while (root / "__init__.py").exists():
+    parts.insert(0, root.name)
+    root = root.parent
+  for i in range(1, len(parts)):
+    package, directory = ".".join(parts[:i]), root.joinpath(*parts[:i])
+    loaded = sys.modules.get(package)
+    if loaded is None or list(getattr(loaded, "__path__", [])) != [str(directory)]:
+      spec = importlib.util.spec_from_file_location(package, directory / "__init__.py",
+                                                    submodule_search_locations=[str(directory)])
+      module = importlib.util.module_from_spec(spec)
+      sys.modules[package] = module
+      spec.loader.exec_module(module)
+  name = ".".join(parts)
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
 def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """Runs ``get_config()`` of a config file and merges it over ``base_config()``.
+  """Runs ``get_config()`` of a config file and sets its entries on ``base_config()``.
 
   ``"file.py:arg"`` calls ``get_config("arg")`` (as flax's config flags do), so one file can
   describe a grid, e.g. ``experiments/configs/offline.py:lenet5,l1_sgl,mnist_subset``.
+
+  Raises:
+    ConfigError: no such file, no ``get_config``, a bad argument, an unknown key or a value
+      of the wrong type.
   """
   text = str(path)
   arg = None
   if not pathlib.Path(text).exists() and ":" in text:
     text, _, arg = text.rpartition(":")
   path = pathlib.Path(text)
-  if not path.exists():
+  if not path.is_file():
     raise ConfigError(f"config file {str(path)!r} does not exist")
-  spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = import_file(path)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {str(path)!r} has no get_config()")
   try:
@@ -89,31 +133,38 @@ def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   except (KeyError, ValueError) as e:
     raise ConfigError(f"config file {str(path)!r}: bad argument {arg!r}: {e}") from e
   cfg = base_config()
-  _merge(cfg, new, prefix="")
+  try:
+    cfg.update(new)
+  except KeyError as e:
+    raise ConfigError(f"config file {str(path)!r}: unknown config key {_key_of(e)}") from None
+  except TypeError as e:
+    raise ConfigError(f"config file {str(path)!r}: {_type_message(e)}") from None
   return cfg
 
 
-def _merge(base: ml_collections.ConfigDict, new: Any, prefix: str) -> None:
-  for key, value in new.items():
-    name = f"{prefix}{key}"
-    if key not in base:
-      if prefix.startswith("model_kwargs"):
-        base[key] = value
-        continue
-      raise ConfigError(f"unknown config key {name!r}")
-    if isinstance(base[key], ml_collections.ConfigDict):
-      if key == "model_kwargs":
-        base[key] = ml_collections.ConfigDict(dict(value))
-      else:
-        _merge(base[key], value, prefix=f"{name}.")
-    else:
-      base[key] = value
+def _key_of(error: KeyError) -> str:
+  text = str(error.args[0]) if error.args else str(error)
+  return repr(text.split('"')[1]) if '"' in text else text
 
 
-def _parse(text: str) -> Any:
-  low = text.lower()
-  if low in ("true", "false"):
-    return low == "true"
+def _type_message(error: TypeError) -> str:
+  return str(error).replace(" (reference)", "").split("\n")[0]
+
+
+def _parse(text: str, field_type: type | None) -> Any:
+  """``text`` as a value of ``field_type`` (the key's current type); other keys: a Python literal."""
+  if field_type is bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"{text!r} is not true/false")
+    return text.lower() in ("true", "1")
+  if field_type is int:
+    return int(text)
+  if field_type is float:
+    return float(text)
+  if field_type is str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+      return text[1:-1]
+    return text
   try:
     return ast.literal_eval(text)
   except (ValueError, SyntaxError):
@@ -121,7 +172,11 @@ def _parse(text: str) -> Any:
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> None:
-  """Applies ``config.a.b=value`` overrides; unknown keys and bad types are ConfigErrors."""
+  """Applies ``--config.a.b=value`` overrides, parsing each value as the key's type.
+
+  Raises:
+    ConfigError: a malformed override, an unknown key, or a value of the wrong type.
+  """
   for item in overrides:
     key, sep, text = item.partition("=")
     if not sep:
@@ -133,47 +188,78 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> Non
       if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
         raise ConfigError(f"unknown config key {key!r}")
       node = node[p]
-    value = _parse(text)
-    if leaf not in node and parents != ["model_kwargs"]:
+    if leaf not in node and not parents == ["model_kwargs"]:
       raise ConfigError(f"unknown config key {key!r}")
-    if leaf in node and node[leaf] is not None and not isinstance(node[leaf], ml_collections.ConfigDict):
-      old = node[leaf]
-      if isinstance(old, bool) != isinstance(value, bool) or (isinstance(old, str) and not isinstance(value, str)):
-        value = text if isinstance(old, str) else value
-      if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-      if type(old) is not type(value) and not (isinstance(old, str) and isinstance(value, str)):
-        raise ConfigError(f"config key {key!r} takes a {type(old).__name__}, got {text!r}")
-    node[leaf] = value
+    if leaf in node and isinstance(node[leaf], ml_collections.ConfigDict):
+      raise ConfigError(f"config key {key!r} is a section; set its entries (--config.{key}.NAME=VALUE)")
+    field_type = node.get_type(leaf) if leaf in node else None
+    try:
+      value = _parse(text, field_type)
+    except ValueError:
+      raise ConfigError(f"config key {key!r} takes a {field_type.__name__}, got {text!r}") from None
+    try:
+      node[leaf] = value
+    except TypeError as e:
+      raise ConfigError(f"config key {key!r}: {_type_message(e)}") from None
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+  if isinstance(node, (ml_collections.ConfigDict, dict)):
+    return [item for k, v in node.items() for item in _leaves(v, f"{prefix}{k}.")]
+  if isinstance(node, (list, tuple)):
+    return [item for i, v in enumerate(node) for item in _leaves(v, f"{prefix}{i}.")]
+  return [(prefix.rstrip("."), node)]
+
+
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
-  """Checks names and numbers before anything is trained; raises ConfigError."""
+  """Checks names and every number before anything is trained; raises ConfigError (one line)."""
   from mobileprune_jax import data, models
 
-  if cfg.model not in models.MODELS:
-    raise ConfigError(f"unknown model {cfg.model!r}; choose one of {sorted(models.MODELS)}")
-  if cfg.dataset not in data.LOADERS:
-    raise ConfigError(f"unknown dataset {cfg.dataset!r}; choose one of {sorted(data.LOADERS)}")
-  if cfg.method not in METHODS:
-    raise ConfigError(f"unknown method {cfg.method!r}; choose one of {METHODS}")
-  if cfg.mode not in MODES:
-    raise ConfigError(f"unknown mode {cfg.mode!r}; choose one of {MODES}")
+  for name, value in _leaves(cfg):
+    if isinstance(value, float):
+      _check(math.isfinite(value), f"config value {name} must be finite, got {value!r}")
+  _check(cfg.model in models.MODELS, f"unknown model {cfg.model!r}; choose one of {sorted(models.MODELS)}")
+  _check(cfg.dataset in data.LOADERS, f"unknown dataset {cfg.dataset!r}; choose one of {sorted(data.LOADERS)}")
+  _check(cfg.method in METHODS, f"unknown method {cfg.method!r}; choose one of {METHODS}")
+  _check(cfg.mode in MODES, f"unknown mode {cfg.mode!r}; choose one of {MODES}")
   for section in ("pretrain", "retrain"):
-    if cfg[section].optimizer not in OPTIMIZERS:
-      raise ConfigError(f"{section}.optimizer must be one of {OPTIMIZERS}, got {cfg[section].optimizer!r}")
-    if cfg[section].schedule not in SCHEDULES:
-      raise ConfigError(f"{section}.schedule must be one of {SCHEDULES}, got {cfg[section].schedule!r}")
+    _check(cfg[section].optimizer in OPTIMIZERS,
+           f"{section}.optimizer must be one of {OPTIMIZERS}, got {cfg[section].optimizer!r}")
+    _check(cfg[section].schedule in SCHEDULES,
+           f"{section}.schedule must be one of {SCHEDULES}, got {cfg[section].schedule!r}")
+  _check(cfg.magnitude.layers in ("conv", "all"), f"magnitude.layers must be 'conv' or 'all', got {cfg.magnitude.layers!r}")
+  _check(cfg.coef.conv_grouping in CONV_GROUPINGS,
+         f"coef.conv_grouping must be one of {CONV_GROUPINGS}, got {cfg.coef.conv_grouping!r}")
+  _check(cfg.export.quantize in QUANTIZE, f"export.quantize must be one of {QUANTIZE}, got {cfg.export.quantize!r}")
+  _check(_is_int(cfg.seed) and 0 <= cfg.seed < 2**32, f"seed must be an integer in [0, 2**32), got {cfg.seed!r}")
+  for name in ("batch_size", "eval_batch_size", "checkpoint_keep"):
+    _check(_is_int(cfg[name]) and cfg[name] >= 1, f"{name} must be a positive integer, got {cfg[name]!r}")
+  counts = {"checkpoint_every_steps": cfg.checkpoint_every_steps, "fold": cfg.fold, "train_subset": cfg.train_subset,
+            "test_subset": cfg.test_subset, "prune.iterations": cfg.prune.iterations, "prune.steps": cfg.prune.steps,
+            "prune.palm_max_backtracks": cfg.prune.palm_max_backtracks, "degl.select_epochs": cfg.degl.select_epochs,
+            "degl.retrain_epochs": cfg.degl.retrain_epochs}
+  counts |= {f"{s}.epochs": cfg[s].epochs for s in ("pretrain", "prune", "retrain")}
+  for name, value in counts.items():
+    _check(_is_int(value) and value >= 0, f"config value {name} must be a non-negative integer, got {value!r}")
   numbers = {f"coef.{k}": v for k, v in cfg.coef.items() if k != "conv_grouping"}
-  numbers |= {f"degl.{k}": v for k, v in cfg.degl.items() if k != "rt_scale"}
+  numbers |= {f"degl.{k}": cfg.degl[k] for k in ("lr", "momentum", "gamma", "lam", "t_th")}
+  numbers |= {f"{s}.{k}": cfg[s][k] for s in ("pretrain", "prune", "retrain") for k in ("lr", "momentum")}
+  numbers |= {f"{s}.weight_decay": cfg[s].weight_decay for s in ("pretrain", "retrain")}
   numbers["magnitude.threshold"] = cfg.magnitude.threshold
-  if cfg.magnitude.layers not in ("conv", "all"):
-    raise ConfigError(f"magnitude.layers must be 'conv' or 'all', got {cfg.magnitude.layers!r}")
-  for section in ("pretrain", "prune", "retrain"):
-    numbers |= {f"{section}.{k}": v for k, v in cfg[section].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-  numbers |= {"batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size}
   for name, value in numbers.items():
-    if not isinstance(value, (int, float)) or value < 0:
-      raise ConfigError(f"config value {name} must be a non-negative number, got {value!r}")
-  if cfg.batch_size < 1:
-    raise ConfigError("batch_size must be at least 1")
+    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+           f"config value {name} must be a non-negative number, got {value!r}")
+  for name in ("pretrain.momentum", "prune.momentum", "retrain.momentum", "degl.momentum"):
+    _check(numbers[name] < 1, f"config value {name} must be in [0, 1), got {numbers[name]!r}")
+  _check(cfg.prune.palm_gamma > 1, f"prune.palm_gamma must be > 1, got {cfg.prune.palm_gamma!r}")
+  rt_scale = cfg.degl.rt_scale
+  _check(rt_scale is None or 0 < rt_scale <= 1, f"degl.rt_scale must be in (0, 1] or None, got {rt_scale!r}")

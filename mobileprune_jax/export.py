@@ -171,8 +171,7 @@ def benchmark_workdir(workdir: str | pathlib.Path, repeats: int = 200) -> dict[s
 
   workdir = pathlib.Path(workdir)
   summary = json.loads((workdir / "summary.json").read_text())
-  spec = json.loads((workdir / "model" / surgery.io.SPEC_FILE).read_text())
-  dense = surgery.build(spec["factory"], spec["kwargs"])
+  dense = surgery.build_original(workdir / "model")
   pruned = surgery.load(workdir / "model")
   shape = summary.get("input_shape")
   if shape is None:  # summaries written before input_shape was recorded: ask the data set

@@ -2,7 +2,6 @@
 
 import json
 import pathlib
-import sys
 
 import pytest
 
@@ -10,8 +9,7 @@ from mobileprune_jax import config as config_lib
 from mobileprune_jax.train import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "experiments"))
-import reproduce  # noqa: E402
+reproduce = config_lib.import_file(REPO / "experiments" / "reproduce.py")
 
 pytest.importorskip("matplotlib")
 

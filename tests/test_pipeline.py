@@ -205,8 +205,7 @@ def test_every_experiment_config_loads_and_validates(path):
 
 
 def _offline_grid():
-  sys.path.insert(0, str(REPO / "experiments"))
-  import reproduce
+  reproduce = config_lib.import_file(REPO / "experiments" / "reproduce.py")
 
   return [(model, method, dataset) for dataset, models_ in reproduce.MODELS.items() for model in models_
           for method in reproduce.METHODS]

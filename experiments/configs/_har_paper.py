@@ -10,8 +10,9 @@ Differences kept on purpose: cross-entropy on logits instead of softmax + MultiL
 float64, last-epoch model instead of the best validation epoch (val accuracy is logged per epoch).
 """
 
-import common
 import ml_collections
+
+from . import common
 
 HAR = {  # kernel, batch, epochs, fold (0-based: WISDM fold 4, UCI-HAR fold 5, PAMAP2 fold 1), magnitude threshold
     "wisdm": dict(kernel=10, batch_size=32, epochs=150, fold=3, threshold=0.015),

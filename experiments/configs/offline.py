@@ -13,11 +13,7 @@ prune steps relative to the embedded-MNIST schedule they were tuned on; ℓ0 is 
 step and is not scaled.
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import common  # noqa: E402
+from . import common
 
 METHODS = ("mobileprune", "mobileprune_palm", "degl", "egl", "group_lasso", "l1_sgl", "l0", "l1")
 

@@ -3,11 +3,7 @@
 Argument: the table row, ``DEGL1``..``DEGL3`` (default DEGL3), ``EGL<i>`` or ``GL<i>``.
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import common  # noqa: E402
+from . import common
 
 
 def get_config(row="DEGL3"):

@@ -1,10 +1,6 @@
 """MobilePrune, LeNet-300-100 / MNIST (Table B.2: λ0 4e-4, λn 2e-4; P 10 epochs, R 30, T 74, wd 1e-4, batch 100)."""
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import common  # noqa: E402
+from . import common
 
 
 def get_config():

@@ -1,10 +1,6 @@
 """MobilePrune, LeNet-5 / MNIST (Table B.2: λ0 2e-4, λn 2e-4, λc 1e-3, λs 1e-3; P 10 epochs, R 30, T 102, wd 1e-5, batch 600)."""
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import common  # noqa: E402
+from . import common
 
 
 def get_config():

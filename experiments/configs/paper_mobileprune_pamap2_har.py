@@ -4,11 +4,7 @@
         --config.data_dir=DIR --workdir runs/pamap2
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _har_paper  # noqa: E402
+from . import _har_paper
 
 
 def get_config(mode=None):

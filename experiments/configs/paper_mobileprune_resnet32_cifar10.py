@@ -1,10 +1,6 @@
 """MobilePrune, wide ResNet-32 / CIFAR-10 (Table B.2: λ0 1e-8, λc 5e-2, λn 0, λs 1e-4; P 2 minibatches, R 30, T 2, wd 1e-4, batch 300)."""
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import common  # noqa: E402
+from . import common
 
 
 def get_config():

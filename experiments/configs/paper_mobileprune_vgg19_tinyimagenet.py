@@ -4,11 +4,7 @@ Dense pretraining as EigenDamage: SGD lr 0.1, wd 2e-4, 300 epochs (cosine here).
 ``--config.data_dir`` = the unzipped tiny-imagenet-200 directory.
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import common  # noqa: E402
+from . import common
 
 
 def get_config():

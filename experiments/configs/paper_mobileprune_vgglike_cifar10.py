@@ -4,11 +4,7 @@ Argument: λc (the table gives a range whose note is lost; spec §J.4 sweeps 1e-
 ``--config experiments/configs/paper_mobileprune_vgglike_cifar10.py:1e-2``.
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import common  # noqa: E402
+from . import common
 
 
 def get_config(channel="3e-3"):

@@ -20,6 +20,10 @@ class DataUnavailableError(RuntimeError):
   """The data set is not on this machine; the message says how to get it."""
 
 
+class InvalidDataError(ValueError):
+  """Loaded data that cannot be trained on (labels out of range, NaN/inf inputs, ...); one line."""
+
+
 @dataclasses.dataclass
 class Dataset:
   """Train/test arrays; inputs are float32 in [0, 1] (images) or standardised (sensors)."""
@@ -36,6 +40,25 @@ class Dataset:
   @property
   def input_shape(self) -> tuple[int, ...]:
     return tuple(self.train_x.shape[1:])
+
+  def check(self) -> Dataset:
+    """Raises InvalidDataError unless inputs are finite and labels are integers in [0, num_classes)."""
+    splits = [("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)]
+    if self.val_x is not None:
+      splits.append(("validation", self.val_x, self.val_y))
+    for split, x, y in splits:
+      if len(x) != len(y):
+        raise InvalidDataError(f"{self.name}: {split} split has {len(x)} inputs but {len(y)} labels")
+      if not np.issubdtype(np.asarray(y).dtype, np.integer):
+        raise InvalidDataError(f"{self.name}: {split} labels have dtype {np.asarray(y).dtype}, not integers")
+      if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
+        raise InvalidDataError(f"{self.name}: {split} labels must be in [0, {self.num_classes}), "
+                               f"found {int(y.min())}..{int(y.max())}")
+      if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise InvalidDataError(f"{self.name}: {split} inputs hold {int(np.sum(~np.isfinite(x)))} NaN/inf values")
+    if len(self.train_x) == 0:
+      raise InvalidDataError(f"{self.name}: the training split is empty")
+    return self
 
   def subset(self, train: int | None = None, test: int | None = None) -> Dataset:
     """The first ``train`` / ``test`` examples (for quick runs)."""
@@ -140,10 +163,10 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
 
 
 def load(name: str, data_dir: str | None = None, **options) -> Dataset:
-  """Loads a data set by name (see ``LOADERS``)."""
+  """Loads a data set by name (see ``LOADERS``) and checks it (``Dataset.check``)."""
   if name not in LOADERS:
     raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}")
-  return LOADERS[name](data_dir=data_dir or None, **options)
+  return LOADERS[name](data_dir=data_dir or None, **options).check()
 
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, skip: int = 0,
@@ -156,4 +179,4 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, skip: int 
     yield x[idx], y[idx]
 
 
-__all__ = ["Dataset", "DataUnavailableError", "LOADERS", "batches", "load"]
+__all__ = ["Dataset", "DataUnavailableError", "InvalidDataError", "LOADERS", "batches", "load"]

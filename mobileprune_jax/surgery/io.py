@@ -1,75 +1,192 @@
-"""Save and load shrunk models without pickle: an architecture spec (JSON) plus orbax state.
+"""Save and load shrunk models as data, never code: a JSON spec plus a checksummed tensor file.
 
-The spec names an importable factory (``"package.module:function"``) and its JSON keyword
-arguments, which build the *original* model, and the cuts that ``shrink`` applied. Loading
-builds the original, applies the same cuts (so every module gets its smaller arrays and
-feature counts), and restores the saved variables into it.
+``architecture.json`` names the *original* model by a **registered name** (the model zoo's
+names, factories registered with ``register``, or ones passed to ``load``), its JSON keyword
+arguments, and the cuts that ``shrink`` applied. Loading builds the original through the
+registry, applies the same cuts, and fills in the weights from ``weights.safetensors``
+(``tensorfile``: SHA-256 per array, and the file's SHA-256 recorded in the spec). Nothing a
+model file says is imported or executed: an unregistered name is an error, whatever it
+looks like.
+
+Files written by version 1 (``"factory": "mobileprune_jax.models:create"`` and an orbax
+``state/`` directory) still load; any other ``factory`` string is refused.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
+import os
 import pathlib
+import shutil
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
-import orbax.checkpoint as ocp
 from flax import nnx
 
+from mobileprune_jax import models, tensorfile, tree_arrays
 from mobileprune_jax.surgery.shrink import Cuts, apply_cuts
 
 SPEC_FILE = "architecture.json"
-STATE_DIR = "state"
+WEIGHTS_FILE = "weights.safetensors"
+STATE_DIR = "state"  # version 1 (orbax)
+FORMAT = "mobileprune_jax/shrunk-model/v2"
+_V1_FORMAT = "mobileprune_jax/shrunk-model/v1"
+_V1_ZOO_FACTORY = "mobileprune_jax.models:create"
+
+Factory = Callable[..., nnx.Module]
+_REGISTRY: dict[str, Factory] = {}
 
 
-def _resolve(factory: str):
-  module, _, attr = factory.partition(":")
-  if not module or not attr:
-    raise ValueError(f"factory must look like 'package.module:function', got {factory!r}")
-  fn = importlib.import_module(module)
-  for part in attr.split("."):
-    fn = getattr(fn, part)
-  return fn
+class ModelFileError(ValueError):
+  """A model directory that cannot be loaded safely (unknown model, damaged files); one line."""
 
 
-def build(factory: str, kwargs: dict[str, Any], cuts: Cuts | None = None) -> nnx.Module:
-  """Builds ``factory(**kwargs)`` and applies ``cuts`` (weights are whatever init gives)."""
-  model = _resolve(factory)(**kwargs)
-  return apply_cuts(model, cuts) if cuts else model
+def register(name: str, factory: Factory) -> None:
+  """Makes ``factory(**kwargs) -> nnx.Module`` loadable under ``name`` (e.g. your own models)."""
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"a model name must be a non-empty string, got {name!r}")
+  _REGISTRY[name] = factory
 
 
-def save(directory: str | pathlib.Path, model: nnx.Module, *, factory: str, kwargs: dict[str, Any],
+def _zoo_factory(name: str) -> Factory:
+  return lambda seed=0, **kwargs: models.create(name, seed=seed, **kwargs)
+
+
+def _factory(name: Any, factories: Mapping[str, Factory] | None) -> Factory:
+  if isinstance(name, str):
+    if factories and name in factories:
+      return factories[name]
+    if name in _REGISTRY:
+      return _REGISTRY[name]
+    if name in models.MODELS:
+      return _zoo_factory(name)
+  known = sorted(set(models.MODELS) | set(_REGISTRY) | set(factories or ()))
+  raise ModelFileError(f"model {name!r} is not registered (known: {', '.join(known)}); register a factory with "
+                       "surgery.register(name, fn) or pass factories={name: fn} to load — model files never name code")
+
+
+def build(model: str, kwargs: Mapping[str, Any], cuts: Cuts | None = None,
+          factories: Mapping[str, Factory] | None = None) -> nnx.Module:
+  """Builds the registered ``model(**kwargs)`` and applies ``cuts`` (weights are whatever init gives)."""
+  if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+    raise ModelFileError(f"model kwargs must be a JSON object, got {kwargs!r}")
+  try:
+    module = _factory(model, factories)(**kwargs)
+  except ModelFileError:
+    raise
+  except (TypeError, ValueError) as e:
+    raise ModelFileError(f"model {model!r} cannot be built from kwargs {dict(kwargs)}: {e}") from None
+  if not isinstance(module, nnx.Module):
+    raise ModelFileError(f"the factory of {model!r} returned {type(module).__name__}, not an nnx.Module")
+  return apply_cuts(module, cuts) if cuts else module
+
+
+def _spec_name(factory: str, kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+  """(registered name, kwargs); version 1's zoo factory passes the name inside kwargs."""
+  kwargs = dict(kwargs)
+  if factory == _V1_ZOO_FACTORY:
+    return kwargs.pop("name", None), kwargs
+  return factory, kwargs
+
+
+def save(directory: str | pathlib.Path, model: nnx.Module, *, factory: str, kwargs: Mapping[str, Any],
          cuts: Cuts | None = None) -> pathlib.Path:
-  """Writes ``architecture.json`` and the model's variables (orbax) under ``directory``.
+  """Writes ``architecture.json`` and ``weights.safetensors`` under ``directory``, atomically.
+
+  The files are byte-identical for identical inputs. An existing directory is replaced only
+  once the new one is complete.
 
   Args:
-    directory: where to write (created; an existing state there is replaced).
+    directory: where to write.
     model: the (shrunk) model to save.
-    factory: importable callable that builds the original model, ``"pkg.mod:fn"``.
-    kwargs: JSON-serialisable keyword arguments for it.
+    factory: the registered name of the original model (a zoo name such as ``"lenet5"``, or
+      one given to ``register``).
+    kwargs: JSON-serialisable keyword arguments that build the original.
     cuts: the cuts that turn the original into ``model`` (``ShrinkReport.cuts``).
   """
   directory = pathlib.Path(directory).absolute()
-  directory.mkdir(parents=True, exist_ok=True)
-  spec = {"format": "mobileprune_jax/shrunk-model/v1", "factory": factory, "kwargs": kwargs, "cuts": cuts or {}}
-  (directory / SPEC_FILE).write_text(json.dumps(spec, indent=1))
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(directory / STATE_DIR, nnx.state(model), force=True)
-  checkpointer.wait_until_finished()
+  name, kwargs = _spec_name(factory, kwargs)
+  partial = directory.with_name(f".{directory.name}.partial-{os.getpid()}")
+  shutil.rmtree(partial, ignore_errors=True)
+  partial.mkdir(parents=True)
+  digest = tensorfile.write(partial / WEIGHTS_FILE, tree_arrays.to_arrays(nnx.state(model)))
+  spec = {"format": FORMAT, "model": name, "kwargs": kwargs, "cuts": cuts or {},
+          "weights": {"file": WEIGHTS_FILE, "sha256": digest}}
+  (partial / SPEC_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
+  old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+  if directory.exists():
+    os.replace(directory, old)
+  os.replace(partial, directory)
+  shutil.rmtree(old, ignore_errors=True)
   return directory
 
 
-def load(directory: str | pathlib.Path) -> nnx.Module:
-  """Rebuilds a model saved with ``save``: same module structure, same outputs."""
+def read_spec(directory: str | pathlib.Path) -> dict[str, Any]:
+  """The validated ``architecture.json`` of a model directory (``model`` is a name, never code)."""
+  path = pathlib.Path(directory).absolute() / SPEC_FILE
+  try:
+    spec = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f"no {SPEC_FILE} in {path.parent}") from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ModelFileError(f"{path}: not readable JSON ({type(e).__name__}: {e})") from None
+  if not isinstance(spec, dict) or spec.get("format") not in (FORMAT, _V1_FORMAT):
+    raise ModelFileError(f"{path}: not a {FORMAT} file")
+  if spec["format"] == _V1_FORMAT:
+    factory = spec.get("factory")
+    if factory != _V1_ZOO_FACTORY:
+      raise ModelFileError(f"{path}: refusing factory {factory!r}: model files name a registered model, not "
+                           "importable code")
+    spec["model"], spec["kwargs"] = _spec_name(factory, spec.get("kwargs") or {})
+  if not isinstance(spec.get("model"), str):
+    raise ModelFileError(f"{path}: 'model' must be a registered model name, got {spec.get('model')!r}")
+  try:
+    spec["cuts"] = {str(p): [(int(axis), [int(i) for i in keep]) for axis, keep in axes]
+                    for p, axes in (spec.get("cuts") or {}).items()}
+  except (TypeError, ValueError, AttributeError) as e:
+    raise ModelFileError(f"{path}: malformed 'cuts' ({e})") from None
+  return spec
+
+
+def build_original(directory: str | pathlib.Path, factories: Mapping[str, Factory] | None = None) -> nnx.Module:
+  """The original (unshrunk, freshly initialised) model a saved model was cut from."""
+  spec = read_spec(directory)
+  return build(spec["model"], spec["kwargs"], factories=factories)
+
+
+def load(directory: str | pathlib.Path, factories: Mapping[str, Factory] | None = None) -> nnx.Module:
+  """Rebuilds a model saved with ``save``: same module structure, same outputs.
+
+  Args:
+    directory: a directory written by ``save``.
+    factories: extra ``name -> factory`` for models that are not in the zoo or registered.
+
+  Raises:
+    ModelFileError: an unregistered model name, malformed spec, damaged or mismatched weights.
+  """
   directory = pathlib.Path(directory).absolute()
-  spec_path = directory / SPEC_FILE
-  if not spec_path.exists():
-    raise FileNotFoundError(f"no {SPEC_FILE} in {directory}")
-  spec = json.loads(spec_path.read_text())
-  cuts = {path: [(int(axis), list(keep)) for axis, keep in axes] for path, axes in spec["cuts"].items()}
-  model = build(spec["factory"], spec["kwargs"], cuts)
+  spec = read_spec(directory)
+  try:
+    model = build(spec["model"], spec["kwargs"], spec["cuts"], factories)
+  except (KeyError, IndexError) as e:
+    raise ModelFileError(f"{directory / SPEC_FILE}: cuts do not fit model {spec['model']!r} ({e})") from None
+  if spec["format"] == _V1_FORMAT:
+    return _load_v1_state(directory, model)
+  weights = spec.get("weights") or {}
+  if weights.get("file") != WEIGHTS_FILE:
+    raise ModelFileError(f"{directory / SPEC_FILE}: 'weights.file' must be {WEIGHTS_FILE!r}")
+  try:
+    arrays, _ = tensorfile.read(directory / WEIGHTS_FILE, expected_sha256=weights.get("sha256"))
+    nnx.update(model, tree_arrays.from_arrays(nnx.state(model), arrays))
+  except (tensorfile.TensorFileError, tree_arrays.StateMismatchError) as e:
+    raise ModelFileError(f"{directory}: {e}") from None
+  return model
+
+
+def _load_v1_state(directory: pathlib.Path, model: nnx.Module) -> nnx.Module:
+  import jax
+  import orbax.checkpoint as ocp
+
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model))
-  restored = ocp.StandardCheckpointer().restore(directory / STATE_DIR, abstract)
-  nnx.update(model, restored)
+  nnx.update(model, ocp.StandardCheckpointer().restore(directory / STATE_DIR, abstract))
   return model

@@ -18,6 +18,7 @@ the input module is untouched. Its outputs are checked against the original's.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -187,7 +188,8 @@ def plan(model: nnx.Module, sample_input: Any) -> ShrinkReport:
   return ShrinkReport(changes, graph.notes, cuts)
 
 
-def _variables_by_path(model: nnx.Module) -> dict[str, nnx.Variable]:
+def variables_by_path(model: nnx.Module) -> dict[str, nnx.Variable]:
+  """Every ``nnx.Variable`` of ``model`` by its path (``"conv1/kernel"``)."""
   out = {}
   for path, node in nnx.iter_graph(model):
     if isinstance(node, nnx.Variable):
@@ -214,7 +216,7 @@ def _sync_attributes(model: nnx.Module) -> None:
 def apply_cuts(model: nnx.Module, cuts: Cuts) -> nnx.Module:
   """A deep copy of ``model`` with every parameter in ``cuts`` sliced to its kept indices."""
   new = nnx.clone(model)
-  variables = _variables_by_path(new)
+  variables = variables_by_path(new)
   for path, axes in cuts.items():
     if path not in variables:
       raise KeyError(f"no variable at path {path!r} in the model")
@@ -232,7 +234,11 @@ def count_params(model: nnx.Module) -> int:
 
 
 def max_output_diff(a: nnx.Module, b: nnx.Module, sample_input: Any, n: int = 4, seed: int = 0) -> float:
-  """max |a(x) − b(x)| in inference mode over the sample input and random inputs of its shape."""
+  """max |a(x) − b(x)| in inference mode over the sample input and random inputs of its shape.
+
+  NaN if either output has a NaN where the other does not agree (NaN is never "equal"), inf
+  if the outputs' shapes differ.
+  """
   x0 = jnp.asarray(sample_input)
   rng = np.random.default_rng(seed)
   xs = [x0] + [jnp.asarray(rng.normal(size=x0.shape), x0.dtype) for _ in range(n)]
@@ -241,14 +247,29 @@ def max_output_diff(a: nnx.Module, b: nnx.Module, sample_input: Any, n: int = 4,
   worst = 0.0
   for x in xs:
     ya, yb = jax.tree.leaves(forward(fa, x)), jax.tree.leaves(forward(fb, x))
+    if len(ya) != len(yb) or any(np.shape(u) != np.shape(v) for u, v in zip(ya, yb)):
+      return float("inf")
     for u, v in zip(ya, yb):
-      worst = max(worst, float(jnp.max(jnp.abs(u.astype(jnp.float32) - v.astype(jnp.float32)))))
+      diff = float(jnp.max(jnp.abs(u.astype(jnp.float32) - v.astype(jnp.float32))))
+      worst = diff if math.isnan(diff) else max(worst, diff)  # a NaN anywhere is a mismatch, never dropped
+      if math.isnan(worst):
+        return worst
   return worst
+
+
+def check_finite(model: nnx.Module) -> None:
+  """Raises ValueError naming the first parameter or statistic that holds NaN or inf."""
+  for path, var in variables_by_path(model).items():
+    value = var.get_value()
+    if hasattr(value, "dtype") and jnp.issubdtype(value.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(value))):
+      bad = int(jnp.sum(~jnp.isfinite(value)))
+      raise ValueError(f"cannot shrink a model with non-finite values: {path} holds {bad} NaN/inf entries")
 
 
 def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = True,
                        atol: float = 1e-4) -> tuple[nnx.Module, ShrinkReport]:
   """``shrink``, also returning the report (widths before/after, reasons, parity)."""
+  check_finite(model)
   report = plan(model, sample_input)
   new = apply_cuts(model, report.cuts)
   report.params_before, report.params_after = count_params(model), count_params(new)
@@ -274,5 +295,5 @@ def shrink(model: nnx.Module, sample_input: Any) -> nnx.Module:
   return shrink_with_report(model, sample_input)[0]
 
 
-__all__ = ["LayerChange", "ShrinkReport", "apply_cuts", "count_params", "max_output_diff", "plan", "shrink",
+__all__ = ["LayerChange", "ShrinkReport", "apply_cuts", "check_finite", "variables_by_path", "count_params", "max_output_diff", "plan", "shrink",
            "shrink_with_report"]

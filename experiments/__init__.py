@@ -1,0 +1,1 @@
+"""Experiments: run configs, the offline grid (``reproduce.py``), results, notebooks."""

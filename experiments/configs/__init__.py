@@ -1,0 +1,1 @@
+"""Run configs: one ``get_config()`` per file (``python -m mobileprune_jax run --config FILE.py[:ARG]``)."""

@@ -1,0 +1,149 @@
+"""One safe, checksummed file of named arrays (the safetensors layout): data, never code.
+
+Layout (readable by the ``safetensors`` library): an 8-byte little-endian header length N, N
+bytes of JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``,
+then the raw little-endian array bytes. ``__metadata__`` carries a SHA-256 of every array and
+any caller metadata (JSON strings). Writing is atomic (temporary file, fsync, rename) and
+byte-deterministic: the same arrays and metadata always give the same file. Reading checks
+the header, every offset and every checksum before returning anything, and raises
+``TensorFileError`` with one line naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+FORMAT = "mobileprune_jax/tensorfile/v1"
+_MAX_HEADER = 64 * 1024 * 1024
+_DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+
+
+class TensorFileError(ValueError):
+  """A tensor file that cannot be trusted (damaged, truncated, wrong format); one-line message."""
+
+
+def _digest(data: bytes | memoryview) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+def write(path: str | pathlib.Path, arrays: Mapping[str, Any], metadata: Mapping[str, str] | None = None,
+          before_commit: Callable[[], None] | None = None) -> str:
+  """Writes ``arrays`` (name → array) atomically; returns the SHA-256 of the whole file.
+
+  Args:
+    path: the file to write (its directory must exist); replaced atomically if present.
+    arrays: host or device arrays of the dtypes in ``_DTYPES`` (bfloat16 included).
+    metadata: extra string entries for ``__metadata__`` (keys must not start with ``sha256:``).
+    before_commit: called after the temporary file is complete, before it is renamed into place.
+  """
+  path = pathlib.Path(path)
+  header: dict[str, Any] = {}
+  meta = {"format": FORMAT}
+  chunks, offset = [], 0
+  for name in sorted(arrays):
+    value = np.asarray(arrays[name], order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+    dtype = value.dtype.newbyteorder("<") if value.dtype.byteorder == ">" else value.dtype
+    if dtype not in _NAMES:
+      raise TypeError(f"tensorfile: array {name!r} has unsupported dtype {value.dtype}")
+    data = value.astype(dtype, copy=False).tobytes()
+    header[name] = {"dtype": _NAMES[dtype], "shape": list(value.shape), "data_offsets": [offset, offset + len(data)]}
+    meta[f"sha256:{name}"] = _digest(data)
+    chunks.append(data)
+    offset += len(data)
+  for key, value in (metadata or {}).items():
+    if key.startswith("sha256:") or key == "format":
+      raise ValueError(f"tensorfile: metadata key {key!r} is reserved")
+    meta[key] = str(value)
+  header["__metadata__"] = meta
+  head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+  head += b" " * (-len(head) % 8)  # safetensors aligns the data to 8 bytes
+  blob = struct.pack("<Q", len(head)) + head + b"".join(chunks)
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  with open(tmp, "wb") as f:
+    f.write(blob)
+    f.flush()
+    os.fsync(f.fileno())
+  if before_commit is not None:
+    before_commit()
+  os.replace(tmp, path)
+  _fsync_dir(path.parent)
+  return _digest(blob)
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def read(path: str | pathlib.Path, expected_sha256: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """Reads and verifies a tensor file: ``(arrays, metadata)``.
+
+  Raises:
+    TensorFileError: missing, empty, truncated, not this format, an array outside the data,
+      or any checksum (of an array, or of the whole file when ``expected_sha256`` is given)
+      that does not match.
+  """
+  path = pathlib.Path(path)
+  try:
+    blob = path.read_bytes()
+  except OSError as e:
+    raise TensorFileError(f"{path}: cannot be read ({e.strerror or e})") from e
+  if expected_sha256 is not None and _digest(blob) != expected_sha256:
+    raise TensorFileError(f"{path}: checksum mismatch (the file was changed or damaged after it was written)")
+  if len(blob) < 8:
+    raise TensorFileError(f"{path}: {'empty' if not blob else 'truncated'} file ({len(blob)} bytes)")
+  (n,) = struct.unpack("<Q", blob[:8])
+  if n > min(_MAX_HEADER, len(blob) - 8):
+    raise TensorFileError(f"{path}: truncated or not a tensor file (header length {n} of a {len(blob)}-byte file)")
+  try:
+    header = json.loads(blob[8 : 8 + n])
+    meta = header.pop("__metadata__")
+  except (UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
+    raise TensorFileError(f"{path}: damaged header ({type(e).__name__})") from e
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    raise TensorFileError(f"{path}: not a {FORMAT} file")
+  data = memoryview(blob)[8 + n :]
+  arrays: dict[str, np.ndarray] = {}
+  for name, entry in header.items():
+    try:
+      dtype = _DTYPES[entry["dtype"]]
+      shape = tuple(int(d) for d in entry["shape"])
+      begin, end = (int(v) for v in entry["data_offsets"])
+    except (KeyError, TypeError, ValueError) as e:
+      raise TensorFileError(f"{path}: damaged entry for {name!r}") from e
+    if not 0 <= begin <= end <= len(data) or end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+      raise TensorFileError(f"{path}: array {name!r} lies outside the file (truncated or damaged)")
+    chunk = data[begin:end]
+    if _digest(chunk) != meta.get(f"sha256:{name}"):
+      raise TensorFileError(f"{path}: checksum mismatch in array {name!r} (flipped or damaged bytes)")
+    arrays[name] = np.frombuffer(chunk, dtype=dtype).reshape(shape).copy()
+  extra = {k: v for k, v in meta.items() if not k.startswith("sha256:") and k != "format"}
+  return arrays, extra
+
+
+def sha256_of(path: str | pathlib.Path) -> str:
+  """SHA-256 of a whole file."""
+  return _digest(pathlib.Path(path).read_bytes())

@@ -1,0 +1,147 @@
+"""Checkpoints that cannot lie: one checksummed tensor file per save, validated on restore.
+
+``checkpoints/ckpt-00000042.safetensors`` holds the model's and the phase optimizer's arrays
+(``model/…``, ``optimizer/…``), the ``RunState`` and a fingerprint of the config, with a
+SHA-256 of every array (``tensorfile``). A save is atomic and refuses non-finite arrays, so
+every file on disk is finite and rotation (keep the newest ``keep``) never deletes the last
+finite one. ``restore_latest`` walks from the newest file to the oldest: a damaged or
+inconsistent file is reported in one line and the next older one is tried.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from mobileprune_jax import tensorfile, tree_arrays
+from mobileprune_jax.train.faults import kill_point
+from mobileprune_jax.train.state import RunState, StateError
+
+_NAME = re.compile(r"^ckpt-(\d{8})\.safetensors$")
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint although some exist; the message is one line."""
+
+
+class NonFiniteError(FloatingPointError):
+  """Arrays that would have been saved hold NaN or inf (nothing was written)."""
+
+
+# (state, arrays, items saved) -> None; raises StateError / StateMismatchError when the file does not fit
+Loader = Callable[[RunState, dict[str, np.ndarray], list[str]], None]
+
+
+class Checkpoints:
+  """The checkpoints of one workdir.
+
+  Args:
+    directory: ``<workdir>/checkpoints`` (created on the first save).
+    keep: how many of the newest checkpoints to keep (at least 1).
+    warn: where one-line warnings about damaged files go.
+  """
+
+  def __init__(self, directory: str | pathlib.Path, keep: int = 3, warn: Callable[[str], None] = print):
+    self.directory = pathlib.Path(directory)
+    self.keep = max(int(keep), 1)
+    self.warn = warn
+
+  def paths(self) -> list[pathlib.Path]:
+    """Checkpoint files, oldest first."""
+    if not self.directory.is_dir():
+      return []
+    return sorted(p for p in self.directory.iterdir() if _NAME.match(p.name))
+
+  def exists(self) -> bool:
+    return bool(self.paths())
+
+  def remove_partial_writes(self) -> None:
+    """Deletes temporary files left by a save that was killed (call while holding the workdir lock)."""
+    if self.directory.is_dir():
+      for p in self.directory.glob(".ckpt-*.tmp-*"):
+        p.unlink(missing_ok=True)
+
+  def save(self, state: RunState, items: Mapping[str, Any], fingerprint: str) -> pathlib.Path:
+    """Writes a new checkpoint of ``items`` (name → pytree of arrays) and ``state``.
+
+    Raises:
+      NonFiniteError: an item holds NaN or inf; nothing is written.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for name, tree in items.items():
+      arrays |= tree_arrays.to_arrays(tree, prefix=f"{name}/")
+    for name, value in arrays.items():
+      if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise NonFiniteError(f"{name} holds {int(np.sum(~np.isfinite(value)))} non-finite values")
+    self.directory.mkdir(parents=True, exist_ok=True)
+    existing = self.paths()
+    index = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
+    path = self.directory / f"ckpt-{index:08d}.safetensors"
+    tensorfile.write(path, arrays, {"run_state": state.to_json(), "config": fingerprint,
+                                    "items": json.dumps(sorted(items))},
+                     before_commit=lambda: kill_point("checkpoint_write"))
+    for old in self.paths()[: -self.keep]:
+      old.unlink(missing_ok=True)
+    return path
+
+  def restore_latest(self, fingerprint: str, load: Loader) -> tuple[RunState, pathlib.Path] | None:
+    """Loads the newest usable checkpoint through ``load``; None when there is none at all.
+
+    ``load`` applies the arrays to the model (and the phase optimizer it builds) and raises
+    ``StateError`` / ``StateMismatchError`` when they do not fit; such a file, like a damaged
+    one, is reported with ``warn`` and the next older file is tried.
+
+    Raises:
+      CheckpointError: checkpoints exist but none is usable.
+      ConfigMismatchError: the checkpoints were written by a run with another config.
+    """
+    paths = self.paths()
+    errors = []
+    for path in reversed(paths):
+      try:
+        arrays, meta = tensorfile.read(path)
+        for key in ("run_state", "config", "items"):
+          if key not in meta:
+            raise StateError(f"metadata has no {key!r}")
+        state = RunState.from_json(meta["run_state"])
+        items = json.loads(meta["items"])
+        if meta["config"] != fingerprint:
+          raise ConfigMismatchError(_config_difference(meta["config"], fingerprint, self.directory.parent))
+        load(state, arrays, items)
+        return state, path
+      except (tensorfile.TensorFileError, StateError, tree_arrays.StateMismatchError, json.JSONDecodeError) as e:
+        message = str(e) if str(path) in str(e) else f"{path}: {e}"
+        errors.append(message)
+        self.warn(f"warning: skipping a damaged checkpoint: {message}")
+    if paths:
+      raise CheckpointError(f"no usable checkpoint in {self.directory} ({len(paths)} tried; newest: {errors[0]})")
+    return None
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir's checkpoints come from a different config."""
+
+
+def _config_difference(saved: str, current: str, workdir: pathlib.Path) -> str:
+  try:
+    a, b = _flatten(json.loads(saved)), _flatten(json.loads(current))
+  except json.JSONDecodeError:
+    return f"{workdir} was started with a different config"
+  keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+  shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:4]) + (" ..." if len(keys) > 4 else "")
+  return (f"{workdir} was started with a different config ({shown}); resume with the same config and overrides, "
+          "or use a new workdir")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix.rstrip("."): tree}
+  out = {}
+  for k, v in tree.items():
+    out |= _flatten(v, f"{prefix}{k}.")
+  return out

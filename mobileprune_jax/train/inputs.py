@@ -1,0 +1,78 @@
+"""What a run needs before it trains: checked data, the model, and the batch geometry.
+
+Every problem found here is a ``ConfigError`` / ``InvalidDataError`` / ``DataUnavailableError``
+with a one-line message, raised before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from mobileprune_jax import data as data_lib
+from mobileprune_jax import models
+from mobileprune_jax.config import ConfigError
+from mobileprune_jax.train.steps import Placement
+
+
+def load_data(cfg: ml_collections.ConfigDict) -> data_lib.Dataset:
+  """The config's data set, checked (finite inputs, labels in range), cut to the subsets asked for."""
+  options = {"fold": cfg.fold} if cfg.dataset in ("wisdm", "uci_har", "pamap2") else {}
+  ds = data_lib.load(cfg.dataset, cfg.data_dir or None, **options)
+  if cfg.train_subset or cfg.test_subset:
+    ds = ds.subset(cfg.train_subset or None, cfg.test_subset or None)
+  return ds
+
+
+def model_spec(cfg: ml_collections.ConfigDict, ds: data_lib.Dataset) -> dict[str, Any]:
+  """The zoo name and keyword arguments that build the config's model for ``ds``."""
+  kwargs = dict(cfg.model_kwargs)
+  kwargs.setdefault("num_classes", ds.num_classes)
+  if cfg.model == "har_cnn":
+    kwargs.setdefault("in_channels", ds.input_shape[-1])
+    kwargs.setdefault("window", ds.input_shape[0])
+    kwargs.setdefault("kernel", 5)
+  return {"name": cfg.model, "seed": cfg.seed, "kwargs": kwargs}
+
+
+def create_model(cfg: ml_collections.ConfigDict, ds: data_lib.Dataset) -> tuple[nnx.Module, dict[str, Any]]:
+  """The freshly initialised model and its spec (``model_spec``).
+
+  Raises:
+    ConfigError: ``model_kwargs`` the model's constructor does not take, or values it rejects.
+  """
+  spec = model_spec(cfg, ds)
+  try:
+    model = models.create(cfg.model, seed=cfg.seed, **spec["kwargs"])
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"model {cfg.model!r} cannot be built with model_kwargs {dict(cfg.model_kwargs)}: "
+                      f"{str(e).splitlines()[0]}") from None
+  return model, spec
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+  """Mini-batches per epoch and the devices the batches are sharded over."""
+
+  steps_per_epoch: int
+  placement: Placement
+
+
+def plan_batches(cfg: ml_collections.ConfigDict, ds: data_lib.Dataset) -> BatchPlan:
+  """Checks the batch size against the data and the devices.
+
+  Raises:
+    ConfigError: a batch larger than the training split, or not a multiple of the devices.
+  """
+  if cfg.batch_size > len(ds.train_x):
+    raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(ds.train_x)} training examples of "
+                      f"{ds.name}")
+  placement = Placement(jax.devices() if cfg.data_parallel else jax.devices()[:1])
+  if cfg.batch_size % placement.size:
+    raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {placement.size} devices it is "
+                      "sharded over (or set --config.data_parallel=False)")
+  return BatchPlan(len(ds.train_x) // cfg.batch_size, placement)

@@ -1,0 +1,67 @@
+"""A lock on a workdir, so that two runs never write the same checkpoints.
+
+``<workdir>/.lock`` holds the owner's pid and host and an advisory ``flock``. The kernel
+releases the ``flock`` when its process dies (even by SIGKILL), so a lock left behind by a
+dead run is taken over (with a warning naming the dead pid); a live holder makes the new run
+refuse at once with ``WorkdirBusyError`` naming it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pathlib
+import socket
+from collections.abc import Callable
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another live run holds the workdir; the message names its pid."""
+
+
+class WorkdirLock:
+  """Context manager: holds ``<workdir>/.lock`` for the life of a run."""
+
+  def __init__(self, workdir: str | pathlib.Path, warn: Callable[[str], None] = print):
+    self.path = pathlib.Path(workdir) / LOCK_FILE
+    self.warn = warn
+    self._fd: int | None = None
+
+  def __enter__(self) -> WorkdirLock:
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = _read_holder(fd)
+      os.close(fd)
+      raise WorkdirBusyError(f"workdir {self.path.parent} is in use by another run (pid {holder.get('pid', '?')} "
+                             f"on {holder.get('host', '?')}); wait for it or use another workdir") from None
+    previous = _read_holder(fd)
+    if previous.get("pid") not in (None, os.getpid()):
+      self.warn(f"warning: taking over the lock of {self.path.parent} from pid {previous['pid']} "
+                f"on {previous.get('host', '?')}, which is no longer running")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+    os.fsync(fd)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._fd is not None:
+      os.ftruncate(self._fd, 0)  # an empty lock file: released cleanly, nothing to take over
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+
+def _read_holder(fd: int) -> dict:
+  try:
+    data = os.pread(fd, 4096, 0)
+    holder = json.loads(data) if data else {}
+    return holder if isinstance(holder, dict) else {}
+  except (OSError, ValueError):
+    return {}

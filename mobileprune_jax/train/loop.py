@@ -1,0 +1,270 @@
+"""The run as one explicit, checkpointed state machine: phases → epochs → steps → finishing.
+
+    state = restore newest good checkpoint (model first, then the phase's optimizer built from it)
+    while state.phase < len(phases):
+        build the phase's stepper from the model (unless the restore built it)
+        for each remaining epoch: steps (checkpoint every N) → evaluate → log → checkpoint
+        phase action (e.g. DEGL threshold) → checkpoint at the next phase's start
+    finishing stages (shrink, model/, export, summary.json): redone from the final state
+
+Every checkpoint holds the ``RunState`` (phase, epoch, step, the epoch's running loss sums,
+the log), the model and the current phase's optimizer state; the data order is a function of
+(seed, phase, epoch). So a run killed anywhere and resumed writes the same ``log.jsonl``,
+``summary.json``, ``model/`` and parameters as an uninterrupted one. Non-finite losses or
+parameters are never saved. Wall-clock times go to ``timing.jsonl`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from mobileprune_jax import config as config_lib
+from mobileprune_jax import data as data_lib
+from mobileprune_jax import metrics, tree_arrays
+from mobileprune_jax.surgery import depgraph
+from mobileprune_jax.train import inputs, report
+from mobileprune_jax.train.checkpoints import Checkpoints, NonFiniteError
+from mobileprune_jax.train.faults import kill_point
+from mobileprune_jax.train.lock import WorkdirLock
+from mobileprune_jax.train.phases import Phase, Stepper, build_phases
+from mobileprune_jax.train.state import RunState, StateError
+from mobileprune_jax.train.steps import evaluate
+
+# keys that do not change what a run computes: they may differ between a run and its resume
+_FREE_KEYS = ("progress", "checkpoint_every_steps", "checkpoint_keep", "data_parallel", "export")
+
+
+def config_fingerprint(cfg: ml_collections.ConfigDict) -> str:
+  """The config as canonical JSON, without the keys a resume may change."""
+  d = cfg.to_dict()
+  for key in _FREE_KEYS:
+    d.pop(key, None)
+  return json.dumps(d, sort_keys=True)
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+class Run:
+  """One run in a workdir; ``Run(cfg, workdir).execute(resume)`` (see ``run``)."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path, log: Callable[[str], None]):
+    config_lib.validate(cfg)
+    self.cfg, self.workdir, self.log = cfg, workdir, log
+    self.ds = inputs.load_data(cfg)
+    self.model, self.spec = inputs.create_model(cfg, self.ds)
+    self.batches = inputs.plan_batches(cfg, self.ds)
+    self.sample = jnp.asarray(self.ds.test_x[:2])
+    graph = depgraph.trace(self.model, self.sample)
+    self.kernel_paths = [layer.kernel_path for layer in graph.layers]
+    self.phases = build_phases(cfg, self.kernel_paths, self.sample, self.batches.steps_per_epoch)
+    self.fingerprint = config_fingerprint(cfg)
+    self.ckpt = Checkpoints(workdir / "checkpoints", keep=cfg.checkpoint_keep, warn=log)
+    self.state = RunState()
+    self.last_saved: str = "none"
+
+  # ------------------------------------------------------------------ checkpoints ---
+
+  def _epochs(self, phase: Phase) -> int:
+    return phase.epochs_with(self.batches.steps_per_epoch)
+
+  def _load(self, state: RunState, arrays: dict[str, np.ndarray], items: list[str]) -> None:
+    """Applies a checkpoint: validate the state, restore the model, build the phase, restore its optimizer."""
+    state.check_fits([self._epochs(p) for p in self.phases],
+                     lambda p, e: self.phases[p].steps_in_epoch(e, self.batches.steps_per_epoch))
+    nnx.update(self.model, tree_arrays.from_arrays(nnx.state(self.model), arrays, prefix="model/"))
+    self.stepper = None
+    if state.phase < len(self.phases):
+      stepper = self.phases[state.phase].build(self.model) if self.phases[state.phase].build else None
+      wanted = sorted(stepper.items()) if stepper is not None and (state.epoch or state.step) else []
+      if sorted(set(items) - {"model"}) != wanted:
+        raise StateError(f"holds {sorted(items)}, but phase {state.phase} at epoch {state.epoch}, step {state.step} "
+                         f"needs {['model', *wanted]}")
+      if wanted:
+        stepper.restore({name: tree_arrays.from_arrays(tree, arrays, prefix=f"{name}/")
+                         for name, tree in stepper.items().items()})
+      self.stepper = stepper
+
+  def save(self, stepper: Stepper | None) -> None:
+    items = {"model": nnx.state(self.model), **(stepper.items() if stepper is not None else {})}
+    try:
+      path = self.ckpt.save(self.state, items, self.fingerprint)
+    except NonFiniteError as e:
+      self._diverged(str(e))
+    self.last_saved = f"{path.name} (phase {self.state.phase}, epoch {self.state.epoch}, step {self.state.step})"
+    kill_point("saved")
+
+  def _diverged(self, what: str) -> None:
+    phase = self.phases[self.state.phase].name if self.state.phase < len(self.phases) else "finish"
+    raise FloatingPointError(
+        f"{self.cfg.name}: the run diverged in phase {phase!r}, epoch {self.state.epoch + 1} ({what}); nothing "
+        f"non-finite was saved: the newest checkpoint is {self.last_saved}, but resuming would diverge again — "
+        "lower the learning rate or the penalty coefficients")
+
+  # ------------------------------------------------------------------------- log ---
+
+  def record(self, entry: dict[str, Any]) -> None:
+    self.state.log.append(entry)
+    with open(self.workdir / "log.jsonl", "a") as f:
+      f.write(json.dumps(entry) + "\n")
+
+  def timing(self, event: dict[str, Any]) -> None:
+    with open(self.workdir / "timing.jsonl", "a") as f:
+      f.write(json.dumps({**event, "time": round(time.time(), 3)}) + "\n")
+
+  # ------------------------------------------------------------------------- run ---
+
+  def execute(self, resume: bool) -> dict[str, Any]:
+    with WorkdirLock(self.workdir, warn=self.log):
+      self.ckpt.remove_partial_writes()
+      if not resume and self.ckpt.exists():
+        raise FileExistsError(f"{self.workdir} already has checkpoints: pass --resume to continue, or use a new "
+                              "workdir")
+      self.stepper = None
+      restored = self.ckpt.restore_latest(self.fingerprint, self._load) if resume else None
+      if restored is not None:
+        self.state, path = restored
+        self.last_saved = path.name
+        where = self.phases[self.state.phase].name if self.state.phase < len(self.phases) else "finishing"
+        self.log(f"resuming at phase {self.state.phase} ({where}), epoch {self.state.epoch}, step {self.state.step} "
+                 f"from {path.name}")
+      elif resume:
+        self.log(f"no checkpoint in {self.workdir}: starting from the beginning")
+      _write_atomic(self.workdir / "log.jsonl", "".join(json.dumps(e) + "\n" for e in self.state.log))
+      self.timing({"event": "start", "resumed": restored is not None, "phase": self.state.phase,
+                   "epoch": self.state.epoch, "step": self.state.step})
+      while self.state.phase < len(self.phases):
+        self.run_phase(self.phases[self.state.phase], self.stepper)
+        self.stepper = None
+      kill_point("finish")
+      summary = report.finish(self.cfg, self.workdir, self.model, self.ds, self.sample, self.spec, self.state)
+      self.timing({"event": "finished"})
+      self.log(report.format_summary(summary))
+      return summary
+
+  def run_phase(self, phase: Phase, stepper: Stepper | None) -> None:
+    """Runs the rest of the current phase, its action, and checkpoints the start of the next."""
+    state, cfg = self.state, self.cfg
+    if stepper is None and phase.build is not None:
+      stepper = phase.build(self.model)
+    step = stepper.start(self.batches.placement) if stepper is not None else None
+    epochs = self._epochs(phase)
+    while state.epoch < epochs:
+      n_steps = phase.steps_in_epoch(state.epoch, self.batches.steps_per_epoch)
+      self.run_epoch(phase, step, stepper, n_steps)
+      self.end_epoch(phase, stepper, epochs)
+    kill_point("phase_end")
+    if phase.on_end is not None:
+      info = phase.on_end(self.model)
+      self.record({"phase": phase.name, "event": "end", **info, "nonzero_fraction": _nonzero_fraction(self.model)})
+      self.log(f"[{phase.name}] {info}")
+    if phase.name == "pretrain" or (state.base_accuracy is None and state.phase == 0 and cfg.method == "dense"):
+      state.base_accuracy = self._evaluate(self.ds.test_x, self.ds.test_y)
+    state.start_phase(state.phase + 1)
+    self.save(None)
+    kill_point("phase_start")
+
+  def run_epoch(self, phase: Phase, step, stepper: Stepper | None, n_steps: int) -> None:
+    """The remaining steps of the current epoch (checkpointing every ``checkpoint_every_steps``)."""
+    state, cfg = self.state, self.cfg
+    order_seed = int(np.random.SeedSequence([cfg.seed, state.phase, state.epoch]).generate_state(1)[0])
+    progress = _progress(cfg, phase.name, state.epoch, self._epochs(phase), n_steps, state.step)
+    pending: list[tuple[jax.Array, jax.Array | None]] = []
+
+    def fold() -> None:  # adds the pending losses in step order (float64 on the host): resume-invariant sums
+      for loss, lip in pending:
+        state.loss_sum += float(loss)
+        state.loss_count += 1
+        if lip is not None:
+          state.lipschitz_sum += float(lip)
+      pending.clear()
+
+    batches = data_lib.batches(self.ds.train_x, self.ds.train_y, cfg.batch_size, order_seed, skip=state.step)
+    for xb, yb in batches:
+      if state.step >= n_steps:
+        break
+      loss, lip = step(*self.batches.placement.put_batch(xb, yb))
+      pending.append((loss, lip))
+      state.step += 1
+      state.global_step += 1
+      if progress is not None:
+        progress.update(1)
+        if state.step % 10 == 0:
+          progress.set_postfix(loss=f"{float(loss):.4f}")
+      if cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0:
+        fold()
+        if not math.isfinite(state.loss_sum):
+          self._diverged(f"the training loss became {state.loss_sum} by step {state.step}")
+        self.save(stepper)
+    fold()
+    if progress is not None:
+      progress.close()
+
+  def end_epoch(self, phase: Phase, stepper: Stepper | None, epochs: int) -> None:
+    """Evaluates, logs and checkpoints the end of the current epoch."""
+    state = self.state
+    kill_point("epoch_end")
+    if state.mean_loss is not None and not math.isfinite(state.mean_loss):
+      self._diverged(f"the training loss became {state.mean_loss}")
+    test_acc = self._evaluate(self.ds.test_x, self.ds.test_y)
+    val_acc = self._evaluate(self.ds.val_x, self.ds.val_y) if self.ds.val_x is not None else None
+    entry = {"phase": phase.name, "epoch": state.epoch + 1, "epochs": epochs, "loss": state.mean_loss,
+             "test_accuracy": test_acc, "val_accuracy": val_acc, "nonzero_fraction": _nonzero_fraction(self.model)}
+    if state.lipschitz_sum and state.loss_count:  # PALM: mean backtracked Lipschitz estimate (step 1 / (γ L))
+      entry["palm_lipschitz"] = state.lipschitz_sum / state.loss_count
+    self.record(entry)
+    self.timing({"event": "epoch", "phase": phase.name, "epoch": state.epoch + 1})
+    loss = "-" if entry["loss"] is None else f"{entry['loss']:.4f}"
+    self.log(f"[{phase.name}] epoch {state.epoch + 1}/{epochs}  loss {loss}  test acc {test_acc:.4f}  nonzero "
+             f"{100 * entry['nonzero_fraction']:.2f} %" + (f"  L {entry['palm_lipschitz']:.3g}"
+                                                         if "palm_lipschitz" in entry else ""))
+    state.start_epoch(state.epoch + 1)
+    self.save(stepper)
+
+  def _evaluate(self, x, y) -> float:
+    return evaluate(self.model, x, y, self.cfg.eval_batch_size, self.batches.placement)
+
+
+def _nonzero_fraction(model: nnx.Module) -> float:
+  params = nnx.state(model, nnx.Param)
+  return metrics.count_nonzero(params) / max(metrics.count_params(params), 1)
+
+
+def _progress(cfg, name, epoch, epochs, total, initial):
+  if not cfg.progress:
+    return None
+  from tqdm.auto import tqdm
+
+  return tqdm(total=total, initial=initial, desc=f"{name} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, resume: bool = False,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Runs a config end to end (or resumes it) and returns the summary (also in ``summary.json``).
+
+  Every check of the config, the data and the model happens before the workdir is touched.
+
+  Raises:
+    ConfigError, InvalidDataError, DataUnavailableError: bad input (nothing was written).
+    WorkdirBusyError: another live run holds the workdir.
+    FileExistsError: the workdir has checkpoints and ``resume`` is False.
+    CheckpointError: ``resume`` and no checkpoint in the workdir is usable.
+    ConfigMismatchError: ``resume`` with a config other than the one the workdir was started with.
+    FloatingPointError: the run diverged (nothing non-finite was saved).
+  """
+  return Run(cfg, pathlib.Path(workdir), log).execute(resume)

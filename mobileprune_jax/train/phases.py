@@ -1,0 +1,197 @@
+"""The phases of a run and the step each one builds from a model.
+
+A run is a list of ``Phase``s built from the config (``build_phases``): pretraining, T ×
+(pruning, masked retraining) for MobilePrune and the baselines (spec §B), selection →
+threshold → debiasing for DEGL (spec §H), training → magnitude threshold → retraining for
+the HAR notebooks' procedure. A phase knows how to build its *stepper* from the model it
+starts with (``Phase.build``): an optax optimizer step, or a PALM sweep. Building happens
+after a checkpoint was restored, so masks that read the model (``keep_support``) see the
+restored weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+from flax import nnx
+
+from mobileprune_jax import transforms
+from mobileprune_jax.train import actions, palm
+from mobileprune_jax.train.steps import Placement, bound_train_step
+
+ProxFactory = Callable[[Any], optax.GradientTransformation]
+
+
+class Stepper:
+  """A phase's training step bound to a model.
+
+  ``items()`` is what a checkpoint must hold to continue the phase (the optimizer state);
+  ``start(placement)`` places the model and that state on the devices and returns
+  ``step(x, y) -> (loss, lipschitz or None)``.
+  """
+
+  def __init__(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
+               palm_step: Callable[[nnx.Module, jax.Array, jax.Array], tuple] | None = None):
+    self.model, self.optimizer, self.palm_step = model, optimizer, palm_step
+
+  def items(self) -> dict[str, Any]:
+    return {"optimizer": nnx.state(self.optimizer)} if self.optimizer is not None else {}
+
+  def restore(self, trees: dict[str, Any]) -> None:
+    if self.optimizer is not None:
+      nnx.update(self.optimizer, trees["optimizer"])
+
+  def start(self, placement: Placement) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array | None]]:
+    if self.optimizer is None:
+      placement.put_model(self.model)
+      return lambda x, y: self.palm_step(self.model, x, y)
+    placement.put_model(self.model, self.optimizer)
+    step = bound_train_step(self.model, self.optimizer)
+    return lambda x, y: (step(x, y)[0], None)
+
+
+@dataclasses.dataclass
+class Phase:
+  """One stage of a run.
+
+  Attributes:
+    name: e.g. "pretrain", "prune/1", "retrain/1", "select", "debias".
+    epochs: number of epochs (or ``steps`` mini-batches if steps > 0).
+    steps: if > 0, the phase is this many mini-batches (epochs = ceil(steps / steps per epoch)).
+    build: ``model -> Stepper``; called with the model the phase starts from (after a restore).
+    on_end: action on the model when the phase is done (e.g. DEGL's threshold); must be
+      deterministic, since a run killed after it and before the next checkpoint redoes it.
+  """
+
+  name: str
+  epochs: int
+  steps: int = 0
+  build: Callable[[nnx.Module], Stepper] | None = None
+  on_end: Callable[[nnx.Module], dict[str, Any]] | None = None
+
+  def epochs_with(self, steps_per_epoch: int) -> int:
+    return -(-self.steps // steps_per_epoch) if self.steps else self.epochs
+
+  def steps_in_epoch(self, epoch: int, steps_per_epoch: int) -> int:
+    return min(steps_per_epoch, self.steps - epoch * steps_per_epoch) if self.steps else steps_per_epoch
+
+
+def optax_phase(name: str, epochs: int, make_tx: Callable[[], optax.GradientTransformation], steps: int = 0,
+                on_end=None) -> Phase:
+  """A phase stepping ``nnx.Optimizer(model, make_tx())`` (built when the phase starts)."""
+  return Phase(name, epochs, steps, build=lambda m: Stepper(m, optimizer=nnx.Optimizer(m, make_tx(), wrt=nnx.Param)),
+               on_end=on_end)
+
+
+def palm_phase(name: str, epochs: int, steps: int, factory: ProxFactory, kernel_paths: Sequence[str],
+               gamma: float, max_backtracks: int) -> Phase:
+  """A PALM pruning phase (spec §B): block Gauss–Seidel prox steps with backtracking, no optimizer state."""
+  return Phase(name, epochs, steps, build=lambda m: Stepper(
+      m, palm_step=palm.make_palm_step(m, factory, kernel_paths, gamma, max_backtracks)))
+
+
+def learning_rate(lr: float, schedule: str, total_steps: int) -> optax.ScalarOrSchedule:
+  """constant, cosine decay to 0, or ×0.1 after 1/3 and 2/3 of ``total_steps``."""
+  if schedule == "cosine":
+    return optax.cosine_decay_schedule(lr, max(total_steps, 1))
+  if schedule == "step":
+    return optax.exponential_decay(lr, transition_steps=max(total_steps // 3, 1), decay_rate=0.1, staircase=True)
+  return lr
+
+
+def _optimizer(section: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  lr = learning_rate(section.lr, section.schedule, total_steps)
+  if section.optimizer == "adam":
+    base = optax.adam(lr, b1=section.momentum) if section.momentum else optax.adam(lr)
+  else:
+    base = optax.sgd(lr, momentum=section.momentum or None)
+  return optax.chain(optax.add_decayed_weights(section.weight_decay), base) if section.weight_decay else base
+
+
+def prox_factory(cfg: ml_collections.ConfigDict, rules) -> ProxFactory | None:
+  """The regulariser of ``cfg.method`` as a function of the step size."""
+  c = cfg.coef
+  grouping = c.conv_grouping
+  factories = {
+      "mobileprune": lambda s: transforms.l0_sparse_group_lasso(s, l0=c.l0, neuron=c.neuron, channel=c.channel,
+                                                                shape=c.shape if grouping != "output_filter" else 0.0,
+                                                                rules=rules, conv_grouping=grouping),
+      "l0": lambda s: transforms.l0(s, l0=c.l0, rules=rules),
+      "l1": lambda s: transforms.l1(s, l1=c.l1, rules=rules),
+      "l2": lambda s: transforms.l2(s, l2=c.l2, rules=rules),
+      "group_lasso": lambda s: transforms.group_lasso(s, neuron=c.neuron, channel=c.channel, shape=c.shape,
+                                                      rules=rules),
+      "l1_sgl": lambda s: transforms.l1_sparse_group_lasso(s, l1=c.l1, neuron=c.neuron, channel=c.channel,
+                                                           shape=c.shape, rules=rules),
+  }
+  return factories.get(cfg.method)
+
+
+def output_layer_rules(last: str) -> list[tuple[str, str]]:
+  """Rules that exclude the classifier (kernel path ``last``, the layer producing the outputs) from group terms."""
+  parent = last.rpartition("/")[0]
+  return [(f"^{parent}/(kernel|bias)$", "none")] if parent else [(f"^{last}$", "none")]
+
+
+def _retrain_phase(name: str, rt: ml_collections.ConfigDict, steps_per_epoch: int) -> Phase:
+  """Masked retraining: the retrain optimizer followed by ``keep_support`` (pruned weights stay 0)."""
+  return optax_phase(name, rt.epochs, lambda: optax.chain(_optimizer(rt, rt.epochs * steps_per_epoch),
+                                                          transforms.keep_support()))
+
+
+def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str], sample_input,
+                 steps_per_epoch: int = 1) -> list[Phase]:
+  """The phases of ``cfg.method`` (spec §B for MobilePrune and baselines, §H for DEGL).
+
+  Args:
+    cfg: the run config.
+    kernel_paths: the model's conv/dense kernels in forward order (the last is the classifier).
+    sample_input: a batch of inputs (the threshold actions trace the model with it).
+    steps_per_epoch: mini-batches per epoch (sets the length of learning-rate schedules).
+  """
+  last_kernel = kernel_paths[-1]
+  rules = output_layer_rules(last_kernel)
+  pre, pr, rt = cfg.pretrain, cfg.prune, cfg.retrain
+  phases: list[Phase] = []
+  if pre.epochs:
+    phases.append(optax_phase("pretrain", pre.epochs, lambda: _optimizer(pre, pre.epochs * steps_per_epoch)))
+  if cfg.method == "dense":
+    return phases
+  if cfg.method == "magnitude":
+    mg = cfg.magnitude
+    phases.append(Phase("threshold", 0, on_end=lambda m: actions.magnitude_threshold(
+        m, sample_input, mg.threshold, mg.layers, last_kernel)))
+    if rt.epochs:
+      phases.append(_retrain_phase("retrain/1", rt, steps_per_epoch))
+    return phases
+  if cfg.method in ("degl", "egl", "degl_group_lasso"):
+    d = cfg.degl
+    lam = 0.0 if cfg.method == "degl_group_lasso" else d.lam
+    sgd = lambda: optax.sgd(d.lr, momentum=d.momentum or None)
+    egl = lambda: transforms.elastic_group_lasso(d.lr, gamma=d.gamma, lam=lam, rules=rules)
+    phases.append(optax_phase("select", d.select_epochs, lambda: optax.chain(sgd(), egl()),
+                              on_end=lambda m: actions.degl_threshold(m, sample_input, d.t_th, last_kernel)))
+    if cfg.method == "egl":
+      phases.append(optax_phase("retrain", d.retrain_epochs,
+                                lambda: optax.chain(sgd(), egl(), transforms.keep_support())))
+    else:
+      rt_lam = lam * (d.rt_scale if d.rt_scale is not None else 1.0)
+      phases.append(optax_phase("debias", d.retrain_epochs,
+                                lambda: optax.chain(sgd(), transforms.l2(d.lr, l2=rt_lam), transforms.keep_support())))
+    return phases
+  factory = prox_factory(cfg, rules=None)
+  for t in range(1, pr.iterations + 1):
+    if cfg.mode == "palm" and cfg.method != "l2":
+      phases.append(palm_phase(f"prune/{t}", pr.epochs, pr.steps, factory, kernel_paths, pr.palm_gamma,
+                               pr.palm_max_backtracks))
+    else:
+      phases.append(optax_phase(f"prune/{t}", pr.epochs, lambda: optax.chain(
+          optax.sgd(pr.lr, momentum=pr.momentum or None), factory(pr.lr)), steps=pr.steps))
+    if rt.epochs:
+      phases.append(_retrain_phase(f"retrain/{t}", rt, steps_per_epoch))
+  return phases

@@ -1,0 +1,82 @@
+"""The finishing stages of a run and its summary: shrink → measure → ``model/`` → export → ``summary.json``.
+
+``finish`` is a function of the final model and run state only, so it is idempotent: a run
+killed while finishing, or resumed after it finished, redoes it and writes the same files.
+(Export latencies, when asked for, are measurements and vary.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from mobileprune_jax import data as data_lib
+from mobileprune_jax import metrics, surgery
+from mobileprune_jax.train import inputs
+from mobileprune_jax.train.faults import kill_point
+from mobileprune_jax.train.state import RunState
+from mobileprune_jax.train.steps import evaluate
+
+
+def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Module, ds: data_lib.Dataset, sample,
+           spec: dict[str, Any], state: RunState) -> dict[str, Any]:
+  """Shrinks the final model, measures it, writes the shrunk model, summary.json (and TFLite files)."""
+  dense, _ = inputs.create_model(cfg, ds)
+  shrunk, shrink_report = surgery.shrink_with_report(model, sample)
+  summary = {
+      "name": cfg.name,
+      "dataset": cfg.dataset,
+      "model": cfg.model,
+      "method": cfg.method,
+      "mode": cfg.mode,
+      "seed": cfg.seed,
+      "base_accuracy": state.base_accuracy,
+      "pruned_accuracy": evaluate(shrunk, ds.test_x, ds.test_y, cfg.eval_batch_size),
+      "masked_accuracy": evaluate(model, ds.test_x, ds.test_y, cfg.eval_batch_size),
+      "nonzero_params_masked": metrics.count_nonzero(nnx.state(model, nnx.Param)),
+      **metrics.summary(dense, shrunk, sample),
+      "shrink_max_abs_diff": shrink_report.max_abs_diff,
+      "input_shape": list(ds.input_shape),
+      "shrink": shrink_report.to_json(),
+      "devices": jax.device_count(),
+  }
+  surgery.save(workdir / "model", shrunk, factory=spec["name"], kwargs={"seed": spec["seed"], **spec["kwargs"]},
+               cuts=shrink_report.cuts)
+  kill_point("finish_model")
+  if cfg.export.tflite:
+    from mobileprune_jax import export
+
+    summary.update(export.compare(dense, shrunk, sample[:1], workdir / "tflite"))
+    if cfg.export.quantize:
+      path = export.to_tflite(shrunk, sample[:1], workdir / "tflite" / f"pruned_{cfg.export.quantize}.tflite",
+                              quantize=cfg.export.quantize)
+      summary[f"tflite_bytes_pruned_{cfg.export.quantize}"] = path.stat().st_size
+  tmp = workdir / f".summary.json.tmp-{os.getpid()}"
+  tmp.write_text(json.dumps(summary, indent=1))
+  os.replace(tmp, workdir / "summary.json")
+  return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+  """A small table: base vs pruned accuracy, params, MACs, architecture."""
+  def pct(a, b):
+    return f"{100 * a / b:.2f} %" if b else "-"
+
+  base = s["base_accuracy"]
+  rows = [
+      ("model / data / method", f"{s['model']} / {s['dataset']} / {s['method']} ({s['mode']})"),
+      ("accuracy base -> pruned", f"{base:.4f} -> {s['pruned_accuracy']:.4f}" if base is not None else f"{s['pruned_accuracy']:.4f}"),
+      ("params (shrunk model)", f"{s['params_remaining']:,} / {s['params_total']:,} ({pct(s['params_remaining'], s['params_total'])})"),
+      ("non-zero params", f"{s['nonzero_params']:,} ({pct(s['nonzero_params'], s['params_total'])})"),
+      ("MACs dense -> pruned", f"{s['macs_dense']:,} -> {s['macs_pruned']:,} ({pct(s['macs_pruned'], s['macs_dense'])})"),
+      ("architecture", f"{s['architecture_dense']} -> {s['architecture']} (filter sizes {s['filter_sizes'] or '-'})"),
+      ("shrink parity (max |diff|)", f"{s['shrink_max_abs_diff']:.2e}"),
+  ]
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
