@@ -316,5 +316,5 @@ def test_bad_input_is_a_clear_error():
     surgery.shrink(NoLayers(), jnp.ones((2, 3)))
   with pytest.raises(FileNotFoundError):
     surgery.load("does-not-exist")
-  with pytest.raises(ValueError, match="factory must look like"):
+  with pytest.raises(surgery.ModelFileError, match="model 'no_colon' is not registered"):
     surgery.build("no_colon", {})

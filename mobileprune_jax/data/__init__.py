@@ -14,14 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from mobileprune_jax.data.embedded import load_mnist_subset
-
-
-class DataUnavailableError(RuntimeError):
-  """The data set is not on this machine; the message says how to get it."""
-
-
-class InvalidDataError(ValueError):
-  """Loaded data that cannot be trained on (labels out of range, NaN/inf inputs, ...); one line."""
+from mobileprune_jax.data.errors import DataUnavailableError, InvalidDataError
 
 
 @dataclasses.dataclass

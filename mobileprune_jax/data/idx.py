@@ -5,8 +5,11 @@ from __future__ import annotations
 import gzip
 import pathlib
 import struct
+import zlib
 
 import numpy as np
+
+from mobileprune_jax.data.errors import InvalidDataError
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -22,15 +25,20 @@ def read_idx(path: str | pathlib.Path) -> np.ndarray:
   """Reads one IDX file: magic (0, 0, dtype=0x08 uint8, ndim), big-endian dims, data."""
   path = pathlib.Path(path)
   opener = gzip.open if path.suffix == ".gz" else open
-  with opener(path, "rb") as f:
-    data = f.read()
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+    raise InvalidDataError(f"{path}: damaged compressed file ({e})") from None
+  if len(data) < 4:
+    raise InvalidDataError(f"{path}: not an IDX file ({len(data)} bytes)")
   zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-  if zero != 0 or dtype != 0x08:
-    raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+  if zero != 0 or dtype != 0x08 or len(data) < 4 + 4 * ndim:
+    raise InvalidDataError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
   dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
   array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
   if array.size != int(np.prod(dims)):
-    raise ValueError(f"{path}: expected {int(np.prod(dims))} values for dims {dims}, found {array.size}")
+    raise InvalidDataError(f"{path}: expected {int(np.prod(dims))} values for dims {dims}, found {array.size}")
   return array.reshape(dims)
 
 

@@ -111,10 +111,12 @@ class Run:
 
   def _diverged(self, what: str) -> None:
     phase = self.phases[self.state.phase].name if self.state.phase < len(self.phases) else "finish"
+    saved = (f"the newest checkpoint, {self.last_saved}, holds finite values" if self.last_saved != "none"
+             else "no checkpoint was written")
     raise FloatingPointError(
         f"{self.cfg.name}: the run diverged in phase {phase!r}, epoch {self.state.epoch + 1} ({what}); nothing "
-        f"non-finite was saved: the newest checkpoint is {self.last_saved}, but resuming would diverge again — "
-        "lower the learning rate or the penalty coefficients")
+        f"non-finite was saved ({saved}); lower the learning rate or the penalty coefficients (resuming with the "
+        "same config would diverge again)")
 
   # ------------------------------------------------------------------------- log ---
 
