@@ -121,7 +121,7 @@ def read(path: str | pathlib.Path, expected_sha256: str | None = None) -> tuple[
   try:
     header = json.loads(blob[8 : 8 + n])
     meta = header.pop("__metadata__")
-  except (UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
+  except (UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError, TypeError, RecursionError) as e:
     raise TensorFileError(f"{path}: damaged header ({type(e).__name__})") from e
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     raise TensorFileError(f"{path}: not a {FORMAT} file")

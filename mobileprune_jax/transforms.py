@@ -22,6 +22,7 @@ optimizer state, so a checkpoint of the state holds them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -69,8 +70,8 @@ def _check_coefficients(fn: str, **coefs: float) -> None:
   for name, value in coefs.items():
     if not isinstance(value, (int, float)) or isinstance(value, bool):
       raise TypeError(f"{fn}: {name} must be a number, got {value!r}")
-    if not value >= 0:  # also rejects NaN
-      raise ValueError(f"{fn}: {name} must be non-negative, got {value!r}")
+    if not 0 <= value < math.inf:  # also rejects NaN
+      raise ValueError(f"{fn}: {name} must be a finite non-negative number, got {value!r}")
 
 
 def _check_learning_rate(fn: str, learning_rate: ScalarOrSchedule) -> None:

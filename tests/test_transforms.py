@@ -213,11 +213,15 @@ def test_keep_support_with_explicit_mask_zeroes_masked_weights():
 
 
 def test_bad_input_is_a_clear_error():
-  with pytest.raises(ValueError, match="l0 must be non-negative"):
+  with pytest.raises(ValueError, match="l0 must be a finite non-negative number"):
     transforms.l0_sparse_group_lasso(0.1, l0=-1e-4)
-  with pytest.raises(ValueError, match="gamma must be non-negative"):
+  with pytest.raises(ValueError, match="l0 must be a finite non-negative number, got inf"):
+    transforms.l0_sparse_group_lasso(0.1, l0=float("inf"))
+  with pytest.raises(ValueError, match="neuron must be a finite non-negative number, got nan"):
+    transforms.group_lasso(0.1, neuron=float("nan"))
+  with pytest.raises(ValueError, match="gamma must be a finite non-negative number"):
     transforms.elastic_group_lasso(0.1, gamma=-1.0, lam=0.0)
-  with pytest.raises(ValueError, match="learning_rate must be non-negative"):
+  with pytest.raises(ValueError, match="learning_rate must be a finite non-negative number"):
     transforms.l1(-0.1, l1=1.0)
   with pytest.raises(ValueError, match="conv_grouping"):
     transforms.group_lasso(0.1, channel=1.0, conv_grouping="rows")

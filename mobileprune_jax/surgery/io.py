@@ -106,8 +106,9 @@ def save(directory: str | pathlib.Path, model: nnx.Module, *, factory: str, kwar
   """
   directory = pathlib.Path(directory).absolute()
   name, kwargs = _spec_name(factory, kwargs)
+  for stale in directory.parent.glob(f".{directory.name}.partial-*"):  # left by a killed save
+    shutil.rmtree(stale, ignore_errors=True)
   partial = directory.with_name(f".{directory.name}.partial-{os.getpid()}")
-  shutil.rmtree(partial, ignore_errors=True)
   partial.mkdir(parents=True)
   digest = tensorfile.write(partial / WEIGHTS_FILE, tree_arrays.to_arrays(nnx.state(model)))
   spec = {"format": FORMAT, "model": name, "kwargs": kwargs, "cuts": cuts or {},
@@ -117,7 +118,8 @@ def save(directory: str | pathlib.Path, model: nnx.Module, *, factory: str, kwar
   if directory.exists():
     os.replace(directory, old)
   os.replace(partial, directory)
-  shutil.rmtree(old, ignore_errors=True)
+  for stale in directory.parent.glob(f".{directory.name}.old-*"):
+    shutil.rmtree(stale, ignore_errors=True)
   return directory
 
 
@@ -128,7 +130,7 @@ def read_spec(directory: str | pathlib.Path) -> dict[str, Any]:
     spec = json.loads(path.read_text())
   except FileNotFoundError:
     raise FileNotFoundError(f"no {SPEC_FILE} in {path.parent}") from None
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
     raise ModelFileError(f"{path}: not readable JSON ({type(e).__name__}: {e})") from None
   if not isinstance(spec, dict) or spec.get("format") not in (FORMAT, _V1_FORMAT):
     raise ModelFileError(f"{path}: not a {FORMAT} file")
@@ -145,6 +147,9 @@ def read_spec(directory: str | pathlib.Path) -> dict[str, Any]:
                     for p, axes in (spec.get("cuts") or {}).items()}
   except (TypeError, ValueError, AttributeError) as e:
     raise ModelFileError(f"{path}: malformed 'cuts' ({e})") from None
+  for p, axes in spec["cuts"].items():
+    if any(axis < 0 or any(i < 0 for i in keep) or len(set(keep)) != len(keep) for axis, keep in axes):
+      raise ModelFileError(f"{path}: cuts of {p!r} must be distinct non-negative indices")
   return spec
 
 
