@@ -65,19 +65,21 @@ def layer_stats(model: nnx.Module, sample_input: Any) -> list[LayerStats]:
   stats = []
   for layer in graph.layers:
     kernel = np.asarray(values[layer.kernel_path]) if layer.kernel_path in values else None
-    n_in, n_out = layer.kernel_shape[layer.in_axis], layer.kernel_shape[layer.out_axis]
+    n_in, n_out = layer.n_in, layer.n_out
     size = int(np.prod(layer.kernel_shape))
     if kernel is None:
       live_in, alive_out, nonzero = size // max(n_out, 1), n_out, size
     else:
-      by_out = np.moveaxis(kernel, layer.out_axis, -1).reshape(-1, n_out)  # (taps·in, out)
+      by_out = layer.by_output(kernel)  # (taps·in, out)
       live_in = int(np.sum(np.any(by_out != 0, axis=1)))
       alive_out = int(np.sum(np.any(by_out != 0, axis=0)))
       nonzero = int(np.count_nonzero(kernel))
+    # a depthwise filter reads only its own channel: its live taps are its own non-zeros
+    live_macs = nonzero if layer.kind == "depthwise" and kernel is not None else n_out * live_in
     stats.append(LayerStats(
         path=layer.kernel_path, kind=layer.kind, n_in=n_in, n_out=n_out, out_spatial=layer.out_spatial,
         live_in=live_in, alive_out=alive_out, weights=size, nonzero_weights=nonzero,
-        macs_dense=layer.out_spatial * size, macs_sparse=layer.out_spatial * n_out * live_in))
+        macs_dense=layer.out_spatial * size, macs_sparse=layer.out_spatial * live_macs))
   return stats
 
 
@@ -88,7 +90,7 @@ def macs(model: nnx.Module, sample_input: Any, sparse: bool = False) -> int:
 
 def architecture(stats: list[LayerStats]) -> str:
   """Alive conv filters and non-zero dense inputs, e.g. "5-14-151-57" (MobilePrune's LeNet-5)."""
-  return "-".join(str(s.alive_out if s.kind == "conv" else s.live_in) for s in stats)
+  return "-".join(str(s.alive_out if s.kind in ("conv", "depthwise") else s.live_in) for s in stats)
 
 
 def filter_sizes(stats: list[LayerStats]) -> str:
@@ -124,7 +126,7 @@ def summary(dense: nnx.Module, shrunk: nnx.Module, sample_input: Any) -> dict[st
       "macs_dense": sum(s.macs_dense for s in before),
       "macs_pruned": sum(s.macs_sparse for s in after),
       "macs_shrunk_dense": sum(s.macs_dense for s in after),
-      "architecture_dense": "-".join(str(s.n_out if s.kind == "conv" else s.n_in) for s in before),
+      "architecture_dense": "-".join(str(s.n_out if s.kind in ("conv", "depthwise") else s.n_in) for s in before),
       "architecture": architecture(after),
       "filter_sizes": filter_sizes(after),
       "widths_before": {s.path: s.n_out for s in before},

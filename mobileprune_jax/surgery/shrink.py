@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from mobileprune_jax.surgery import depgraph
+from mobileprune_jax.surgery.graph import product_indices
 
 Cuts = dict[str, list[tuple[int, list[int]]]]  # param path -> [(axis, kept indices), ...]
 
@@ -95,7 +96,7 @@ def _decide(graph: depgraph.Graph, extra_pinned: set[int]) -> tuple[set[int], di
   while True:
     reason = dict(fixed)
     for layer in graph.layers:
-      if layer.nz is None:
+      if layer.nz is None or layer.kind == "depthwise":  # a depthwise filter reads its own group only
         continue
       out_alive = np.array([int(f) not in removed for f in layer.out_nodes], bool)
       live = np.any(layer.nz[:, out_alive], axis=1) & ~layer.in_zero
@@ -108,7 +109,8 @@ def _decide(graph: depgraph.Graph, extra_pinned: set[int]) -> tuple[set[int], di
 
 
 def _attachment_cuts(graph: depgraph.Graph, removed: set[int], shapes: dict[str, tuple[int, ...]]):
-  """Entries of attached vectors to drop; and nodes that must be kept (unsliceable attachment)."""
+  """Entries of attached parameters to drop; and nodes that must be kept (the entries to drop
+  are not whole slices along one axis of a multi-dimensional parameter)."""
   cuts: Cuts = {}
   bad_nodes: set[int] = set()
   for path, pairs in graph.attachments.items():
@@ -124,11 +126,18 @@ def _attachment_cuts(graph: depgraph.Graph, removed: set[int], shapes: dict[str,
     drop = linked & ~linked_keep
     if not drop.any():
       continue
-    if len(shape) != 1:
+    per_axis = product_indices(list(shape), np.flatnonzero(~drop).tolist()) if len(shape) else None
+    if per_axis is None:
       bad_nodes.update(int(n) for n in nodes[np.isin(idx, np.flatnonzero(drop))])
       continue
-    cuts[path] = [(0, np.flatnonzero(~drop).tolist())]
+    cuts[path] = [(axis, keep) for axis, keep in enumerate(per_axis) if len(keep) < shape[axis]]
   return cuts, bad_nodes
+
+
+def _kept(layer: depgraph.Layer, removed: set[int]) -> tuple[list[int], list[int]]:
+  out_keep = [f for f, node in enumerate(layer.out_nodes.tolist()) if node not in removed]
+  in_keep = [i for i, node in enumerate(layer.in_nodes.tolist()) if node < 0 or node not in removed]
+  return in_keep, out_keep
 
 
 def plan(model: nnx.Module, sample_input: Any) -> ShrinkReport:
@@ -156,16 +165,24 @@ def plan(model: nnx.Module, sample_input: Any) -> ShrinkReport:
     removed, reason = _decide(graph, extra)
     attach_cuts, bad = _attachment_cuts(graph, removed, shapes)
     if bad:
-      graph.notes.append("a multi-dimensional parameter is combined element-wise with channels: those channels are kept")
+      graph.notes.append("a multi-dimensional parameter is combined element-wise with channels in a pattern that "
+                         "cannot be sliced: those channels are kept")
     for layer in graph.layers:  # never cut a layer to zero width: keep its first channel
       if layer.sliceable and len(layer.out_nodes) and all(int(n) in removed for n in layer.out_nodes):
         bad.add(int(layer.out_nodes[0]))
         graph.notes.append(f"{layer.kernel_path}: every output is dead; one channel is kept so the layer stays")
+      elif layer.sliceable and layer.cuts(*_kept(layer, removed)) is None:  # e.g. part of an attention head
+        bad.update(int(n) for n in layer.out_nodes if int(n) in removed)
+        bad.update(int(n) for n in layer.in_nodes if n >= 0 and int(n) in removed)
+        graph.notes.append(f"{layer.kernel_path}: the features to remove are not whole slices of its kernel axes; "
+                           "they are kept")
     if not bad:
       break
     extra |= bad
 
-  cuts: Cuts = dict(attach_cuts)
+  cuts: Cuts = {}
+  for path, axes in attach_cuts.items():
+    cuts.setdefault(path, []).extend(axes)
   read_live: set[int] = set()
   for layer in graph.layers:
     if layer.nz is not None:
@@ -174,11 +191,10 @@ def plan(model: nnx.Module, sample_input: Any) -> ShrinkReport:
       read_live.update(layer.in_nodes[live & (layer.in_nodes >= 0)].tolist())
   changes = []
   for layer in graph.layers:
-    out_keep = [f for f, node in enumerate(layer.out_nodes.tolist()) if node not in removed]
-    in_keep = [i for i, node in enumerate(layer.in_nodes.tolist()) if node < 0 or node not in removed]
-    n_in, n_out = layer.kernel_shape[layer.in_axis], layer.kernel_shape[layer.out_axis]
+    in_keep, out_keep = _kept(layer, removed)
+    n_in, n_out = layer.n_in, layer.n_out
     if layer.sliceable and (len(out_keep) < n_out or len(in_keep) < n_in):
-      cuts[layer.kernel_path] = [(layer.out_axis, out_keep), (layer.in_axis, in_keep)]
+      cuts.setdefault(layer.kernel_path, []).extend(layer.cuts(in_keep, out_keep))
     # output channels that stayed although no live weight reads them: say why
     kept_dead: dict[str, int] = defaultdict(int)
     for node in layer.out_nodes.tolist():
@@ -202,15 +218,30 @@ def _sync_attributes(model: nnx.Module) -> None:
   for _, node in nnx.iter_graph(model):
     if isinstance(node, nnx.Conv):
       shape = node.kernel.shape
+      depthwise = (node.feature_group_count > 1 and node.feature_group_count == node.in_features == node.out_features
+                   and shape[-2] == 1)
+      if depthwise:  # one filter per channel: as many groups as channels remain
+        node.feature_group_count = shape[-1]
       node.in_features = shape[-2] * node.feature_group_count
       node.out_features = shape[-1]
       node.kernel_shape = tuple(shape)
     elif isinstance(node, nnx.Linear):
       node.in_features, node.out_features = node.kernel.shape
+    elif isinstance(node, nnx.LinearGeneral):
+      shape, n_in = node.kernel.shape, len(node.in_features)
+      node.in_features, node.out_features = tuple(shape[:n_in]), tuple(shape[n_in:])
     elif isinstance(node, (nnx.BatchNorm, nnx.LayerNorm)):
       vec = node.scale if node.scale is not None else node.bias
       if vec is not None:
         node.num_features = vec.shape[-1]
+  for _, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.MultiHeadAttention):
+      heads, head_dim = node.query.kernel.shape[-2:]
+      if node.num_kv_heads == node.num_heads:
+        node.num_kv_heads = heads
+      node.num_heads, node.head_dim, node.qkv_features = heads, head_dim, heads * head_dim
+      node.in_features = node.query.kernel.shape[0]
+      node.out_features = node.out.kernel.shape[-1]
 
 
 def apply_cuts(model: nnx.Module, cuts: Cuts) -> nnx.Module:
@@ -222,7 +253,7 @@ def apply_cuts(model: nnx.Module, cuts: Cuts) -> nnx.Module:
       raise KeyError(f"no variable at path {path!r} in the model")
     var = variables[path]
     value = np.asarray(var.get_value())
-    for axis, keep in axes:
+    for axis, keep in dict(axes).items():  # one cut per axis (the last one given wins)
       value = np.take(value, np.asarray(keep, dtype=np.int64), axis=axis)
     var.set_value(jnp.asarray(value))
   _sync_attributes(new)

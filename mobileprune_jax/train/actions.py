@@ -35,8 +35,7 @@ def degl_threshold(model: nnx.Module, sample_input, t_th: float, exclude: str) -
     if layer.kernel_path == exclude or not layer.sliceable:
       continue
     kernel = np.asarray(variables[layer.kernel_path].get_value())
-    by_out = np.moveaxis(kernel, layer.out_axis, -1).reshape(-1, kernel.shape[layer.out_axis])
-    small = np.max(np.abs(by_out), axis=0) < t_th
+    small = np.max(np.abs(layer.by_output(kernel)), axis=0) < t_th
     for f in np.flatnonzero(small):
       node = int(layer.out_nodes[f])
       if node in graph.pinned or group_size[graph.find(node)] > 1:
@@ -51,18 +50,14 @@ def degl_threshold(model: nnx.Module, sample_input, t_th: float, exclude: str) -
     out_dead = np.array([int(n) in dead_nodes for n in layer.out_nodes])
     in_dead = np.array([int(n) in dead_nodes for n in layer.in_nodes])
     if out_dead.any():
-      index = [slice(None)] * kernel.ndim
-      index[layer.out_axis] = out_dead
-      kernel[tuple(index)] = 0
+      kernel = layer.zero_outputs(kernel, out_dead)
       bias = variables.get(layer.kernel_path.rpartition("/")[0] + "/bias")
       if bias is not None:
         b = np.asarray(bias.get_value()).copy()
-        b[out_dead] = 0
+        b.reshape(-1)[out_dead] = 0
         bias.set_value(jnp.asarray(b))
     if in_dead.any():
-      index = [slice(None)] * kernel.ndim
-      index[layer.in_axis] = in_dead
-      kernel[tuple(index)] = 0
+      kernel = layer.zero_inputs(kernel, in_dead)
     var.set_value(jnp.asarray(kernel))
   return {"degl_removed_units": removed, "t_th": t_th}
 

@@ -1,0 +1,109 @@
+"""The ops that create channel nodes: convolutions and ``dot_general`` with a parameter kernel.
+
+* ``conv``: one node per output channel; a depthwise conv (``feature_group_count`` = input
+  channels, one filter per channel) makes no new channel: filter c is tied to the channel it
+  reads, so they are cut together; other grouped convs keep their channels (named in the notes).
+* ``dot``: ``nnx.Linear`` and ``nnx.LinearGeneral`` (any number of contracted and output
+  kernel axes, e.g. attention's (in, heads, head_dim) and (heads, head_dim, out) kernels).
+* ``dot_of_activations``: a product of two activations (attention's q·kᵀ and p·v): every node
+  in one batch slice (one attention head) is joined into one group, so a head goes as a whole.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+
+from mobileprune_jax.surgery.graph import NO_NODE, Layer
+from mobileprune_jax.surgery.tracer import Act, Const, Tracer
+
+
+def _per_channel(out_shape: tuple[int, ...], axis: int, values: np.ndarray) -> np.ndarray:
+  shape = [1] * len(out_shape)
+  shape[axis] = len(values)
+  return np.broadcast_to(values.reshape(shape), out_shape).copy()
+
+
+def conv(t: Tracer, eqn, x: Act, k: Const) -> Act:
+  dn = eqn.params["dimension_numbers"]
+  lhs_spec, rhs_spec, out_spec = dn.lhs_spec, dn.rhs_spec, dn.out_spec
+  out_shape = tuple(eqn.outvars[0].aval.shape)
+  kernel = k.value
+  path = t.kernel_param(k)
+  groups, batch_groups = eqn.params["feature_group_count"], eqn.params["batch_group_count"]
+  in_nodes, in_zero = t.input_features(x, [lhs_spec[1]])
+  n_in_channels, n_out = len(in_nodes), kernel.shape[rhs_spec[0]]
+  spatial = math.prod(out_shape[d] for d in out_spec[2:])
+  depthwise = groups == n_in_channels == n_out and groups > 1 and kernel.shape[rhs_spec[1]] == 1 and batch_groups == 1
+  if depthwise and path is not None:
+    # channel c → filter c → output channel c: the same channel, one group (cut together)
+    out_nodes = t.new_nodes(n_out)
+    t.union(out_nodes, in_nodes)
+    layer = Layer("depthwise", path, (rhs_spec[0],), (rhs_spec[0],), in_nodes, out_nodes, spatial, tuple(kernel.shape))
+    t.add_layer(layer, in_zero, kernel)
+    filt_zero = ~np.any(layer.by_output(kernel) != 0, axis=0)
+    return Act.of_zero(_per_channel(out_shape, out_spec[1], out_nodes),
+                       _per_channel(out_shape, out_spec[1], in_zero | filt_zero))
+  out_nodes = t.new_nodes(n_out)
+  grouped = groups != 1 or batch_groups != 1
+  why = (f"conv with feature_group_count={groups} (grouped, not one filter per channel): its channels are kept"
+         if grouped else "conv with a kernel that is not a plain parameter: its channels are kept")
+  layer = Layer("conv", path or "<computed kernel>", (rhs_spec[1],), (rhs_spec[0],), in_nodes if not grouped else
+                np.full(kernel.shape[rhs_spec[1]], NO_NODE, np.int64), out_nodes, spatial, tuple(kernel.shape),
+                path is not None and not grouped)
+  if grouped:
+    t.pin(in_nodes, why)
+  t.add_layer(layer, in_zero, kernel, why)
+  if grouped:
+    out_zero = np.zeros(n_out, bool)
+  else:  # output channel f is identically zero iff every non-zero weight reads a zero channel
+    out_zero = ~np.any(np.any(layer.io(kernel) != 0, axis=2) & ~in_zero[:, None], axis=0)
+  return Act.of_zero(_per_channel(out_shape, out_spec[1], out_nodes), _per_channel(out_shape, out_spec[1], out_zero))
+
+
+def dot(t: Tracer, eqn, ins: list) -> Act:
+  """An activation times a parameter kernel (``Linear``, ``LinearGeneral``, ``x @ W`` or ``W @ x``)."""
+  (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+  act_index = 0 if isinstance(ins[0], Act) else 1
+  x, k = ins[act_index], ins[1 - act_index]
+  x_contract, k_contract = (lc, rc) if act_index == 0 else (rc, lc)
+  out_shape = tuple(eqn.outvars[0].aval.shape)
+  kernel = k.value
+  path = t.kernel_param(k)
+  if lb or rb or not x_contract:
+    return t.opaque(eqn, ins)[0]
+  in_axes = tuple(k_contract)
+  out_axes = tuple(d for d in range(kernel.ndim) if d not in in_axes)
+  in_nodes, in_zero = t.input_features(x, x_contract)
+  n_out = math.prod(kernel.shape[d] for d in out_axes)
+  out_nodes = t.new_nodes(n_out)
+  layer = Layer("dense", path or "<computed kernel>", in_axes, out_axes, in_nodes, out_nodes, 1, tuple(kernel.shape),
+                path is not None)
+  t.add_layer(layer, in_zero, kernel, "dot_general with a kernel that is not a plain parameter: its channels are kept")
+  out_zero = ~np.any(np.any(layer.io(kernel) != 0, axis=2) & ~in_zero[:, None], axis=0)
+  # output dims: (x free dims, kernel free dims) if x is the lhs, else (kernel free dims, x free dims)
+  n_x_free = x.ids.ndim - len(x_contract)
+  first = n_x_free if act_index == 0 else 0
+  feature_shape = [kernel.shape[d] for d in out_axes]
+  shape = [1] * len(out_shape)
+  shape[first:first + len(out_axes)] = feature_shape
+  return Act.of_zero(np.broadcast_to(out_nodes.reshape(shape), out_shape).copy(),
+                     np.broadcast_to(out_zero.reshape(shape), out_shape).copy())
+
+
+def dot_of_activations(t: Tracer, eqn, a: Act, b: Act) -> Act:
+  """A product of two activations: per batch slice (an attention head), all nodes are one group."""
+  (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+  out_shape = tuple(eqn.outvars[0].aval.shape)
+  batch_shape = tuple(a.ids.shape[d] for d in lb)
+  move = lambda v, batch: np.moveaxis(v, batch, range(len(batch))).reshape(batch_shape + (-1,))
+  a_ids, b_ids = move(a.ids, lb), move(b.ids, rb)
+  reps = np.full(batch_shape, NO_NODE, np.int64)
+  for index in np.ndindex(*batch_shape):
+    reps[index] = t.union_all(np.concatenate([a_ids[index], b_ids[index]]))
+  dims = ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))
+  live = jax.lax.dot_general(np.asarray(~a.zero, np.float32), np.asarray(~b.zero, np.float32), dims)
+  ids = np.broadcast_to(reps.reshape(batch_shape + (1,) * (len(out_shape) - len(batch_shape))), out_shape).copy()
+  return Act.of_zero(ids, np.asarray(live) == 0)

@@ -1,0 +1,449 @@
+"""Abstract interpretation of a forward-pass jaxpr: which channel node every element belongs to.
+
+A value that depends only on parameters and literals is a ``Const``: it is computed
+concretely, and for every element we remember which parameter entries it came from (its
+*origin*), through reshapes, broadcasts, transposes and element-wise arithmetic (as in
+BatchNorm's ``scale * rsqrt(var + eps)``). A value that depends on the input is an ``Act``:
+for every element, the id of the channel node it belongs to (or ``NO_NODE``) and its value when
+that is the same for every input (NaN: not constant) — so a dead filter followed by BatchNorm
+with a negative shift and a ReLU is known to be exactly zero. An element with no node that is
+identically zero (a zero pad) is a *wildcard*: it belongs to every channel at once.
+
+Element-wise ops keep node ids; reshapes, transposes, slices, pads, concatenations and pools
+(``reduce_window``, reductions) move them with the data; element-wise ops between two
+activations (a residual add, a squeeze-and-excitation gate) join their nodes into one group;
+a parameter vector combined element-wise with an activation (a bias, BatchNorm's scale and
+shift) is *attached* to the nodes it meets. Producers (``producers.py``) create nodes. An op
+the analysis does not understand pins every node it reads, and is named in the notes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mobileprune_jax.surgery.graph import NO_NODE, Layer
+
+# element-wise primitives, and whether f(0) == 0 for the unary ones
+_UNARY_ZERO_PRESERVING = {
+    "neg", "convert_element_type", "abs", "sign", "sqrt", "cbrt", "square", "tanh", "sin", "tan", "asin",
+    "atan", "sinh", "asinh", "atanh", "erf", "copy", "copy_p", "stop_gradient", "reduce_precision", "floor",
+    "ceil", "round", "real", "imag", "expm1", "log1p", "optimization_barrier",
+}
+_UNARY_OTHER = {"exp", "exp2", "log", "logistic", "cos", "cosh", "acos", "rsqrt", "erfc", "erf_inv", "is_finite",
+                "not", "lgamma", "digamma", "integer_pow"}
+_BINARY = {"add", "add_any", "sub", "mul", "div", "max", "min", "pow", "atan2", "rem", "nextafter", "and", "or",
+           "xor", "eq", "ne", "lt", "le", "gt", "ge"}
+_STRUCTURAL = {"reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice", "rev"}
+_REDUCE = {"reduce_max", "reduce_min", "reduce_sum", "reduce_prod", "argmax", "argmin"}
+_REDUCE_WINDOW = {"reduce_window_sum", "reduce_window_max", "reduce_window_min"}
+_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
+          "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
+          "remat": "jaxpr", "checkpoint": "jaxpr"}
+_MIXING = "(LayerNorm / GroupNorm / softmax over channels mix them)"
+
+
+@dataclasses.dataclass
+class Const:
+  """A value known without the input; ``origin[path]`` = flat index into that parameter (or -1)."""
+
+  value: np.ndarray
+  origin: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class Act:
+  """An input-dependent value: per element, its channel node id and its constant value (NaN if
+  it depends on the input)."""
+
+  ids: np.ndarray
+  value: np.ndarray
+
+  @classmethod
+  def of_zero(cls, ids: np.ndarray, zero: np.ndarray) -> Act:
+    return cls(ids, np.where(zero, 0.0, np.nan))
+
+  @classmethod
+  def unknown(cls, shape: tuple[int, ...]) -> Act:
+    return cls(np.full(shape, NO_NODE, np.int64), np.full(shape, np.nan))
+
+  @property
+  def zero(self) -> np.ndarray:
+    """Elements that are exactly zero for every input."""
+    return self.value == 0
+
+  @property
+  def known(self) -> np.ndarray:
+    return ~np.isnan(self.value)
+
+  @property
+  def wild(self) -> np.ndarray:
+    """Elements that belong to no channel and are always zero (they fit any channel)."""
+    return (self.ids < 0) & self.zero
+
+
+def _np_broadcast_in_dim(a, shape, broadcast_dimensions, **_):
+  expanded = [1] * len(shape)
+  for i, d in enumerate(broadcast_dimensions):
+    expanded[d] = a.shape[i]
+  return np.broadcast_to(a.reshape(expanded), shape)
+
+
+def _np_slice(a, start_indices, limit_indices, strides=None, **_):
+  strides = strides or (1,) * a.ndim
+  return a[tuple(slice(s, e, st) for s, e, st in zip(start_indices, limit_indices, strides))]
+
+
+# numpy versions of the structural primitives (no XLA compile per shape on the host path)
+_NP_STRUCTURAL = {
+    "reshape": lambda a, new_sizes, dimensions=None, **_: np.reshape(a, new_sizes),
+    "broadcast_in_dim": _np_broadcast_in_dim,
+    "transpose": lambda a, permutation, **_: np.transpose(a, permutation),
+    "squeeze": lambda a, dimensions, **_: np.squeeze(a, tuple(dimensions)),
+    "expand_dims": lambda a, dimensions, **_: np.expand_dims(a, tuple(dimensions)),
+    "slice": _np_slice,
+    "rev": lambda a, dimensions, **_: np.flip(a, tuple(dimensions)),
+}
+
+
+def host(value: Any) -> Any:
+  """numpy copy of an array; PRNG key arrays (e.g. Dropout's rngs) stay as they are."""
+  if hasattr(value, "dtype") and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+    return value
+  return np.asarray(value)
+
+
+def uniform_nodes(ids: np.ndarray, wild: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per column of (positions, features) arrays: its node if every non-wildcard element has
+  the same id (``NO_NODE`` if all are wildcards), and whether that holds."""
+  big = np.iinfo(np.int64).max
+  hi = np.where(wild, -2, ids).max(axis=0, initial=-2)
+  lo = np.where(wild, big, ids).min(axis=0, initial=big)
+  all_wild = np.all(wild, axis=0)
+  same = all_wild | (hi == lo)
+  return np.where(all_wild | ~same, NO_NODE, hi), same
+
+
+class Tracer:
+  """Interprets a jaxpr over ``Const``/``Act`` values, building layers, nodes and groups."""
+
+  def __init__(self, param_paths: Sequence[str]):
+    self.param_paths = list(param_paths)
+    self.parent: list[int] = []
+    self.pinned: set[int] = set()
+    self.layers: list[Layer] = []
+    self.node_layer: dict[int, int] = {}
+    self.attachments: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    self.notes: list[str] = []
+
+  # -- nodes ---------------------------------------------------------------------------
+
+  def new_nodes(self, n: int) -> np.ndarray:
+    start = len(self.parent)
+    self.parent.extend(range(start, start + n))
+    return np.arange(start, start + n, dtype=np.int64)
+
+  def find(self, n: int) -> int:
+    while self.parent[n] != n:
+      self.parent[n] = self.parent[self.parent[n]]
+      n = self.parent[n]
+    return n
+
+  def union(self, a: np.ndarray, b: np.ndarray) -> None:
+    ok = (a >= 0) & (b >= 0)
+    for x, y in set(zip(a[ok].tolist(), b[ok].tolist())):
+      rx, ry = self.find(x), self.find(y)
+      if rx != ry:
+        self.parent[max(rx, ry)] = min(rx, ry)
+
+  def union_all(self, ids: np.ndarray) -> int:
+    """Joins every node in ``ids`` into one group; returns one of them (or NO_NODE)."""
+    nodes = np.unique(ids[ids >= 0])
+    if not len(nodes):
+      return NO_NODE
+    self.union(np.full(len(nodes) - 1, nodes[0]), nodes[1:])
+    return int(nodes[0])
+
+  def pin(self, ids: np.ndarray, why: str | None = None) -> None:
+    nodes = set(np.unique(ids[ids >= 0]).tolist())
+    if nodes:
+      self.pinned.update(nodes)
+      if why:
+        self.notes.append(why)
+
+  # -- interpretation ------------------------------------------------------------------
+
+  def run(self, jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
+    env: dict[Any, Any] = {}
+
+    def read(v):
+      if isinstance(v, jax.extend.core.Literal):
+        return Const(np.asarray(v.val), {})
+      return env[v]
+
+    for v, c in zip(jaxpr.constvars, consts):
+      env[v] = c if isinstance(c, (Const, Act)) else Const(host(c), {})
+    for v, a in zip(jaxpr.invars, args):
+      env[v] = a
+    for eqn in jaxpr.eqns:
+      outs = self.eqn(eqn, [read(v) for v in eqn.invars])
+      for v, o in zip(eqn.outvars, outs):
+        env[v] = o
+    return [read(v) for v in jaxpr.outvars]
+
+  def eqn(self, eqn, ins: list[Any]) -> list[Any]:
+    from mobileprune_jax.surgery import producers
+
+    name = eqn.primitive.name
+    if name in _CALLS and _CALLS[name] in eqn.params:
+      sub = eqn.params[_CALLS[name]]
+      closed = sub if hasattr(sub, "jaxpr") else None
+      inner = closed.jaxpr if closed is not None else sub
+      consts = closed.consts if closed is not None else []
+      return self.run(inner, consts, ins[len(ins) - len(inner.invars):])
+    if all(isinstance(x, Const) for x in ins):
+      return self.const_eqn(eqn, ins)
+    if name in _UNARY_ZERO_PRESERVING or name in _UNARY_OTHER:
+      return [Act(ins[0].ids, self.constant_values(eqn, ins))]
+    if name in _BINARY:
+      return [self.binary(name, eqn, ins)]
+    if name == "clamp" and isinstance(ins[1], Act) and not isinstance(ins[0], Act) and not isinstance(ins[2], Act):
+      return [Act(ins[1].ids, self.constant_values(eqn, ins))]
+    if name == "select_n":
+      return [self.select(eqn, ins)]
+    if name in _STRUCTURAL:
+      return [self.structural(eqn, ins[0])]
+    if name == "pad":
+      return [self.pad(eqn, ins)]
+    if name == "concatenate":
+      return [self.concatenate(eqn, ins)]
+    if name in _REDUCE:
+      return [self.reduce(eqn, ins[0])]
+    if name in _REDUCE_WINDOW:
+      return [self.reduce_window(eqn, ins[0])]
+    if name == "conv_general_dilated" and isinstance(ins[0], Act) and isinstance(ins[1], Const):
+      return [producers.conv(self, eqn, ins[0], ins[1])]
+    if name == "dot_general" and isinstance(ins[0], Act) != isinstance(ins[1], Act):
+      return [producers.dot(self, eqn, ins)]
+    if name == "dot_general":
+      return [producers.dot_of_activations(self, eqn, ins[0], ins[1])]
+    return self.opaque(eqn, ins)
+
+  # -- consts --------------------------------------------------------------------------
+
+  def const_eqn(self, eqn, ins: list[Const]) -> list[Any]:
+    name = eqn.primitive.name
+    if name in _NP_STRUCTURAL and isinstance(ins[0].value, np.ndarray):
+      values = [self.structural_array(eqn, ins[0].value)]
+    else:
+      params = eqn.primitive.get_bind_params(eqn.params)
+      out = eqn.primitive.bind(*[jnp.asarray(c.value) for c in ins], **params)
+      outs = out if eqn.primitive.multiple_results else [out]
+      values = [host(o) for o in outs]
+    origin: dict[str, np.ndarray] = {}
+    if name in _STRUCTURAL and ins[0].origin:
+      origin = {p: self.structural_array(eqn, idx) for p, idx in ins[0].origin.items()}
+    elif (name in _BINARY or name in _UNARY_ZERO_PRESERVING or name in _UNARY_OTHER) and len(values) == 1:
+      shape = values[0].shape
+      for c in ins:
+        for p, idx in c.origin.items():
+          idx = np.broadcast_to(idx, shape)
+          origin[p] = np.where(idx >= 0, idx, origin[p]) if p in origin else idx
+    return [Const(v, origin if i == 0 else {}) for i, v in enumerate(values)]
+
+  @staticmethod
+  def structural_array(eqn, arr: np.ndarray) -> np.ndarray:
+    """Applies a structural primitive (reshape, broadcast, transpose, ...) to a metadata array."""
+    return np.ascontiguousarray(_NP_STRUCTURAL[eqn.primitive.name](arr, **eqn.params))
+
+  # -- activations ---------------------------------------------------------------------
+
+  def as_act(self, x: Any, shape: tuple[int, ...]) -> Act:
+    if isinstance(x, Act):
+      return Act(np.broadcast_to(x.ids, shape), np.broadcast_to(x.value, shape))
+    return Act(np.full(shape, NO_NODE, np.int64), np.broadcast_to(np.asarray(x.value, np.float64), shape))
+
+  @staticmethod
+  def constant_values(eqn, ins: list[Any]) -> np.ndarray:
+    """The op applied to the known constant values of its operands (NaN where any is unknown)."""
+    shape = tuple(eqn.outvars[0].aval.shape)
+    known = np.ones(shape, bool)
+    args = []
+    for x, v in zip(ins, eqn.invars):
+      if isinstance(x, Act):
+        known &= np.broadcast_to(x.known, shape) if x.value.shape != shape else x.known
+        args.append(jnp.asarray(np.where(x.known, x.value, 0), v.aval.dtype))
+      else:
+        args.append(jnp.asarray(x.value))
+    if not known.any():
+      return np.full(shape, np.nan)
+    out = np.asarray(eqn.primitive.bind(*args, **eqn.primitive.get_bind_params(eqn.params)), np.float64)
+    return np.where(known, np.broadcast_to(out, shape), np.nan)
+
+  def attach(self, const: Const, act: Act, shape: tuple[int, ...]) -> None:
+    for path, idx in const.origin.items():
+      idx = np.broadcast_to(idx, shape)
+      ids = np.broadcast_to(act.ids, shape)
+      ok = (idx >= 0) & (ids >= 0)
+      if ok.any():
+        self.attachments.setdefault(path, []).append((idx[ok].ravel(), ids[ok].ravel()))
+
+  def binary(self, name: str, eqn, ins: list[Any]) -> Act:
+    shape = tuple(eqn.outvars[0].aval.shape)
+    acts = [x for x in ins if isinstance(x, Act)]
+    for x in ins:
+      if isinstance(x, Const) and acts:
+        self.attach(x, acts[0], shape)
+    a, b = (self.as_act(x, shape) for x in ins[:2])
+    if len(acts) == 2:
+      self.union(a.ids, b.ids)
+      self.pin_unpartnered(a, b)
+    ids = np.where(a.ids >= 0, a.ids, b.ids)
+    value = self.constant_values(eqn, ins)
+    if name in ("mul", "and"):  # 0 · anything = 0
+      value = np.where(a.zero | b.zero, 0.0, value)
+    elif name == "div":
+      value = np.where(a.zero, 0.0, value)
+    return Act(ids, value)
+
+  def pin_unpartnered(self, a: Act, b: Act) -> None:
+    """Pins channels of one operand that meet only wildcards (e.g. a zero-padded channel) in the
+    other: the other side's channel count cannot shrink with them."""
+    for x, y in ((a, b), (b, a)):
+      nodes = np.unique(x.ids[x.ids >= 0])
+      met = np.unique(x.ids[(x.ids >= 0) & ~y.wild])
+      lonely = np.setdiff1d(nodes, met)
+      if len(lonely):
+        self.pin(lonely, "channels added to a zero-padded channel (e.g. a ResNet option-A shortcut) are kept")
+
+  def select(self, eqn, ins: list[Any]) -> Act:
+    shape = tuple(eqn.outvars[0].aval.shape)
+    pred = ins[0]
+    if isinstance(pred, Act):
+      self.pin(pred.ids, "select_n with an input-dependent predicate")
+    cases = [self.as_act(x, shape) for x in ins[1:]]
+    acts = [c for x, c in zip(ins[1:], cases) if isinstance(x, Act)]
+    for c in acts[1:]:
+      self.union(acts[0].ids, c.ids)
+    ids = acts[0].ids if acts else np.full(shape, NO_NODE, np.int64)
+    first = cases[0].value
+    same = np.logical_and.reduce([c.value == first for c in cases])  # every case the same constant
+    return Act(ids, np.where(same, first, np.nan))
+
+  def structural(self, eqn, a: Act) -> Act:
+    return Act(self.structural_array(eqn, a.ids).astype(np.int64), self.structural_array(eqn, a.value))
+
+  def pad(self, eqn, ins: list[Any]) -> Act:
+    a, value = ins
+    cfg = eqn.params["padding_config"]
+    shape = tuple(eqn.outvars[0].aval.shape)
+    if isinstance(value, Act) or any(interior for _, _, interior in cfg) or any(lo < 0 or hi < 0 for lo, hi, _ in cfg):
+      return self.opaque(eqn, ins)[0]
+    pad_value = float(np.asarray(value.value))
+    if pad_value == 0:  # zero padding: the new elements fit any channel
+      ids = np.full(shape, NO_NODE, np.int64)
+    else:  # a constant that is not zero: its own node, kept (cutting it would change the pad)
+      pad_node = self.new_nodes(1)[0]
+      self.pinned.add(int(pad_node))
+      ids = np.full(shape, pad_node, np.int64)
+    values = np.full(shape, pad_value)
+    src = self.as_act(a, tuple(eqn.invars[0].aval.shape))
+    sl = tuple(slice(lo, lo + n) for (lo, _, _), n in zip(cfg, src.ids.shape))
+    ids[sl], values[sl] = src.ids, src.value
+    return Act(ids, values)
+
+  def concatenate(self, eqn, ins: list[Any]) -> Act:
+    dim = eqn.params["dimension"]
+    parts = [self.as_act(x, tuple(v.aval.shape)) for x, v in zip(ins, eqn.invars)]
+    return Act(np.concatenate([p.ids for p in parts], dim), np.concatenate([p.value for p in parts], dim))
+
+  def _merge_windows(self, name: str, ids: np.ndarray, values: np.ndarray, wild: np.ndarray) -> Act:
+    """Output of a reduction whose inputs per output element lie on the last axis."""
+    reduce = {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod}[name.rsplit("_", 1)[-1]]
+    shape = ids.shape[:-1]
+    flat_ids, flat_wild = ids.reshape(-1, ids.shape[-1]).T, wild.reshape(-1, ids.shape[-1]).T
+    out_ids, same = uniform_nodes(flat_ids, flat_wild)
+    zero_windows = np.all(values.reshape(-1, ids.shape[-1]) == 0, axis=1)  # all-zero windows are zero anyway
+    mixed = ~same & ~zero_windows
+    if mixed.any():
+      self.pin(flat_ids[:, mixed][~flat_wild[:, mixed]], f"{name} across channels {_MIXING}: those channels are kept")
+    with np.errstate(invalid="ignore", over="ignore"):
+      out = reduce(values, axis=-1)  # NaN (unknown) wherever any element is unknown
+    return Act(out_ids.reshape(shape), np.where(np.isinf(out), np.nan, out))
+
+  def reduce(self, eqn, a: Act) -> Act:
+    axes = tuple(eqn.params.get("axes", ()))
+    name = eqn.primitive.name
+    if name in ("argmax", "argmin"):
+      self.pin(a.ids, f"{name} over activations")
+      return Act.unknown(tuple(eqn.outvars[0].aval.shape))
+    keep = [d for d in range(a.ids.ndim) if d not in axes]
+    order = keep + list(axes)
+    lead = [a.ids.shape[d] for d in keep]
+    move = lambda x: np.transpose(x, order).reshape(lead + [-1])
+    return self._merge_windows(name, move(a.ids), move(a.value), move(a.wild))
+
+  def reduce_window(self, eqn, a: Act) -> Act:
+    """Pools (``nnx.max_pool`` / ``avg_pool``, ``lax.reduce_window``): each output element merges
+    its window; windows that stay inside one channel keep it; padding fits any channel."""
+    p = eqn.params
+    if any(d != 1 for d in p["base_dilation"]) or any(d != 1 for d in p["window_dilation"]):
+      return self.opaque(eqn, [a])[0]
+    name = eqn.primitive.name
+    init = {"reduce_window_sum": 0.0, "reduce_window_max": -np.inf, "reduce_window_min": np.inf}[name]
+    pads = [(lo, hi) for lo, hi in p["padding"]]
+    ids = np.pad(a.ids, pads, constant_values=NO_NODE)
+    padded = np.pad(np.zeros(a.ids.shape, bool), pads, constant_values=True)
+    values = np.pad(np.where(np.isnan(a.value), np.nan, a.value), pads, constant_values=init)
+    window, strides = tuple(p["window_dimensions"]), tuple(p["window_strides"])
+    view = lambda x: np.lib.stride_tricks.sliding_window_view(x, window)[
+        tuple(slice(None, None, s) for s in strides)].reshape(tuple(eqn.outvars[0].aval.shape) + (-1,))
+    v_ids, v_padded = view(ids), view(padded)
+    v_values = np.where(view(padded), init, view(values))
+    wild = v_padded | ((v_ids < 0) & (v_values == 0))
+    return self._merge_windows(name.replace("reduce_window_", "reduce_"), v_ids, v_values, wild)
+
+  def opaque(self, eqn, ins: list[Any]) -> list[Act]:
+    for x in ins:
+      if isinstance(x, Act):
+        self.pin(x.ids, f"op {eqn.primitive.name!r} is not understood: its input channels are kept")
+    return [Act.unknown(tuple(v.aval.shape)) for v in eqn.outvars]
+
+  # -- producers' helpers --------------------------------------------------------------
+
+  def kernel_param(self, k: Const) -> str | None:
+    """The parameter path if the kernel operand is exactly one parameter, else None."""
+    if len(k.origin) != 1:
+      return None
+    (path, idx), = k.origin.items()
+    if idx.shape != k.value.shape or not np.array_equal(idx.ravel(), np.arange(idx.size)):
+      return None
+    return path
+
+  def input_features(self, x: Act, axes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Node and zero flag of every feature over ``axes`` (flattened, row-major). A feature whose
+    node varies over the other positions gets no node, and its nodes are pinned."""
+    axes = list(axes)
+    n = int(np.prod([x.ids.shape[a] for a in axes]))
+    move = lambda v: np.moveaxis(v, axes, range(v.ndim - len(axes), v.ndim)).reshape(-1, n)
+    ids, zero, wild = move(x.ids), move(x.zero), move(x.wild)
+    in_nodes, uniform = uniform_nodes(ids, wild)
+    self.pin(ids[:, ~uniform], "a feature read by a layer carries several channels: they are kept")
+    return in_nodes, np.all(zero, axis=0)
+
+  def add_layer(self, layer: Layer, in_zero: np.ndarray, kernel: np.ndarray, why_not: str | None = None) -> None:
+    index = len(self.layers)
+    self.layers.append(layer)
+    for n in layer.out_nodes:
+      self.node_layer[int(n)] = index
+    if not layer.sliceable:
+      self.pin(layer.in_nodes, why_not)
+      self.pinned.update(int(n) for n in layer.out_nodes)
+      return
+    layer.nz = np.any(layer.io(kernel) != 0, axis=2)
+    layer.in_zero = in_zero
