@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from mobileprune_jax.nnx_only import EXPORT_ROUTE, require_nnx
 from mobileprune_jax.surgery.depgraph import eval_mode
 
 QUANTIZE = (None, "float16", "dynamic_int8")
@@ -75,6 +76,7 @@ def to_tflite(model: nnx.Module, sample_input: Any, path: str | pathlib.Path, qu
     quantize: None (float32), "float16" (float16 weights) or "dynamic_int8" (dynamic-range).
     check: run the LiteRT parity check (raises ``ParityError`` on a mismatch).
   """
+  require_nnx(model, "export.to_tflite", EXPORT_ROUTE)
   if quantize not in QUANTIZE:
     raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
   tf, jax2tf = _tf()

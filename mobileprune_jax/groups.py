@@ -5,7 +5,16 @@ Every leaf of a parameter pytree gets a *role*, inferred from its path and shape
 * ``"dense"``: a 2-D ``kernel`` (in, out), e.g. ``nnx.Linear`` / ``linen.Dense``.
 * ``"conv"``: a ``kernel`` with 3+ dims (*spatial, in, out), e.g. ``nnx.Conv`` (HWIO, or
   (k, in, out) for 1-D convolutions).
-* ``"bias"``: a 1-D ``bias`` next to a ``kernel`` (the bias of a dense or conv layer).
+* ``"bias"``: a ``bias`` next to a ``kernel`` (the bias of a dense or conv layer; attention's
+  (heads, head_dim) biases too): each entry is its own group.
+* ``"depthwise"``: a depthwise conv kernel (*spatial, 1, C) (``feature_group_count`` = C): the
+  group of channel c is its own filter, the taps are its shape groups. Its shape alone cannot tell
+  it from a conv with one input channel: ``rules_for_model(model)`` finds these kernels. The
+  channel c it reads is produced by the layer before (MobileNet's expand) and read by the one
+  after (project): surgery cuts all three together, so a zero filter removes the whole chain.
+* ``"heads_in"`` / ``"heads_out"``: attention kernels (in, heads, head_dim) of ``query``,
+  ``key``, ``value`` and (heads, head_dim, out) of ``out`` (``nnx.MultiHeadAttention``): one
+  group per head, so whole heads become zero (and surgery removes them).
 * ``"none"``: not regularised: normalisation parameters (a ``scale``/``bias`` pair, as in
   BatchNorm and LayerNorm) and normalisation statistics (``mean``, ``var``).
 
@@ -44,7 +53,8 @@ import jax.numpy as jnp
 Array = jax.Array
 Rules = Sequence[tuple[str, str]]
 
-ROLES = ("dense", "conv", "bias", "none")
+ROLES = ("dense", "conv", "bias", "none", "depthwise", "heads_in", "heads_out")
+_ATTENTION_INPUTS = {"query", "key", "value"}
 _NORM_STATS = ("mean", "var")
 
 __all__ = [
@@ -59,6 +69,11 @@ __all__ = [
     "to_output_groups",
     "from_output_groups",
     "to_element_groups",
+    "to_depthwise_trees",
+    "from_depthwise_trees",
+    "to_head_groups",
+    "from_head_groups",
+    "rules_for_model",
     "from_element_groups",
 ]
 
@@ -95,14 +110,22 @@ def _validate_rules(rules: Rules | None) -> list[tuple[re.Pattern, str]]:
   return compiled
 
 
-def _infer_role(path: str, shape: tuple[int, ...], siblings: set[str]) -> str | None:
-  name = path.rsplit("/", 1)[-1]
+def _infer_role(path: str, shape: tuple[int, ...], siblings: set[str], uncles: set[str]) -> str | None:
+  parts = path.split("/")
+  name, parent = parts[-1], (parts[-2] if len(parts) > 1 else "")
+  attention = _ATTENTION_INPUTS <= uncles  # a module with query, key and value children
   if name == "kernel":
     if len(shape) == 2:
       return "dense"
+    if len(shape) == 3 and attention and parent in _ATTENTION_INPUTS:
+      return "heads_in"
+    if len(shape) == 3 and attention and parent == "out":
+      return "heads_out"
     if len(shape) >= 3:
       return "conv"
     return None
+  if name == "bias" and "kernel" in siblings and attention and parent in _ATTENTION_INPUTS and len(shape) == 2:
+    return "bias"
   if name in _NORM_STATS:
     return "none"
   if name == "scale" and "bias" in siblings:
@@ -116,7 +139,8 @@ def _infer_role(path: str, shape: tuple[int, ...], siblings: set[str]) -> str | 
 
 
 def _check_shape(path: str, role: str, shape: tuple[int, ...]) -> None:
-  ok = {"dense": len(shape) == 2, "conv": len(shape) >= 3, "bias": len(shape) == 1, "none": True}[role]
+  ok = {"dense": len(shape) == 2, "conv": len(shape) >= 3, "bias": len(shape) >= 1, "none": True,
+        "depthwise": len(shape) >= 3 and shape[-2] == 1, "heads_in": len(shape) == 3, "heads_out": len(shape) == 3}[role]
   if not ok:
     raise ValueError(f"parameter {path!r} of shape {shape} cannot have role {role!r}")
 
@@ -137,14 +161,16 @@ def leaf_roles(params: Any, rules: Rules | None = None) -> list[str]:
   paths = [path_to_str(p) for p, _ in flat]
   children: dict[str, set[str]] = {}
   for path in paths:
-    parent, _, name = path.rpartition("/")
-    children.setdefault(parent, set()).add(name)
+    parts = path.split("/")
+    for i in range(len(parts)):  # every ancestor knows its children (modules as well as leaves)
+      children.setdefault("/".join(parts[:i]), set()).add(parts[i])
   roles = []
   for path, (_, leaf) in zip(paths, flat):
     shape = tuple(jnp.shape(leaf))
     role = next((r for pattern, r in compiled if pattern.search(path)), None)
     if role is None:
-      role = _infer_role(path, shape, children[path.rpartition("/")[0]])
+      parent = path.rpartition("/")[0]
+      role = _infer_role(path, shape, children[parent], children.get(parent.rpartition("/")[0], set()))
     if role is None:
       raise ValueError(
           f"cannot tell how to group parameter {path!r} of shape {shape}: it is not a "
@@ -201,6 +227,43 @@ def to_output_groups(kernel: Array) -> Array:
 def from_output_groups(groups: Array, shape: tuple[int, ...]) -> Array:
   moved = groups.reshape((shape[-1],) + tuple(shape[:-1]))
   return jnp.moveaxis(moved, 0, -1)
+
+
+def to_depthwise_trees(kernel: Array) -> Array:
+  """Depthwise kernel (*spatial, 1, C) → (C, taps, 1): per channel, a tree whose leaves are its taps."""
+  return jnp.moveaxis(kernel.reshape(-1, kernel.shape[-1]), -1, 0)[..., None]
+
+
+def from_depthwise_trees(trees: Array, shape: tuple[int, ...]) -> Array:
+  return jnp.moveaxis(trees[..., 0], 0, -1).reshape(shape)
+
+
+def to_head_groups(kernel: Array, role: str) -> Array:
+  """Attention kernel → (heads, rest): (in, heads, d) for ``heads_in``, (heads, d, out) for ``heads_out``."""
+  moved = jnp.moveaxis(kernel, 1, 0) if role == "heads_in" else kernel
+  return moved.reshape(moved.shape[0], -1)
+
+
+def from_head_groups(groups: Array, shape: tuple[int, ...], role: str) -> Array:
+  if role == "heads_in":
+    return jnp.moveaxis(groups.reshape(shape[1], shape[0], shape[2]), 0, 1)
+  return groups.reshape(shape)
+
+
+def rules_for_model(model: Any) -> list[tuple[str, str]]:
+  """Rules for the kernels whose role their shape cannot tell: depthwise convs of an NNX model.
+
+  ``nnx.Conv`` with ``feature_group_count`` = in = out features > 1 gets ``"depthwise"``; other
+  grouped convs get ``"none"`` (their channels are kept by surgery anyway).
+  """
+  from flax import nnx
+
+  rules = []
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.Conv) and node.feature_group_count > 1:
+      depthwise = node.feature_group_count == node.in_features == node.out_features
+      rules.append((f"^{re.escape(path_to_str(path))}/kernel$", "depthwise" if depthwise else "none"))
+  return rules
 
 
 def to_element_groups(x: Array) -> Array:

@@ -173,6 +173,12 @@ def _grouped(
       return groups.from_channel_trees(conv_tree(groups.to_channel_trees(value)), shape)
     if role == "conv":
       return groups.from_output_groups(conv_filter(groups.to_output_groups(value)), shape)
+    if role == "depthwise" and conv_grouping == "input_channel_tree":  # channel = root, taps = leaves
+      return groups.from_depthwise_trees(conv_tree(groups.to_depthwise_trees(value)), shape)
+    if role == "depthwise":
+      return groups.from_output_groups(conv_filter(groups.to_output_groups(value)), shape)
+    if role in ("heads_in", "heads_out"):  # one group per attention head, with the channel coefficient
+      return groups.from_head_groups(conv_filter(groups.to_head_groups(value, role)), shape, role)
     if role == "bias":
       return groups.from_element_groups(bias(groups.to_element_groups(value)), shape)
     return None
@@ -314,7 +320,7 @@ def elastic_group_lasso(
   _check_coefficients(fn, gamma=gamma, lam=lam)
 
   def leaf_prox(role, value, s):
-    if role not in ("dense", "conv"):
+    if role not in ("dense", "conv", "depthwise", "heads_in", "heads_out"):
       return None
     g = groups.to_output_groups(value)
     shrink = 1 + 2 * s * lam

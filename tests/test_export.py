@@ -118,3 +118,30 @@ def test_pipeline_exports_and_cli_benchmarks(tmp_path):
   assert p.returncode == 0, p.stderr
   assert "latency 1 thread" in p.stdout
   assert (tmp_path / "run" / "benchmark.json").exists()
+
+
+def _linen_cnn():
+  import flax.linen as nn
+
+  class CNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.avg_pool(nn.relu(nn.Conv(8, (3, 3))(x)), (2, 2), (2, 2))
+      return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+  return CNN()
+
+
+def test_a_linen_module_gets_one_line_pointing_to_the_bridge_and_the_bridge_exports(tmp_path):
+  x = np.random.default_rng(0).normal(size=(1, 8, 8, 1)).astype(np.float32)
+  module = _linen_cnn()
+  with pytest.raises(TypeError, match=r"to_tflite takes a flax.nnx.Module, got the flax.linen module CNN; wrap it "
+                                      r"first: model = nnx.bridge.ToNNX"):
+    export.to_tflite(module, x, tmp_path / "m.tflite")
+  with pytest.raises(TypeError, match="shrink takes a flax.nnx.Module, got the flax.linen module CNN; linen modules "
+                                      "fix their feature counts"):
+    surgery.shrink(module, x)
+  model = nnx.bridge.ToNNX(module, rngs=nnx.Rngs(0))
+  nnx.bridge.lazy_init(model, x)
+  path = export.to_tflite(model, x, tmp_path / "bridged.tflite")  # checks LiteRT parity itself
+  assert export.parity(path, model, x) <= 1e-5

@@ -71,3 +71,61 @@ def test_layouts_match_the_spec_groups():
   np.testing.assert_array_equal(groups.to_channel_trees(k1)[1], k1[:, 1, :])
   dense = jnp.asarray(rng.normal(size=(4, 3)))
   np.testing.assert_array_equal(groups.to_neuron_groups(dense)[2], dense[2])  # input neuron 2
+
+
+def test_attention_kernels_are_head_groups_never_conv():
+  mha = nnx.MultiHeadAttention(num_heads=4, in_features=16, qkv_features=16, decode=False, rngs=nnx.Rngs(0))
+  roles = _roles_by_path(nnx.state(mha, nnx.Param))
+  assert roles == {"query/kernel": "heads_in", "key/kernel": "heads_in", "value/kernel": "heads_in",
+                   "query/bias": "bias", "key/bias": "bias", "value/bias": "bias",
+                   "out/kernel": "heads_out", "out/bias": "bias"}
+  q = np.random.default_rng(0).normal(size=(16, 4, 4))
+  heads = np.asarray(groups.to_head_groups(jnp.asarray(q), "heads_in"))
+  np.testing.assert_allclose(heads[2], q[:, 2, :].ravel(), rtol=1e-6)  # head 2 = every weight producing it
+  np.testing.assert_allclose(groups.from_head_groups(jnp.asarray(heads), q.shape, "heads_in"), q, rtol=1e-6)
+  o = np.random.default_rng(1).normal(size=(4, 4, 16))
+  np.testing.assert_allclose(np.asarray(groups.to_head_groups(jnp.asarray(o), "heads_out"))[1], o[1].ravel(), rtol=1e-6)
+
+
+def test_depthwise_kernels_come_from_the_model_and_group_per_channel():
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      self.expand = nnx.Conv(4, 8, (1, 1), rngs=rngs)
+      self.dw = nnx.Conv(8, 8, (3, 3), feature_group_count=8, rngs=rngs)
+      self.grouped = nnx.Conv(8, 8, (3, 3), feature_group_count=2, rngs=rngs)
+
+  model = Block(nnx.Rngs(0))
+  rules = groups.rules_for_model(model)
+  roles = _roles_by_path(nnx.state(model, nnx.Param), rules)
+  assert roles["dw/kernel"] == "depthwise" and roles["grouped/kernel"] == "none" and roles["expand/kernel"] == "conv"
+  k = np.random.default_rng(2).normal(size=(3, 3, 1, 8))
+  trees = np.asarray(groups.to_depthwise_trees(jnp.asarray(k)))
+  assert trees.shape == (8, 9, 1)
+  np.testing.assert_allclose(trees[5, :, 0], k[..., 0, 5].ravel(), rtol=1e-6)  # channel 5's filter, tap by tap
+  np.testing.assert_allclose(groups.from_depthwise_trees(jnp.asarray(trees), k.shape), k, rtol=1e-6)
+
+
+def test_group_lasso_zeroes_whole_depthwise_filters_and_heads():
+  from mobileprune_jax import transforms
+
+  rng = np.random.default_rng(3)
+  dw = rng.normal(size=(3, 3, 1, 6)) * np.array([0.01, 1, 0.02, 1, 1, 0.01])  # channels 0, 2, 5 small
+  q = rng.normal(size=(8, 3, 4)) * np.array([1, 0.01, 1])[None, :, None]  # head 1 small
+  params = {"block": {"dw": {"kernel": jnp.asarray(dw, jnp.float32)}},
+            "attn": {"query": {"kernel": jnp.asarray(q, jnp.float32)}, "key": {"kernel": jnp.ones((8, 3, 4))},
+                     "value": {"kernel": jnp.ones((8, 3, 4))}}}
+  lam = 0.5
+  tx = transforms.group_lasso(1.0, channel=lam, rules=[(r"^block/dw/kernel$", "depthwise")])
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  u, _ = tx.update(zeros, tx.init(params), params)
+  new = jax.tree.map(lambda p, d: np.asarray(p + d), params, u)
+  for c in range(6):  # reference: block soft threshold of each channel's filter (no shape term)
+    f = dw[..., 0, c]
+    expected = max(0.0, 1 - lam / np.linalg.norm(f)) * f
+    np.testing.assert_allclose(new["block"]["dw"]["kernel"][..., 0, c], expected, rtol=1e-5, atol=1e-6)
+  assert [bool(np.all(new["block"]["dw"]["kernel"][..., 0, c] == 0)) for c in range(6)] == [1, 0, 1, 0, 0, 1]
+  for h in range(3):
+    g = q[:, h, :]
+    np.testing.assert_allclose(new["attn"]["query"]["kernel"][:, h, :], max(0.0, 1 - lam / np.linalg.norm(g)) * g,
+                               rtol=1e-5, atol=1e-6)
+  assert np.all(new["attn"]["query"]["kernel"][:, 1, :] == 0)

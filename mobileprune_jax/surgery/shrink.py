@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mobileprune_jax.nnx_only import SHRINK_ROUTE, require_nnx
 from mobileprune_jax.surgery import depgraph
 from mobileprune_jax.surgery.graph import product_indices
 
@@ -146,6 +147,7 @@ def plan(model: nnx.Module, sample_input: Any) -> ShrinkReport:
   Raises:
     ValueError: no sample input, or the model has no conv/dense layer to cut.
   """
+  require_nnx(model, "surgery.plan", SHRINK_ROUTE)
   graph = depgraph.trace(model, sample_input)
   if not graph.layers:
     raise ValueError("the model has no prunable layer (no conv_general_dilated / dot_general with a parameter kernel)")
@@ -300,6 +302,7 @@ def check_finite(model: nnx.Module) -> None:
 def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = True,
                        atol: float = 1e-4) -> tuple[nnx.Module, ShrinkReport]:
   """``shrink``, also returning the report (widths before/after, reasons, parity)."""
+  require_nnx(model, "surgery.shrink", SHRINK_ROUTE)
   check_finite(model)
   report = plan(model, sample_input)
   new = apply_cuts(model, report.cuts)

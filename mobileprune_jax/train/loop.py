@@ -32,7 +32,7 @@ from flax import nnx
 
 from mobileprune_jax import config as config_lib
 from mobileprune_jax import data as data_lib
-from mobileprune_jax import metrics, tree_arrays
+from mobileprune_jax import groups, metrics, tree_arrays
 from mobileprune_jax.surgery import depgraph
 from mobileprune_jax.train import inputs, report
 from mobileprune_jax.train.checkpoints import Checkpoints, NonFiniteError
@@ -72,7 +72,8 @@ class Run:
     self.sample = jnp.asarray(self.ds.test_x[:2])
     graph = depgraph.trace(self.model, self.sample)
     self.kernel_paths = [layer.kernel_path for layer in graph.layers]
-    self.phases = build_phases(cfg, self.kernel_paths, self.sample, self.batches.steps_per_epoch)
+    self.phases = build_phases(cfg, self.kernel_paths, self.sample, self.batches.steps_per_epoch,
+                               model_rules=groups.rules_for_model(self.model))
     self.fingerprint = config_fingerprint(cfg)
     self.ckpt = Checkpoints(workdir / "checkpoints", keep=cfg.checkpoint_keep, warn=log)
     self.state = RunState()

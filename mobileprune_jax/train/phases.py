@@ -144,18 +144,26 @@ def _retrain_phase(name: str, rt: ml_collections.ConfigDict, steps_per_epoch: in
                                                           transforms.keep_support()))
 
 
-def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str], sample_input,
-                 steps_per_epoch: int = 1) -> list[Phase]:
+def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | nnx.Module, sample_input,
+                 steps_per_epoch: int = 1, model_rules: Sequence[tuple[str, str]] = ()) -> list[Phase]:
   """The phases of ``cfg.method`` (spec §B for MobilePrune and baselines, §H for DEGL).
 
   Args:
     cfg: the run config.
-    kernel_paths: the model's conv/dense kernels in forward order (the last is the classifier).
+    kernel_paths: the model's conv/dense kernels in forward order (the last is the classifier);
+      or the model itself (it is then traced once to find them).
     sample_input: a batch of inputs (the threshold actions trace the model with it).
     steps_per_epoch: mini-batches per epoch (sets the length of learning-rate schedules).
+    model_rules: roles the parameter shapes cannot tell (``groups.rules_for_model``: depthwise kernels).
   """
+  if isinstance(kernel_paths, nnx.Module):
+    from mobileprune_jax import groups
+    from mobileprune_jax.surgery import depgraph
+
+    model_rules = list(model_rules) or groups.rules_for_model(kernel_paths)
+    kernel_paths = [layer.kernel_path for layer in depgraph.trace(kernel_paths, sample_input).layers]
   last_kernel = kernel_paths[-1]
-  rules = output_layer_rules(last_kernel)
+  rules = output_layer_rules(last_kernel) + list(model_rules)
   pre, pr, rt = cfg.pretrain, cfg.prune, cfg.retrain
   phases: list[Phase] = []
   if pre.epochs:
@@ -184,7 +192,7 @@ def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str], sa
       phases.append(optax_phase("debias", d.retrain_epochs,
                                 lambda: optax.chain(sgd(), transforms.l2(d.lr, l2=rt_lam), transforms.keep_support())))
     return phases
-  factory = prox_factory(cfg, rules=None)
+  factory = prox_factory(cfg, rules=list(model_rules) or None)
   for t in range(1, pr.iterations + 1):
     if cfg.mode == "palm" and cfg.method != "l2":
       phases.append(palm_phase(f"prune/{t}", pr.epochs, pr.steps, factory, kernel_paths, pr.palm_gamma,
