@@ -58,9 +58,10 @@ def _interpreter(path: str | pathlib.Path, threads: int | None = 1):
 
 def _forward(model: nnx.Module):
   graphdef, state = nnx.split(eval_mode(model))
+  leaves, treedef = jax.tree.flatten(state)  # raw arrays: the Variables are rebuilt inside the trace
 
   def f(x):
-    return nnx.merge(graphdef, state)(x)
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(x)
 
   return f
 

@@ -23,6 +23,7 @@ ZOO = [
     ("resnet56", lambda: models.create("resnet56"), (1, 32, 32, 3)),
     ("resnet32_wide", lambda: models.create("resnet32_wide"), (1, 32, 32, 3)),
     ("har_cnn", lambda: models.create("har_cnn", in_channels=9, num_classes=6, window=40, kernel=5), (1, 40, 9)),
+    ("mobilenet_v2", lambda: models.create("mobilenet_v2", width=0.35, in_channels=1), (1, 32, 32, 1)),
 ]
 
 

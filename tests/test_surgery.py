@@ -188,6 +188,7 @@ def test_conv1d_stack_of_the_har_model():
     ("lenet5", {}, (2, 28, 28, 1)),
     ("vgg_like", {"width": 0.125}, (2, 32, 32, 3)),
     ("resnet56", {}, (2, 32, 32, 3)),
+    ("mobilenet_v2", {"width": 0.35, "in_channels": 1}, (2, 32, 32, 1)),
 ])
 def test_zoo_models_shrink_exactly(name, kwargs, shape):
   m = models.create(name, **kwargs)

@@ -9,6 +9,7 @@ from flax import nnx
 from mobileprune_jax.models.har import HARCNN
 from mobileprune_jax.models.layers import max_pool_2x2
 from mobileprune_jax.models.lenet import LeNet5, LeNet300100
+from mobileprune_jax.models.mobilenet import MobileNetV2, mobilenet_v2
 from mobileprune_jax.models.resnet import ResNetCifar, resnet32_wide, resnet56
 from mobileprune_jax.models.vgg import VGG, vgg_like_cifar, vgg_tiny_imagenet
 
@@ -21,6 +22,7 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "resnet32_wide": resnet32_wide,
     "resnet56": resnet56,
     "har_cnn": HARCNN,
+    "mobilenet_v2": mobilenet_v2,
 }
 
 
@@ -31,5 +33,5 @@ def create(name: str, *, seed: int = 0, **kwargs) -> nnx.Module:
   return MODELS[name](rngs=nnx.Rngs(seed), **kwargs)
 
 
-__all__ = ["MODELS", "create", "HARCNN", "LeNet5", "LeNet300100", "ResNetCifar", "VGG", "max_pool_2x2",
+__all__ = ["MODELS", "create", "HARCNN", "LeNet5", "LeNet300100", "MobileNetV2", "mobilenet_v2", "ResNetCifar", "VGG", "max_pool_2x2",
            "resnet32_wide", "resnet56", "vgg_like_cifar", "vgg_tiny_imagenet"]
