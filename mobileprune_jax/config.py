@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.fold = 0  # HAR: validation fold
   c.train_subset = 0  # use only the first N training examples (0 = all)
   c.test_subset = 0
+  c.pad_to = 0  # zero-pad images to pad_to × pad_to (e.g. 28×28 Fashion-MNIST → 32×32 for CIFAR-size models)
   c.model = "lenet5"
   c.model_kwargs = ml_collections.ConfigDict()
   c.method = "mobileprune"
@@ -243,7 +244,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _check(_is_int(cfg.seed) and 0 <= cfg.seed < 2**32, f"seed must be an integer in [0, 2**32), got {cfg.seed!r}")
   for name in ("batch_size", "eval_batch_size", "checkpoint_keep"):
     _check(_is_int(cfg[name]) and cfg[name] >= 1, f"{name} must be a positive integer, got {cfg[name]!r}")
-  counts = {"checkpoint_every_steps": cfg.checkpoint_every_steps, "fold": cfg.fold, "train_subset": cfg.train_subset,
+  counts = {"checkpoint_every_steps": cfg.checkpoint_every_steps, "fold": cfg.fold, "pad_to": cfg.pad_to,
+            "train_subset": cfg.train_subset,
             "test_subset": cfg.test_subset, "prune.iterations": cfg.prune.iterations, "prune.steps": cfg.prune.steps,
             "prune.palm_max_backtracks": cfg.prune.palm_max_backtracks, "degl.select_epochs": cfg.degl.select_epochs,
             "degl.retrain_epochs": cfg.degl.retrain_epochs}

@@ -127,6 +127,29 @@ def product_indices(shape: list[int], flat_keep: list[int]) -> list[list[int]] |
   return per_axis if np.array_equal(product, keep) else None
 
 
+class UnionFind:
+  """Disjoint sets over node ids 0..n-1 (path halving; the smaller id is the root)."""
+
+  def __init__(self, parent: list[int] | None = None):
+    self.parent: list[int] = parent if parent is not None else []
+
+  def add(self, n: int) -> np.ndarray:
+    start = len(self.parent)
+    self.parent.extend(range(start, start + n))
+    return np.arange(start, start + n, dtype=np.int64)
+
+  def find(self, n: int) -> int:
+    while self.parent[n] != n:
+      self.parent[n] = self.parent[self.parent[n]]
+      n = self.parent[n]
+    return n
+
+  def union(self, a: int, b: int) -> None:
+    ra, rb = self.find(a), self.find(b)
+    if ra != rb:
+      self.parent[max(ra, rb)] = min(ra, rb)
+
+
 @dataclasses.dataclass
 class Graph:
   """Result of the analysis."""
@@ -141,9 +164,4 @@ class Graph:
   output_shapes: list[tuple[int, ...]]
 
   def find(self, n: int) -> int:
-    root = n
-    while self.parent[root] != root:
-      root = self.parent[root]
-    while self.parent[n] != root:
-      self.parent[n], n = root, self.parent[n]
-    return root
+    return UnionFind(self.parent).find(n)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mobileprune_jax.groups import path_to_str
 from mobileprune_jax.nnx_only import SHRINK_ROUTE, require_nnx
 from mobileprune_jax.surgery import depgraph
 from mobileprune_jax.surgery.graph import product_indices
@@ -208,11 +209,7 @@ def plan(model: nnx.Module, sample_input: Any) -> ShrinkReport:
 
 def variables_by_path(model: nnx.Module) -> dict[str, nnx.Variable]:
   """Every ``nnx.Variable`` of ``model`` by its path (``"conv1/kernel"``)."""
-  out = {}
-  for path, node in nnx.iter_graph(model):
-    if isinstance(node, nnx.Variable):
-      out["/".join(str(p) for p in path)] = node
-  return out
+  return {path_to_str(path): node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Variable)}
 
 
 def _sync_attributes(model: nnx.Module) -> None:

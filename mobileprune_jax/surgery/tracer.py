@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobileprune_jax.surgery.graph import NO_NODE, Layer
+from mobileprune_jax.surgery.graph import NO_NODE, Layer, UnionFind
 
 # element-wise primitives, and whether f(0) == 0 for the unary ones
 _UNARY_ZERO_PRESERVING = {
@@ -134,7 +134,8 @@ class Tracer:
 
   def __init__(self, param_paths: Sequence[str]):
     self.param_paths = list(param_paths)
-    self.parent: list[int] = []
+    self.sets = UnionFind()
+    self.parent = self.sets.parent
     self.pinned: set[int] = set()
     self.layers: list[Layer] = []
     self.node_layer: dict[int, int] = {}
@@ -144,22 +145,13 @@ class Tracer:
   # -- nodes ---------------------------------------------------------------------------
 
   def new_nodes(self, n: int) -> np.ndarray:
-    start = len(self.parent)
-    self.parent.extend(range(start, start + n))
-    return np.arange(start, start + n, dtype=np.int64)
-
-  def find(self, n: int) -> int:
-    while self.parent[n] != n:
-      self.parent[n] = self.parent[self.parent[n]]
-      n = self.parent[n]
-    return n
+    return self.sets.add(n)
 
   def union(self, a: np.ndarray, b: np.ndarray) -> None:
+    """Joins the nodes of ``a`` and ``b`` element by element (where both have one)."""
     ok = (a >= 0) & (b >= 0)
     for x, y in set(zip(a[ok].tolist(), b[ok].tolist())):
-      rx, ry = self.find(x), self.find(y)
-      if rx != ry:
-        self.parent[max(rx, ry)] = min(rx, ry)
+      self.sets.union(x, y)
 
   def union_all(self, ids: np.ndarray) -> int:
     """Joins every node in ``ids`` into one group; returns one of them (or NO_NODE)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from mobileprune_jax import data as data_lib
@@ -25,7 +26,29 @@ def load_data(cfg: ml_collections.ConfigDict) -> data_lib.Dataset:
   ds = data_lib.load(cfg.dataset, cfg.data_dir or None, **options)
   if cfg.train_subset or cfg.test_subset:
     ds = ds.subset(cfg.train_subset or None, cfg.test_subset or None)
+  if cfg.pad_to:
+    ds = pad_images(ds, cfg.pad_to)
   return ds
+
+
+def pad_images(ds: data_lib.Dataset, size: int) -> data_lib.Dataset:
+  """Zero-pads (N, H, W, C) images to size × size, centred.
+
+  Raises:
+    ConfigError: the data are not images, or are larger than ``size``.
+  """
+  if len(ds.input_shape) != 3 or max(ds.input_shape[:2]) > size:
+    raise ConfigError(f"pad_to={size} needs images of at most {size}×{size}, {ds.name} has inputs {ds.input_shape}")
+
+  def pad(x):
+    h, w = x.shape[1:3]
+    return np.pad(x, ((0, 0), ((size - h) // 2, size - h - (size - h) // 2), ((size - w) // 2, size - w - (size - w) // 2),
+                      (0, 0)))
+
+  arrays = {k: pad(getattr(ds, k)) for k in ("train_x", "test_x") }
+  if ds.val_x is not None:
+    arrays["val_x"] = pad(ds.val_x)
+  return dataclasses.replace(ds, **arrays)
 
 
 def model_spec(cfg: ml_collections.ConfigDict, ds: data_lib.Dataset) -> dict[str, Any]:
