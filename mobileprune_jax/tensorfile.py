@@ -2,8 +2,9 @@
 
 Layout (readable by the ``safetensors`` library): an 8-byte little-endian header length N, N
 bytes of JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``,
-then the raw little-endian array bytes. ``__metadata__`` carries a SHA-256 of every array and
-any caller metadata (JSON strings). Writing is atomic (temporary file, fsync, rename) and
+then the raw little-endian array bytes. ``__metadata__`` carries a SHA-256 of every array, one of
+the rest of the header (``sha256:__header__``: entries and caller metadata, so a flipped bit in a
+shape or in the caller's strings is caught too) and the caller metadata (JSON strings). Writing is atomic (temporary file, fsync, rename) and
 byte-deterministic: the same arrays and metadata always give the same file. Reading checks
 the header, every offset and every checksum before returning anything, and raises
 ``TensorFileError`` with one line naming the file and what is wrong.
@@ -70,6 +71,7 @@ def write(path: str | pathlib.Path, arrays: Mapping[str, Any], metadata: Mapping
       raise ValueError(f"tensorfile: metadata key {key!r} is reserved")
     meta[key] = str(value)
   header["__metadata__"] = meta
+  meta[_HEADER_KEY] = _header_digest(header)
   head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
   head += b" " * (-len(head) % 8)  # safetensors aligns the data to 8 bytes
   blob = struct.pack("<Q", len(head)) + head + b"".join(chunks)
@@ -83,6 +85,15 @@ def write(path: str | pathlib.Path, arrays: Mapping[str, Any], metadata: Mapping
   os.replace(tmp, path)
   _fsync_dir(path.parent)
   return _digest(blob)
+
+
+_HEADER_KEY = "sha256:__header__"
+
+
+def _header_digest(header: dict[str, Any]) -> str:
+  """SHA-256 of the header's canonical JSON without its own digest."""
+  meta = {k: v for k, v in header["__metadata__"].items() if k != _HEADER_KEY}
+  return _digest(json.dumps({**header, "__metadata__": meta}, sort_keys=True, separators=(",", ":")).encode())
 
 
 def _fsync_dir(directory: pathlib.Path) -> None:
@@ -120,11 +131,14 @@ def read(path: str | pathlib.Path, expected_sha256: str | None = None) -> tuple[
     raise TensorFileError(f"{path}: truncated or not a tensor file (header length {n} of a {len(blob)}-byte file)")
   try:
     header = json.loads(blob[8 : 8 + n])
-    meta = header.pop("__metadata__")
+    meta = header["__metadata__"]
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+      raise TensorFileError(f"{path}: not a {FORMAT} file")
+    if meta.get(_HEADER_KEY) != _header_digest(header):
+      raise TensorFileError(f"{path}: checksum mismatch in the header (damaged metadata)")
+    header.pop("__metadata__")
   except (UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError, TypeError, RecursionError) as e:
     raise TensorFileError(f"{path}: damaged header ({type(e).__name__})") from e
-  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-    raise TensorFileError(f"{path}: not a {FORMAT} file")
   data = memoryview(blob)[8 + n :]
   arrays: dict[str, np.ndarray] = {}
   for name, entry in header.items():
@@ -140,7 +154,7 @@ def read(path: str | pathlib.Path, expected_sha256: str | None = None) -> tuple[
     if _digest(chunk) != meta.get(f"sha256:{name}"):
       raise TensorFileError(f"{path}: checksum mismatch in array {name!r} (flipped or damaged bytes)")
     arrays[name] = np.frombuffer(chunk, dtype=dtype).reshape(shape).copy()
-  extra = {k: v for k, v in meta.items() if not k.startswith("sha256:") and k != "format"}
+  extra = {k: v for k, v in meta.items() if not k.startswith("sha256:") and k != "format"}  # incl. the header's
   return arrays, extra
 
 

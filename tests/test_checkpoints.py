@@ -64,6 +64,13 @@ def _flip_header_byte(path):
   path.write_bytes(bytes(blob))
 
 
+def _flip_in_metadata(path):  # a flipped bit inside the config / run-state strings: still valid JSON
+  blob = bytearray(path.read_bytes())
+  at = blob.index(b"mobileprune")
+  blob[at] ^= 0x01
+  path.write_bytes(bytes(blob))
+
+
 def _rewrite(path, arrays=None, **meta_changes):
   old_arrays, meta = tensorfile.read(path)
   meta.update(meta_changes)
@@ -103,6 +110,7 @@ def _wrong_shape(path):
 CASES = {
     "bit flip in the data": (_flip_data_byte, "checksum mismatch in array"),
     "bit flip in the header": (_flip_header_byte, "damaged header"),
+    "bit flip in the metadata": (_flip_in_metadata, "checksum mismatch in the header"),
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "truncated"),
     "empty file": (lambda p: p.write_bytes(b""), "empty file"),
     "random bytes": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(5000)), "not a tensor file"),
