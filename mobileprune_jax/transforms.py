@@ -91,10 +91,47 @@ def _step_size(learning_rate: ScalarOrSchedule, count: Array) -> Array:
   return jnp.asarray(learning_rate(count) if callable(learning_rate) else learning_rate)
 
 
+# (trees (N, L, F), step size) -> prox of every tree; applied to all tree-shaped leaves at once
+TreeProx = Callable[[Array, Array], Array]
+_TREE_LAYOUTS = {"conv": (groups.to_channel_trees, groups.from_channel_trees),
+                 "depthwise": (groups.to_depthwise_trees, groups.from_depthwise_trees)}
+
+
+def _bucket_size(n: int) -> int:
+  return 1 << max(n - 1, 0).bit_length()
+
+
+def _apply_tree_prox(tree_prox: TreeProx, items: list[tuple[int, str, Array]], step: Array) -> dict[int, Array]:
+  """θ on every tree of every leaf, compiled once per bucket instead of once per kernel shape.
+
+  Trees with the same number of leaves L are zero-padded to the largest leaf size F among them
+  (rounded up to a power of two) and stacked: one θ per distinct L (kernel size), whatever the
+  widths. Exact: zero entries are never in an optimal support
+  (ties go to zero) and do not change any norm, and the trees are independent.
+  """
+  buckets: dict[tuple, list[tuple[int, str, Array, Array]]] = {}
+  for index, role, value in items:
+    trees = _TREE_LAYOUTS[role][0](value)
+    buckets.setdefault((trees.dtype, trees.shape[1]), []).append((index, role, value, trees))
+  out = {}
+  for members in buckets.values():
+    width = _bucket_size(max(t.shape[2] for *_, t in members))
+    padded = [jnp.pad(t, ((0, 0), (0, 0), (0, width - t.shape[2]))) for *_, t in members]
+    result = tree_prox(jnp.concatenate(padded, axis=0), step.astype(padded[0].dtype))
+    start = 0
+    for index, role, value, trees in members:
+      part = result[start:start + trees.shape[0], :, :trees.shape[2]]
+      start += trees.shape[0]
+      out[index] = _TREE_LAYOUTS[role][1](part, value.shape)
+  return out
+
+
 def _prox_transform(
-    fn: str, learning_rate: ScalarOrSchedule, leaf_prox: LeafProx, rules: groups.Rules | None
+    fn: str, learning_rate: ScalarOrSchedule, leaf_prox: LeafProx, rules: groups.Rules | None,
+    tree_prox: TreeProx | None = None, tree_roles: tuple[str, ...] = ()
 ) -> optax.GradientTransformation:
-  """Builds ``u ↦ prox(p + u) − p`` leaf by leaf from a per-role prox."""
+  """Builds ``u ↦ prox(p + u) − p`` leaf by leaf from a per-role prox (leaves of ``tree_roles``:
+  all at once through ``tree_prox``, see ``_apply_tree_prox``)."""
   groups._validate_rules(rules)
 
   def init_fn(params):
@@ -110,10 +147,17 @@ def _prox_transform(
     flat_p = jax.tree.leaves(params)
     if len(flat_u) != len(flat_p):
       raise ValueError(f"{fn}: updates and params have different structures")
-    new_u = []
-    for role, u, p in zip(roles, flat_u, flat_p):
-      target = leaf_prox(role, (p + u).astype(p.dtype), step.astype(p.dtype))
-      new_u.append(u if target is None else (target - p).astype(u.dtype))
+    targets: dict[int, Array | None] = {}
+    trees = []
+    for i, (role, u, p) in enumerate(zip(roles, flat_u, flat_p)):
+      if tree_prox is not None and role in tree_roles:
+        trees.append((i, role, (p + u).astype(p.dtype)))
+      else:
+        targets[i] = leaf_prox(role, (p + u).astype(p.dtype), step.astype(p.dtype))
+    if trees:
+      targets |= _apply_tree_prox(tree_prox, trees, step)
+    new_u = [u if targets[i] is None else (targets[i] - p).astype(u.dtype)
+             for i, (u, p) in enumerate(zip(flat_u, flat_p))]
     count = optax.safe_increment(state.count)
     return jax.tree.unflatten(treedef, new_u), ProxState(count=count)
 
@@ -296,7 +340,10 @@ def l0_sparse_group_lasso(
         conv_grouping=conv_grouping,
     )(role, value)
 
-  return _prox_transform(fn, learning_rate, leaf_prox, rules)
+  # θ is compiled once per bucket of tree shapes, not once per kernel shape (MobileNets have ~20)
+  tree_roles = ("conv", "depthwise") if conv_grouping == "input_channel_tree" else ()
+  tree_prox = lambda trees, s: prox.theta(trees, s * l0, s * shape, s * channel)
+  return _prox_transform(fn, learning_rate, leaf_prox, rules, tree_prox, tree_roles)
 
 
 def elastic_group_lasso(

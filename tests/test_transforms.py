@@ -256,3 +256,28 @@ def test_transform_leaf_results_equal_direct_prox_calls():
     np.testing.assert_allclose(got, ref, atol=1e-6)
   np.testing.assert_allclose(new["d"]["kernel"], prox.pi(w, s * n, s * l0), atol=1e-6)
   assert groups.leaf_roles(params) == ["bias", "conv", "bias", "dense"]
+
+
+def test_theta_on_stacked_and_padded_trees_equals_theta_per_kernel():
+  """The transform stacks conv trees of similar shapes (zero-padded) into one θ call; the result must be
+  θ applied to each kernel alone."""
+  from mobileprune_jax import groups, prox
+
+  rng = np.random.default_rng(11)
+  shapes = {"a": (3, 3, 4, 16), "b": (3, 3, 6, 13), "c": (1, 1, 8, 20), "d": (1, 1, 5, 32), "e": (3, 3, 1, 7)}
+  params = {k: {"kernel": jnp.asarray(rng.normal(size=s) * rng.uniform(0.05, 1.0, size=s), jnp.float32)}
+            for k, s in shapes.items()}
+  params["dw"] = {"kernel": jnp.asarray(rng.normal(size=(3, 3, 1, 12)) * 0.3, jnp.float32)}
+  l0, shape, channel, lr = 2e-3, 0.05, 0.2, 1.0
+  tx = transforms.l0_sparse_group_lasso(lr, l0=l0, shape=shape, channel=channel, rules=[(r"^dw/", "depthwise")])
+  u, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  for name, leaf in params.items():
+    value = leaf["kernel"]
+    if name == "dw":
+      expected = groups.from_depthwise_trees(prox.theta(groups.to_depthwise_trees(value), l0, shape, channel),
+                                             value.shape)
+    else:
+      expected = groups.from_channel_trees(prox.theta(groups.to_channel_trees(value), l0, shape, channel), value.shape)
+    got = value + u[name]["kernel"]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6, atol=1e-7)
+    assert np.array_equal(np.asarray(got) == 0, np.asarray(expected) == 0), name  # the same exact zeros
