@@ -57,9 +57,13 @@ def count_nonzero(tree: Any) -> int:
   return sum(int(np.count_nonzero(np.asarray(x))) for x in jax.tree.leaves(tree))
 
 
-def layer_stats(model: nnx.Module, sample_input: Any) -> list[LayerStats]:
-  """Per conv/dense layer: widths, live inputs, MACs (dense and sparse convention)."""
-  graph = depgraph.trace(model, sample_input)
+def layer_stats(model: nnx.Module, sample_input: Any, graph: depgraph.Graph | None = None) -> list[LayerStats]:
+  """Per conv/dense layer: widths, live inputs, MACs (dense and sparse convention).
+
+  ``graph``: a trace of a model with the same architecture (``analysis.analyze(...).graph``), to
+  skip tracing again; the weights are read from ``model``.
+  """
+  graph = graph if graph is not None else depgraph.trace(model, sample_input)
   _, leaves, paths, _ = depgraph.forward_fn(model)
   values = dict(zip(paths, leaves))
   stats = []
@@ -108,15 +112,17 @@ def mms_bytes(model: nnx.Module) -> int:
   return BYTES_PER_PARAM * count_params(nnx.state(model, nnx.Param))
 
 
-def summary(dense: nnx.Module, shrunk: nnx.Module, sample_input: Any) -> dict[str, Any]:
+def summary(dense: nnx.Module, shrunk: nnx.Module, sample_input: Any,
+            dense_graph: depgraph.Graph | None = None) -> dict[str, Any]:
   """The numbers a run reports: dense vs pruned params, non-zeros, MACs, architecture, CMF, MMS.
 
   Args:
     dense: the model before pruning (or any model with the original widths).
     shrunk: the pruned model after ``surgery.shrink`` (dead channels physically gone).
     sample_input: a batch with the model's input shape.
+    dense_graph: a trace of the dense architecture, if one was made already.
   """
-  before, after = layer_stats(dense, sample_input), layer_stats(shrunk, sample_input)
+  before, after = layer_stats(dense, sample_input, dense_graph), layer_stats(shrunk, sample_input)
   params_dense = nnx.state(dense, nnx.Param)
   params_shrunk = nnx.state(shrunk, nnx.Param)
   return {

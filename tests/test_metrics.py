@@ -93,3 +93,19 @@ def test_cmf_matches_hand_computation():
   stats = metrics.layer_stats(models.create("lenet5"), jnp.zeros((1, 28, 28, 1)))
   by_hand = 4 * ((500 + 24 * 24 * 20) + (25000 + 8 * 8 * 50) + (400000 + 500) + (5000 + 10))
   assert metrics.cmf_bytes(stats) == by_hand
+
+
+def test_one_analysis_answers_kernels_classifier_coupling_and_rules():
+  from mobileprune_jax import analysis, models
+
+  m = models.create("mobilenet_v2", width=0.35, in_channels=1)
+  a = analysis.analyze(m, jnp.zeros((1, 32, 32, 1)))
+  assert a.kernel_paths[0] == "stem/conv/kernel" and a.classifier == "classifier/kernel"
+  depthwise = [p for p in a.kernel_paths if "depthwise" in p]
+  assert len(depthwise) == 17 and all(a.layers[a.kernel_paths.index(p)].kind == "depthwise" for p in depthwise)
+  assert {r for _, r in a.rules} == {"depthwise"} and len(a.rules) == 17
+  # every depthwise filter is coupled with the channel it reads; residual adds couple block outputs
+  sizes = sorted(len(g) for g in a.coupled_groups())
+  assert sizes and min(sizes) >= 2
+  # the same trace serves metrics for any model with this architecture
+  assert metrics.layer_stats(m, None, graph=a.graph) == metrics.layer_stats(m, jnp.zeros((1, 32, 32, 1)))

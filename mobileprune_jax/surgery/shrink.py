@@ -142,14 +142,14 @@ def _kept(layer: depgraph.Layer, removed: set[int]) -> tuple[list[int], list[int
   return in_keep, out_keep
 
 
-def plan(model: nnx.Module, sample_input: Any) -> ShrinkReport:
+def plan(model: nnx.Module, sample_input: Any, graph: depgraph.Graph | None = None) -> ShrinkReport:
   """Decides what to cut (without building anything).
 
   Raises:
     ValueError: no sample input, or the model has no conv/dense layer to cut.
   """
   require_nnx(model, "surgery.plan", SHRINK_ROUTE)
-  graph = depgraph.trace(model, sample_input)
+  graph = graph if graph is not None else depgraph.trace(model, sample_input)
   if not graph.layers:
     raise ValueError("the model has no prunable layer (no conv_general_dilated / dot_general with a parameter kernel)")
   _, leaves, paths, _ = depgraph.forward_fn(model)
@@ -296,12 +296,15 @@ def check_finite(model: nnx.Module) -> None:
       raise ValueError(f"cannot shrink a model with non-finite values: {path} holds {bad} NaN/inf entries")
 
 
-def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = True,
-                       atol: float = 1e-4) -> tuple[nnx.Module, ShrinkReport]:
-  """``shrink``, also returning the report (widths before/after, reasons, parity)."""
+def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = True, atol: float = 1e-4,
+                       graph: depgraph.Graph | None = None) -> tuple[nnx.Module, ShrinkReport]:
+  """``shrink``, also returning the report (widths before/after, reasons, parity).
+
+  ``graph``: a trace of ``model`` with its current weights (``analysis.analyze(model, x).graph``).
+  """
   require_nnx(model, "surgery.shrink", SHRINK_ROUTE)
   check_finite(model)
-  report = plan(model, sample_input)
+  report = plan(model, sample_input, graph)
   new = apply_cuts(model, report.cuts)
   report.params_before, report.params_after = count_params(model), count_params(new)
   if check:

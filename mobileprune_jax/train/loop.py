@@ -30,10 +30,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from mobileprune_jax import analysis, metrics, tree_arrays
 from mobileprune_jax import config as config_lib
 from mobileprune_jax import data as data_lib
-from mobileprune_jax import groups, metrics, tree_arrays
-from mobileprune_jax.surgery import depgraph
 from mobileprune_jax.train import inputs, report
 from mobileprune_jax.train.checkpoints import Checkpoints, NonFiniteError
 from mobileprune_jax.train.faults import kill_point
@@ -70,10 +69,9 @@ class Run:
     self.model, self.spec = inputs.create_model(cfg, self.ds)
     self.batches = inputs.plan_batches(cfg, self.ds)
     self.sample = jnp.asarray(self.ds.test_x[:2])
-    graph = depgraph.trace(self.model, self.sample)
-    self.kernel_paths = [layer.kernel_path for layer in graph.layers]
-    self.phases = build_phases(cfg, self.kernel_paths, self.sample, self.batches.steps_per_epoch,
-                               model_rules=groups.rules_for_model(self.model))
+    structure = analysis.analyze(self.model, self.sample)  # traced once; the phases reuse it
+    self.phases = build_phases(cfg, structure.kernel_paths, self.sample, self.batches.steps_per_epoch,
+                               model_rules=structure.rules)
     self.fingerprint = config_fingerprint(cfg)
     self.ckpt = Checkpoints(workdir / "checkpoints", keep=cfg.checkpoint_keep, warn=log)
     self.state = RunState()

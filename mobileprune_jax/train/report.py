@@ -16,8 +16,8 @@ import jax
 import ml_collections
 from flax import nnx
 
+from mobileprune_jax import analysis, metrics, surgery
 from mobileprune_jax import data as data_lib
-from mobileprune_jax import metrics, surgery
 from mobileprune_jax.train import inputs
 from mobileprune_jax.train.faults import kill_point
 from mobileprune_jax.train.state import RunState
@@ -28,7 +28,8 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
            spec: dict[str, Any], state: RunState) -> dict[str, Any]:
   """Shrinks the final model, measures it, writes the shrunk model, summary.json (and TFLite files)."""
   dense, _ = inputs.create_model(cfg, ds)
-  shrunk, shrink_report = surgery.shrink_with_report(model, sample)
+  structure = analysis.analyze(model, sample)  # one trace: the shrink plan and the dense model's stats
+  shrunk, shrink_report = surgery.shrink_with_report(model, sample, graph=structure.graph)
   summary = {
       "name": cfg.name,
       "dataset": cfg.dataset,
@@ -40,7 +41,7 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
       "pruned_accuracy": evaluate(shrunk, ds.test_x, ds.test_y, cfg.eval_batch_size),
       "masked_accuracy": evaluate(model, ds.test_x, ds.test_y, cfg.eval_batch_size),
       "nonzero_params_masked": metrics.count_nonzero(nnx.state(model, nnx.Param)),
-      **metrics.summary(dense, shrunk, sample),
+      **metrics.summary(dense, shrunk, sample, dense_graph=structure.graph),
       "shrink_max_abs_diff": shrink_report.max_abs_diff,
       "input_shape": list(ds.input_shape),
       "shrink": shrink_report.to_json(),
