@@ -45,7 +45,6 @@ _REDUCE_WINDOW = {"reduce_window_sum", "reduce_window_max", "reduce_window_min"}
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
           "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
           "remat": "jaxpr", "checkpoint": "jaxpr"}
-_MIXING = "(LayerNorm / GroupNorm / softmax over channels mix them)"
 
 
 @dataclasses.dataclass
@@ -189,7 +188,7 @@ class Tracer:
     return [read(v) for v in jaxpr.outvars]
 
   def eqn(self, eqn, ins: list[Any]) -> list[Any]:
-    from mobileprune_jax.surgery import producers
+    from mobileprune_jax.surgery import producers, reductions
 
     name = eqn.primitive.name
     if name in _CALLS and _CALLS[name] in eqn.params:
@@ -215,9 +214,9 @@ class Tracer:
     if name == "concatenate":
       return [self.concatenate(eqn, ins)]
     if name in _REDUCE:
-      return [self.reduce(eqn, ins[0])]
+      return [reductions.reduce(self, eqn, ins[0])]
     if name in _REDUCE_WINDOW:
-      return [self.reduce_window(eqn, ins[0])]
+      return [reductions.reduce_window(self, eqn, ins[0])]
     if name == "conv_general_dilated" and isinstance(ins[0], Act) and isinstance(ins[1], Const):
       return [producers.conv(self, eqn, ins[0], ins[1])]
     if name == "dot_general" and isinstance(ins[0], Act) != isinstance(ins[1], Act):
@@ -353,52 +352,6 @@ class Tracer:
     dim = eqn.params["dimension"]
     parts = [self.as_act(x, tuple(v.aval.shape)) for x, v in zip(ins, eqn.invars)]
     return Act(np.concatenate([p.ids for p in parts], dim), np.concatenate([p.value for p in parts], dim))
-
-  def _merge_windows(self, name: str, ids: np.ndarray, values: np.ndarray, wild: np.ndarray) -> Act:
-    """Output of a reduction whose inputs per output element lie on the last axis."""
-    reduce = {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod}[name.rsplit("_", 1)[-1]]
-    shape = ids.shape[:-1]
-    flat_ids, flat_wild = ids.reshape(-1, ids.shape[-1]).T, wild.reshape(-1, ids.shape[-1]).T
-    out_ids, same = uniform_nodes(flat_ids, flat_wild)
-    zero_windows = np.all(values.reshape(-1, ids.shape[-1]) == 0, axis=1)  # all-zero windows are zero anyway
-    mixed = ~same & ~zero_windows
-    if mixed.any():
-      self.pin(flat_ids[:, mixed][~flat_wild[:, mixed]], f"{name} across channels {_MIXING}: those channels are kept")
-    with np.errstate(invalid="ignore", over="ignore"):
-      out = reduce(values, axis=-1)  # NaN (unknown) wherever any element is unknown
-    return Act(out_ids.reshape(shape), np.where(np.isinf(out), np.nan, out))
-
-  def reduce(self, eqn, a: Act) -> Act:
-    axes = tuple(eqn.params.get("axes", ()))
-    name = eqn.primitive.name
-    if name in ("argmax", "argmin"):
-      self.pin(a.ids, f"{name} over activations")
-      return Act.unknown(tuple(eqn.outvars[0].aval.shape))
-    keep = [d for d in range(a.ids.ndim) if d not in axes]
-    order = keep + list(axes)
-    lead = [a.ids.shape[d] for d in keep]
-    move = lambda x: np.transpose(x, order).reshape(lead + [-1])
-    return self._merge_windows(name, move(a.ids), move(a.value), move(a.wild))
-
-  def reduce_window(self, eqn, a: Act) -> Act:
-    """Pools (``nnx.max_pool`` / ``avg_pool``, ``lax.reduce_window``): each output element merges
-    its window; windows that stay inside one channel keep it; padding fits any channel."""
-    p = eqn.params
-    if any(d != 1 for d in p["base_dilation"]) or any(d != 1 for d in p["window_dilation"]):
-      return self.opaque(eqn, [a])[0]
-    name = eqn.primitive.name
-    init = {"reduce_window_sum": 0.0, "reduce_window_max": -np.inf, "reduce_window_min": np.inf}[name]
-    pads = [(lo, hi) for lo, hi in p["padding"]]
-    ids = np.pad(a.ids, pads, constant_values=NO_NODE)
-    padded = np.pad(np.zeros(a.ids.shape, bool), pads, constant_values=True)
-    values = np.pad(np.where(np.isnan(a.value), np.nan, a.value), pads, constant_values=init)
-    window, strides = tuple(p["window_dimensions"]), tuple(p["window_strides"])
-    view = lambda x: np.lib.stride_tricks.sliding_window_view(x, window)[
-        tuple(slice(None, None, s) for s in strides)].reshape(tuple(eqn.outvars[0].aval.shape) + (-1,))
-    v_ids, v_padded = view(ids), view(padded)
-    v_values = np.where(view(padded), init, view(values))
-    wild = v_padded | ((v_ids < 0) & (v_values == 0))
-    return self._merge_windows(name.replace("reduce_window_", "reduce_"), v_ids, v_values, wild)
 
   def opaque(self, eqn, ins: list[Any]) -> list[Act]:
     for x in ins:

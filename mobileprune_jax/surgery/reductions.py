@@ -1,0 +1,65 @@
+"""Reductions and pools: a reduced element keeps its channel when every element it merges has it.
+
+``reduce_*`` over axes (global mean / max pools, LayerNorm's statistics) and ``reduce_window_*``
+(``nnx.max_pool`` / ``avg_pool``, ``lax.reduce_window``, any window, stride and padding). Padding
+and zero wildcards fit any channel; a reduction that mixes channels (LayerNorm / GroupNorm /
+softmax over channels) pins them, with a note.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mobileprune_jax.surgery.graph import NO_NODE
+from mobileprune_jax.surgery.tracer import Act, Tracer, uniform_nodes
+
+_MIXING = "(LayerNorm / GroupNorm / softmax over channels mix them)"
+
+
+def merge_windows(t: Tracer, name: str, ids: np.ndarray, values: np.ndarray, wild: np.ndarray) -> Act:
+  """Output of a reduction whose inputs per output element lie on the last axis."""
+  reduce = {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod}[name.rsplit("_", 1)[-1]]
+  shape = ids.shape[:-1]
+  flat_ids, flat_wild = ids.reshape(-1, ids.shape[-1]).T, wild.reshape(-1, ids.shape[-1]).T
+  out_ids, same = uniform_nodes(flat_ids, flat_wild)
+  zero_windows = np.all(values.reshape(-1, ids.shape[-1]) == 0, axis=1)  # all-zero windows are zero anyway
+  mixed = ~same & ~zero_windows
+  if mixed.any():
+    t.pin(flat_ids[:, mixed][~flat_wild[:, mixed]], f"{name} across channels {_MIXING}: those channels are kept")
+  with np.errstate(invalid="ignore", over="ignore"):
+    out = reduce(values, axis=-1)  # NaN (unknown) wherever any element is unknown
+  return Act(out_ids.reshape(shape), np.where(np.isinf(out), np.nan, out))
+
+
+def reduce(t: Tracer, eqn, a: Act) -> Act:
+  axes = tuple(eqn.params.get("axes", ()))
+  name = eqn.primitive.name
+  if name in ("argmax", "argmin"):
+    t.pin(a.ids, f"{name} over activations")
+    return Act.unknown(tuple(eqn.outvars[0].aval.shape))
+  keep = [d for d in range(a.ids.ndim) if d not in axes]
+  order = keep + list(axes)
+  lead = [a.ids.shape[d] for d in keep]
+  move = lambda x: np.transpose(x, order).reshape(lead + [-1])
+  return merge_windows(t, name, move(a.ids), move(a.value), move(a.wild))
+
+
+def reduce_window(t: Tracer, eqn, a: Act) -> Act:
+  """Pools (``nnx.max_pool`` / ``avg_pool``, ``lax.reduce_window``): each output element merges
+  its window; windows that stay inside one channel keep it; padding fits any channel."""
+  p = eqn.params
+  if any(d != 1 for d in p["base_dilation"]) or any(d != 1 for d in p["window_dilation"]):
+    return t.opaque(eqn, [a])[0]
+  name = eqn.primitive.name
+  init = {"reduce_window_sum": 0.0, "reduce_window_max": -np.inf, "reduce_window_min": np.inf}[name]
+  pads = [(lo, hi) for lo, hi in p["padding"]]
+  ids = np.pad(a.ids, pads, constant_values=NO_NODE)
+  padded = np.pad(np.zeros(a.ids.shape, bool), pads, constant_values=True)
+  values = np.pad(np.where(np.isnan(a.value), np.nan, a.value), pads, constant_values=init)
+  window, strides = tuple(p["window_dimensions"]), tuple(p["window_strides"])
+  view = lambda x: np.lib.stride_tricks.sliding_window_view(x, window)[
+      tuple(slice(None, None, s) for s in strides)].reshape(tuple(eqn.outvars[0].aval.shape) + (-1,))
+  v_ids, v_padded = view(ids), view(padded)
+  v_values = np.where(view(padded), init, view(values))
+  wild = v_padded | ((v_ids < 0) & (v_values == 0))
+  return merge_windows(t, name.replace("reduce_window_", "reduce_"), v_ids, v_values, wild)
