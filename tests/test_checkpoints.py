@@ -120,6 +120,7 @@ CASES = {
     "missing array": (_missing_array, "no stored array for 'model/fc2/kernel'"),
     "wrong shape": (_wrong_shape, "'model/fc2/kernel' is stored as float32[3, 3]"),
     "unreadable run state": (lambda p: _rewrite(p, run_state="{not json"), "run state is not readable"),
+    "items not a list": (lambda p: _rewrite(p, items='{"model": 1}'), "metadata 'items' is not a list of names"),
 }
 
 

@@ -29,21 +29,22 @@ def _minutes(workdir: pathlib.Path) -> str:
   if not path.exists():
     return "?"
   events = [json.loads(line) for line in path.read_text().splitlines()]
-  total, start = 0.0, None
+  total, start, last = 0.0, None, None
   for e in events:
     if e["event"] == "start":
+      if start is not None:  # the previous process was killed after its last event
+        total += last - start
       start = e["time"]
-    elif start is not None:
-      total_end = e["time"]
-      if e["event"] == "finished":
-        total += total_end - start
-        start = None
+    elif e["event"] == "finished" and start is not None:
+      total += e["time"] - start
+      start = None
+    last = e["time"]
   if start is not None:
-    total += events[-1]["time"] - start
+    total += last - start
   return f"{total / 60:.1f}"
 
 
-def table(workdir: pathlib.Path, command: str) -> str:
+def table(workdir: pathlib.Path, command: str, commit: str | None = None, caveat: str = "") -> str:
   s = json.loads((workdir / "summary.json").read_text())
   pct = lambda a, b: f"{100 * a / b:.2f} %"
   rows = [
@@ -61,8 +62,9 @@ def table(workdir: pathlib.Path, command: str) -> str:
                                               f"(ratio {s['latency_ratio']:.3f}; MACs ratio {s['macs_ratio']:.3f})"),
     ]
   lines = [f"# {s['name']}: {s['model']} on {s['dataset']}, {s['method']} ({s['mode']})", "",
-           f"Made by `{command}` at commit {_commit()}; {_minutes(workdir)} min on this machine (2 CPU cores, "
-           "shared). One seed; latencies are medians of repeated runs and vary by ±40 % between runs here.", "",
+           f"Made by `{command}` at commit {commit or _commit()}; {_minutes(workdir)} min on this machine (2 CPU "
+           "cores, shared). One seed; latencies are medians of repeated runs and vary by ±40 % between runs here.",
+           *([ "", caveat] if caveat else []), "",
            "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
   widths = s["shrink"]["layers"]
   changed = [w for w in widths if w["out_after"] < w["out_before"] or w["in_after"] < w["in_before"]]
@@ -76,8 +78,10 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("workdir", type=pathlib.Path)
   parser.add_argument("--command", required=True, help="the command that made the run (printed in the table)")
+  parser.add_argument("--commit", help="the commit the run was made at (default: the checkout's HEAD)")
+  parser.add_argument("--caveat", default="", help="a sentence on what the numbers do and do not show")
   args = parser.parse_args()
-  print(table(args.workdir, args.command), end="")
+  print(table(args.workdir, args.command, args.commit, args.caveat), end="")
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ class Checkpoints:
             raise StateError(f"metadata has no {key!r}")
         state = RunState.from_json(meta["run_state"])
         items = json.loads(meta["items"])
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+          raise StateError(f"metadata 'items' is not a list of names: {meta['items'][:80]!r}")
         if meta["config"] != fingerprint:
           raise ConfigMismatchError(_config_difference(meta["config"], fingerprint, self.directory.parent))
         load(state, arrays, items)
