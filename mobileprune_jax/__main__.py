@@ -85,6 +85,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
   except FloatingPointError as e:  # the run diverged: one line, not a traceback
     print(f"error: {_one_line(e)}", file=sys.stderr)
     return 3
+  except OSError as e:  # permissions, a full disk, ...: what the system said, in one line
+    print(f"error: {_one_line(e)}", file=sys.stderr)
+    return 1
   return 0
 
 
@@ -98,7 +101,7 @@ def benchmark(args: argparse.Namespace) -> int:
 
   try:
     result = export.benchmark_workdir(args.workdir, repeats=args.repeats)
-  except (surgery.ModelFileError, FileNotFoundError) as e:
+  except (surgery.ModelFileError, FileNotFoundError, ValueError, ImportError) as e:
     print(f"error: {_one_line(e)}", file=sys.stderr)
     return 2
   print(export.format_benchmark(result))

@@ -173,7 +173,12 @@ def benchmark_workdir(workdir: str | pathlib.Path, repeats: int = 200) -> dict[s
   from mobileprune_jax import surgery
 
   workdir = pathlib.Path(workdir)
-  summary = json.loads((workdir / "summary.json").read_text())
+  try:
+    summary = json.loads((workdir / "summary.json").read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{workdir / 'summary.json'} is not readable JSON ({e})") from None
+  if not isinstance(summary, dict):
+    raise ValueError(f"{workdir / 'summary.json'} is not a run summary")
   dense = surgery.build_original(workdir / "model")
   pruned = surgery.load(workdir / "model")
   shape = summary.get("input_shape")
@@ -181,9 +186,11 @@ def benchmark_workdir(workdir: str | pathlib.Path, repeats: int = 200) -> dict[s
     from mobileprune_jax import data
 
     shape = data.load(summary["dataset"]).input_shape
+  if not (isinstance(shape, (list, tuple)) and shape and all(isinstance(d, int) and 0 < d <= 4096 for d in shape)):
+    raise ValueError(f"{workdir / 'summary.json'}: input_shape must be a list of positive sizes, got {shape!r}")
   x = np.zeros((1, *shape), np.float32)
   result = compare(dense, pruned, x, workdir / "tflite", repeats=repeats)
-  result["macs_dense"], result["macs_pruned_compacted"] = summary["macs_dense"], summary["macs_pruned"]
+  result["macs_dense"], result["macs_pruned_compacted"] = summary.get("macs_dense"), summary.get("macs_pruned")
   (workdir / "benchmark.json").write_text(json.dumps(result, indent=1))
   return result
 

@@ -146,7 +146,9 @@ def test_version_1_model_directories_still_load(tmp_path):
   ckpt = ocp.StandardCheckpointer()
   ckpt.save(d / "state", nnx.state(new))
   ckpt.wait_until_finished()
-  np.testing.assert_array_equal(np.asarray(surgery.load(d)(X)), np.asarray(new(X)))
+  with pytest.warns(UserWarning, match="carry no checksums"):
+    loaded = surgery.load(d)
+  np.testing.assert_array_equal(np.asarray(loaded(X)), np.asarray(new(X)))
 
 
 def test_shrink_refuses_non_finite_weights_and_parity_counts_nan():
@@ -159,3 +161,36 @@ def test_shrink_refuses_non_finite_weights_and_parity_counts_nan():
   a, b = models.create("lenet300", seed=0), models.create("lenet300", seed=0)
   b.fc3.bias.set_value(b.fc3.bias[...].at[0].set(jnp.nan))
   assert np.isnan(surgery.max_output_diff(a, b, jnp.ones((2, 28, 28, 1))))
+
+
+def test_a_damaged_version_1_directory_is_a_model_file_error(tmp_path):
+  import orbax.checkpoint as ocp
+
+  new, report = _shrunk_lenet5()
+  d = tmp_path / "v1"
+  d.mkdir()
+  spec = {"format": "mobileprune_jax/shrunk-model/v1", "factory": "mobileprune_jax.models:create",
+          "kwargs": {"name": "lenet5", "seed": 3}, "cuts": report.cuts}
+  (d / "architecture.json").write_text(json.dumps(spec))
+  ckpt = ocp.StandardCheckpointer()
+  ckpt.save(d / "state", nnx.state(new))
+  ckpt.wait_until_finished()
+  for f in (d / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(b"\x00" * 7)
+  with pytest.warns(UserWarning, match="carry no checksums"), pytest.raises(surgery.ModelFileError,
+                                                                             match="version-1 weights cannot be read"):
+    surgery.load(d)
+
+
+def test_the_benchmark_command_checks_the_summary_it_reads(tmp_path):
+  new, report = _shrunk_lenet5()
+  surgery.save(tmp_path / "run" / "model", new, factory="lenet5", kwargs={"seed": 3}, cuts=report.cuts)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  for summary, message in (('{"input_shape": "abc"}', "input_shape must be a list of positive sizes"),
+                           ("{not json", "is not readable JSON")):
+    (tmp_path / "run" / "summary.json").write_text(summary)
+    p = subprocess.run([sys.executable, "-m", "mobileprune_jax", "benchmark", "--workdir", str(tmp_path / "run")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert p.returncode == 2 and len(errors) == 1 and message in errors[0], p.stderr

@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import shutil
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -189,9 +190,17 @@ def load(directory: str | pathlib.Path, factories: Mapping[str, Factory] | None 
 
 
 def _load_v1_state(directory: pathlib.Path, model: nnx.Module) -> nnx.Module:
+  """Version 1 weights (orbax). They carry no checksums: a warning says so; save again to add them."""
   import jax
   import orbax.checkpoint as ocp
 
+  warnings.warn(f"{directory} is a version-1 model directory, whose weights carry no checksums; "
+                "surgery.save it again to get a checked weights.safetensors", stacklevel=3)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model))
-  nnx.update(model, ocp.StandardCheckpointer().restore(directory / STATE_DIR, abstract))
+  try:
+    restored = ocp.StandardCheckpointer().restore(directory / STATE_DIR, abstract)
+  except Exception as e:  # orbax / TensorStore raise many types for damaged files
+    raise ModelFileError(f"{directory / STATE_DIR}: the version-1 weights cannot be read "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+  nnx.update(model, restored)
   return model
