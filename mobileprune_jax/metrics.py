@@ -94,7 +94,7 @@ def macs(model: nnx.Module, sample_input: Any, sparse: bool = False) -> int:
 
 def architecture(stats: list[LayerStats]) -> str:
   """Alive conv filters and non-zero dense inputs, e.g. "5-14-151-57" (MobilePrune's LeNet-5)."""
-  return "-".join(str(s.alive_out if s.kind in ("conv", "depthwise") else s.live_in) for s in stats)
+  return "-".join(str(s.alive_out if s.kind in ("conv", "depthwise", "grouped") else s.live_in) for s in stats)
 
 
 def filter_sizes(stats: list[LayerStats]) -> str:
@@ -132,7 +132,8 @@ def summary(dense: nnx.Module, shrunk: nnx.Module, sample_input: Any,
       "macs_dense": sum(s.macs_dense for s in before),
       "macs_pruned": sum(s.macs_sparse for s in after),
       "macs_shrunk_dense": sum(s.macs_dense for s in after),
-      "architecture_dense": "-".join(str(s.n_out if s.kind in ("conv", "depthwise") else s.n_in) for s in before),
+      "architecture_dense": "-".join(str(s.n_out if s.kind in ("conv", "depthwise", "grouped") else s.n_in)
+                                     for s in before),
       "architecture": architecture(after),
       "filter_sizes": filter_sizes(after),
       "widths_before": {s.path: s.n_out for s in before},

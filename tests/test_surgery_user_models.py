@@ -278,24 +278,34 @@ def test_mobilenet_v1_depthwise_separable():
   _shrink(m, x, stem + b1 + b2 + 16 * 5 + 5)
 
 
-def test_grouped_and_multiplier_convs_keep_channels_and_say_why():
-  class Grouped(nnx.Module):
-    def __init__(self, rngs):
-      self.a = nnx.Conv(3, 8, (1, 1), rngs=rngs)
-      self.g = nnx.Conv(8, 8, (3, 3), feature_group_count=2, rngs=rngs)
-      self.m = nnx.Conv(8, 16, (3, 3), feature_group_count=8, rngs=rngs)  # depth multiplier 2
-      self.head = nnx.Linear(16, 2, rngs=rngs)
+class GroupedNet(nnx.Module):
+  def __init__(self, rngs):
+    self.a = nnx.Conv(3, 8, (1, 1), rngs=rngs)
+    self.g = nnx.Conv(8, 8, (3, 3), feature_group_count=2, rngs=rngs)  # 2 groups of 4 channels
+    self.m = nnx.Conv(8, 16, (3, 3), feature_group_count=8, rngs=rngs)  # depthwise with multiplier 2
+    self.head = nnx.Linear(16, 2, rngs=rngs)
 
-    def __call__(self, x):
-      return self.head(jnp.mean(self.m(nnx.relu(self.g(nnx.relu(self.a(x))))), axis=(1, 2)))
+  def __call__(self, x):
+    return self.head(jnp.mean(self.m(nnx.relu(self.g(nnx.relu(self.a(x))))), axis=(1, 2)))
 
-  m = Grouped(nnx.Rngs(5))
-  _kill_filters(m.a, [0, 1])
-  x = jnp.ones((1, 6, 6, 3))
+
+def test_grouped_convs_are_cut_by_whole_groups():
+  m = GroupedNet(nnx.Rngs(5))
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 6, 6, 3)), jnp.float32)
+  _unread(m.head.kernel, list(range(8)), axis=0)  # m's groups 0-3 (outputs 0-7) are read by nothing: they go,
+  # with their inputs = g's outputs 0-3 = g's whole group 0, whose inputs are a's outputs 0-3
+  expected = (3 * 4 + 4) + (9 * 4 * 4 + 4) + (9 * 1 * 8 + 8) + (8 * 2 + 2)
+  new, _ = _shrink(m, x, expected)
+  assert new.g.feature_group_count == 1 and new.g.kernel.shape == (3, 3, 4, 4)
+  assert new.m.feature_group_count == 4 and new.m.kernel.shape == (3, 3, 1, 8)
+
+
+def test_half_a_group_dead_keeps_the_group():
+  m = GroupedNet(nnx.Rngs(6))
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 6, 6, 3)), jnp.float32)
+  _unread(m.head.kernel, [0, 1, 2, 3, 4, 5], axis=0)  # m's groups 0-2 unread, but g's group 0 also feeds m's group 3
   new, report = surgery.shrink_with_report(m, x)
-  assert report.params_after == report.params_before
-  assert any("feature_group_count=2" in n for n in report.notes), report.notes
-  assert any("feature_group_count=8" in n for n in report.notes), report.notes
+  assert report.params_after == report.params_before and report.max_abs_diff <= TOL
 
 
 # ------------------------------------------------------------------ squeeze-and-excitation ---

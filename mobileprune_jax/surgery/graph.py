@@ -21,7 +21,8 @@ class Layer:
   """A conv, dense (incl. ``LinearGeneral``) or depthwise conv layer found in the trace.
 
   Attributes:
-    kind: "conv", "dense" or "depthwise" (``feature_group_count`` = channels, one filter each).
+    kind: "conv", "dense", "depthwise" (``feature_group_count`` = channels, one filter each) or
+      "grouped" (``feature_group_count`` = ``groups``, several channels per group).
     kernel_path: parameter path of the kernel.
     in_axes / out_axes: the kernel axes of input and output features (several for a
       ``LinearGeneral`` kernel such as attention's (in, heads, head_dim)); a depthwise kernel
@@ -34,6 +35,8 @@ class Layer:
     sliceable: False if nothing can be cut here (a computed kernel, a grouped conv).
     nz: (n_in, n_out) booleans: some weight from input feature i to output f is non-zero.
     in_zero: (n_in,) booleans: input feature i is identically zero where this layer reads it.
+    groups: ``feature_group_count`` of a grouped / depthwise conv (``in_nodes`` then lists every
+      input channel, the kernel's input axis one group's).
   """
 
   kind: str
@@ -47,6 +50,7 @@ class Layer:
   sliceable: bool = True
   nz: np.ndarray | None = None
   in_zero: np.ndarray | None = None
+  groups: int = 1
 
   @property
   def in_axis(self) -> int:
@@ -72,11 +76,14 @@ class Layer:
     return moved.reshape(-1, self.n_out)
 
   def io(self, kernel: np.ndarray) -> np.ndarray:
-    """The kernel as (n_in, n_out, taps); a depthwise kernel's off-diagonal entries are 0."""
-    if self.kind == "depthwise":
-      per_channel = self.by_output(kernel).T  # (C, taps)
-      out = np.zeros((self.n_in, self.n_out, per_channel.shape[1]), kernel.dtype)
-      out[np.arange(self.n_out), np.arange(self.n_out)] = per_channel
+    """The kernel as (n_in, n_out, taps); a grouped kernel is block-diagonal (0 across groups)."""
+    if self.groups > 1:
+      block = np.moveaxis(kernel, (self.in_axis, self.out_axis), (0, 1))
+      per_in, per_out = block.shape[0], self.n_out // self.groups
+      block = block.reshape(per_in, self.n_out, -1)
+      out = np.zeros((self.n_in, self.n_out, block.shape[2]), kernel.dtype)
+      for g in range(self.groups):
+        out[g * per_in:(g + 1) * per_in, g * per_out:(g + 1) * per_out] = block[:, g * per_out:(g + 1) * per_out]
       return out
     moved = np.moveaxis(kernel, self.in_axes + self.out_axes, range(len(self.in_axes) + len(self.out_axes)))
     return moved.reshape(self.n_in, self.n_out, -1)
@@ -95,14 +102,17 @@ class Layer:
 
   def zero_inputs(self, kernel: np.ndarray, dead: np.ndarray) -> np.ndarray:
     """``kernel`` with every weight reading the ``dead`` input features set to 0."""
-    axes = self.out_axes if self.kind == "depthwise" else self.in_axes
-    return self._masked(kernel, axes, dead)
+    if self.groups > 1:
+      if self.kind != "depthwise" and np.any(dead):
+        raise ValueError(f"{self.kernel_path}: inputs of a grouped conv go with their whole group")
+      return self._masked(kernel, self.out_axes, dead) if self.kind == "depthwise" else kernel
+    return self._masked(kernel, self.in_axes, dead)
 
   def cuts(self, in_keep: list[int], out_keep: list[int]) -> list[tuple[int, list[int]]] | None:
     """Per-axis kept indices for these kept input/output features; None if they are not a
     product of per-axis index sets (then the kernel cannot be sliced to them)."""
     pairs = [(self.out_axes, out_keep)]
-    if self.kind != "depthwise":
+    if self.groups == 1:  # a grouped kernel's input axis is one group's channels: it keeps its size
       pairs.append((self.in_axes, in_keep))
     out = []
     for axes, keep in pairs:

@@ -1,8 +1,9 @@
 """The ops that create channel nodes: convolutions and ``dot_general`` with a parameter kernel.
 
-* ``conv``: one node per output channel; a depthwise conv (``feature_group_count`` = input
-  channels, one filter per channel) makes no new channel: filter c is tied to the channel it
-  reads, so they are cut together; other grouped convs keep their channels (named in the notes).
+* ``conv``: one node per output channel. A grouped conv (``feature_group_count`` = G) ties each
+  group's input channels and filters into one unit: the groups must stay equal, so a group is
+  cut whole (its inputs, its filters, the channels it makes) or not at all; a depthwise conv (one
+  filter per channel) is the case of one channel per group.
 * ``dot``: ``nnx.Linear`` and ``nnx.LinearGeneral`` (any number of contracted and output
   kernel axes, e.g. attention's (in, heads, head_dim) and (heads, head_dim, out) kernels).
 * ``dot_of_activations``: a product of two activations (attention's q·kᵀ and p·v): every node
@@ -36,27 +37,32 @@ def conv(t: Tracer, eqn, x: Act, k: Const) -> Act:
   in_nodes, in_zero = t.input_features(x, [lhs_spec[1]])
   n_in_channels, n_out = len(in_nodes), kernel.shape[rhs_spec[0]]
   spatial = math.prod(out_shape[d] for d in out_spec[2:])
-  depthwise = groups == n_in_channels == n_out and groups > 1 and kernel.shape[rhs_spec[1]] == 1 and batch_groups == 1
-  if depthwise and path is not None:
-    # channel c → filter c → output channel c: the same channel, one group (cut together)
-    out_nodes = t.new_nodes(n_out)
-    t.union(out_nodes, in_nodes)
-    layer = Layer("depthwise", path, (rhs_spec[0],), (rhs_spec[0],), in_nodes, out_nodes, spatial, tuple(kernel.shape))
-    t.add_layer(layer, in_zero, kernel)
-    filt_zero = ~np.any(layer.by_output(kernel) != 0, axis=0)
-    return Act.of_zero(_per_channel(out_shape, out_spec[1], out_nodes),
-                       _per_channel(out_shape, out_spec[1], in_zero | filt_zero))
-  out_nodes = t.new_nodes(n_out)
-  grouped = groups != 1 or batch_groups != 1
-  why = (f"conv with feature_group_count={groups} (grouped, not one filter per channel): its channels are kept"
-         if grouped else "conv with a kernel that is not a plain parameter: its channels are kept")
-  layer = Layer("conv", path or "<computed kernel>", (rhs_spec[1],), (rhs_spec[0],), in_nodes if not grouped else
-                np.full(kernel.shape[rhs_spec[1]], NO_NODE, np.int64), out_nodes, spatial, tuple(kernel.shape),
-                path is not None and not grouped)
+  grouped = groups > 1 and batch_groups == 1 and path is not None
   if grouped:
+    # group g reads input channels [g·C_in/G, (g+1)·C_in/G) and makes outputs [g·C_out/G, (g+1)·C_out/G):
+    # its channels and filters can only go together (the groups must stay equal), so they are one unit;
+    # a depthwise conv (one filter per channel) is the case C_in/G = C_out/G = 1
+    out_nodes = t.new_nodes(n_out)
+    per_in, per_out = n_in_channels // groups, n_out // groups
+    for g in range(groups):
+      t.union_all(np.concatenate([in_nodes[g * per_in:(g + 1) * per_in], out_nodes[g * per_out:(g + 1) * per_out]]))
+    kind = "depthwise" if per_in == per_out == 1 else "grouped"
+    layer = Layer(kind, path, (rhs_spec[1],), (rhs_spec[0],), in_nodes, out_nodes, spatial, tuple(kernel.shape),
+                  groups=groups)
+    t.add_layer(layer, in_zero, kernel)
+    out_zero = ~np.any(np.any(layer.io(kernel) != 0, axis=2) & ~in_zero[:, None], axis=0)
+    return Act.of_zero(_per_channel(out_shape, out_spec[1], out_nodes), _per_channel(out_shape, out_spec[1], out_zero))
+  out_nodes = t.new_nodes(n_out)
+  unsliceable = path is None or groups != 1 or batch_groups != 1
+  why = (f"conv with feature_group_count={groups}, batch_group_count={batch_groups} and a kernel that is not a plain "
+         "parameter: its channels are kept")
+  layer = Layer("conv", path or "<computed kernel>", (rhs_spec[1],), (rhs_spec[0],),
+                in_nodes if not unsliceable else np.full(kernel.shape[rhs_spec[1]], NO_NODE, np.int64), out_nodes,
+                spatial, tuple(kernel.shape), not unsliceable)
+  if unsliceable:
     t.pin(in_nodes, why)
   t.add_layer(layer, in_zero, kernel, why)
-  if grouped:
+  if unsliceable:
     out_zero = np.zeros(n_out, bool)
   else:  # output channel f is identically zero iff every non-zero weight reads a zero channel
     out_zero = ~np.any(np.any(layer.io(kernel) != 0, axis=2) & ~in_zero[:, None], axis=0)

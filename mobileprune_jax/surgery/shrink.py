@@ -98,7 +98,7 @@ def _decide(graph: depgraph.Graph, extra_pinned: set[int]) -> tuple[set[int], di
   while True:
     reason = dict(fixed)
     for layer in graph.layers:
-      if layer.nz is None or layer.kind == "depthwise":  # a depthwise filter reads its own group only
+      if layer.nz is None or layer.groups > 1:  # a grouped / depthwise filter reads its own unit only
         continue
       out_alive = np.array([int(f) not in removed for f in layer.out_nodes], bool)
       live = np.any(layer.nz[:, out_alive], axis=1) & ~layer.in_zero
@@ -217,10 +217,9 @@ def _sync_attributes(model: nnx.Module) -> None:
   for _, node in nnx.iter_graph(model):
     if isinstance(node, nnx.Conv):
       shape = node.kernel.shape
-      depthwise = (node.feature_group_count > 1 and node.feature_group_count == node.in_features == node.out_features
-                   and shape[-2] == 1)
-      if depthwise:  # one filter per channel: as many groups as channels remain
-        node.feature_group_count = shape[-1]
+      if node.feature_group_count > 1:  # whole groups were cut: as many groups as remain
+        per_group_out = node.out_features // node.feature_group_count
+        node.feature_group_count = shape[-1] // per_group_out
       node.in_features = shape[-2] * node.feature_group_count
       node.out_features = shape[-1]
       node.kernel_shape = tuple(shape)
