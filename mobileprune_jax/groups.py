@@ -254,7 +254,8 @@ def rules_for_model(model: Any) -> list[tuple[str, str]]:
   """Rules for the kernels whose role their shape cannot tell: depthwise convs of an NNX model.
 
   ``nnx.Conv`` with ``feature_group_count`` = in = out features > 1 gets ``"depthwise"``; other
-  grouped convs get ``"none"`` (their channels are kept by surgery anyway).
+  grouped convs get ``"none"`` (not penalised: the input-channel tree would mix their groups;
+  surgery still cuts a whole group once its outputs are unread or its inputs dead).
   """
   from flax import nnx
 
