@@ -16,6 +16,7 @@ import argparse
 import pathlib
 import tempfile
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -37,6 +38,39 @@ def _models():
       "MobileNetV1 stack (depthwise separable)": (lambda: t.MobileNetV1Stack(nnx.Rngs(0)), (10, 10, 3), 5),
       "ViT block (nnx.MultiHeadAttention)": (lambda: t.ViTBlock(nnx.Rngs(0)), (6, 32), 5),
   }
+
+
+def _dead_by_perturbation(model, shape, tol: float = 1e-6) -> int:
+  """Output channels of every Conv / Linear / LinearGeneral whose value the outputs do not depend on.
+
+  Independent of the planner: each channel in turn gets large random noise added where its layer
+  produces it (in inference mode); if no output moves by more than ``tol`` on random inputs, nothing
+  downstream reads it, so it can go. (Channels that are exactly zero and read by non-zero weights
+  are removable too but not found this way: the count is a lower bound on what is dead.)
+  """
+  model = nnx.clone(model)
+  model.eval()
+  x = jnp.asarray(np.random.default_rng(7).normal(size=(4, *shape)) * 3, jnp.float32)
+  reference = np.asarray(model(x))
+  producers = [node for _, node in nnx.iter_graph(model) if isinstance(node, (nnx.Conv, nnx.Linear, nnx.LinearGeneral))]
+  dead = 0
+  for layer in producers:
+    cls = type(layer)
+    n = int(np.prod(layer.kernel.shape[-1:] if not isinstance(layer, nnx.LinearGeneral)
+                    else layer.kernel.shape[len(layer.in_features):]))
+    k = len(layer.out_features) if isinstance(layer, nnx.LinearGeneral) else 1  # output feature axes
+    for c in range(n):
+      class Noisy(cls):  # the same module, with noise added to output feature c
+        def __call__(self, inputs, *args, _c=c, _k=k, **kwargs):
+          out = super().__call__(inputs, *args, **kwargs)
+          flat = out.reshape(out.shape[:out.ndim - _k] + (-1,))
+          noise = 100.0 * jax.random.normal(jax.random.key(_c), flat.shape[:-1], flat.dtype)
+          return flat.at[..., _c].add(noise).reshape(out.shape)
+      layer.__class__ = Noisy
+      moved = float(np.max(np.abs(np.asarray(model(x)) - reference)))
+      layer.__class__ = cls
+      dead += moved <= tol
+  return dead
 
 
 def _train(model, shape, classes, steps: int, seed: int = 0):
@@ -74,20 +108,21 @@ def main() -> None:
     small, report = surgery.shrink_with_report(model, x)
     removed = sum(c.out_before - c.out_after for c in report.layers)
     total = sum(c.out_before for c in report.layers)
+    unread = _dead_by_perturbation(model, shape)
     with tempfile.TemporaryDirectory() as d:
       cmp = export.compare(model, small, x, d, repeats=args.repeats)
       tflite_parity = max(export.parity(cmp["tflite_path_dense"], model, x),
                           export.parity(cmp["tflite_path"], small, x))
-    rows.append((name, report.params_before, report.params_after, removed, total, report.max_abs_diff, tflite_parity,
-                 cmp["latency_dense_ms"], cmp["latency_pruned_ms"]))
+    rows.append((name, report.params_before, report.params_after, removed, unread, total, report.max_abs_diff,
+                 tflite_parity, cmp["latency_dense_ms"], cmp["latency_pruned_ms"]))
     print(f"done: {name}", flush=True)
   print(f"\n{args.steps} prox-SGD steps (l0_sparse_group_lasso) on random data, then shrink and LiteRT export "
         f"(batch 1, 1 thread, median of {args.repeats}):\n")
-  print("| model | params before → after | output channels removed | shrink parity | LiteRT parity | "
-        "LiteRT latency dense → shrunk |")
-  print("|---|---|---|---|---|---|")
-  for name, before, after, removed, total, diff, lite, lat_d, lat_s in rows:
-    print(f"| {name} | {before:,} → {after:,} | {removed} of {total} | {diff:.1e} | {lite:.1e} | "
+  print("| model | params before → after | output channels removed | of which unread (perturbation test) | "
+        "shrink parity | LiteRT parity | LiteRT latency dense → shrunk |")
+  print("|---|---|---|---|---|---|---|")
+  for name, before, after, removed, unread, total, diff, lite, lat_d, lat_s in rows:
+    print(f"| {name} | {before:,} → {after:,} | {removed} of {total} | {unread} | {diff:.1e} | {lite:.1e} | "
           f"{lat_d:.3f} → {lat_s:.3f} ms |")
 
 

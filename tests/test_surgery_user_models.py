@@ -543,3 +543,12 @@ def _zero_on_probes(model, producer, c, probe):
 
 def model_spec(m):
   return f"spec={m.spec}, flatten={m.flatten}"
+
+
+def test_a_network_whose_output_reads_nothing_keeps_one_channel_per_layer_reading_one_input():
+  m = TutorialCNN(rngs=nnx.Rngs(9))
+  _set(m.linear2.kernel, np.zeros((256, 10)))  # the output is the bias alone: every hidden channel is dead
+  x = jnp.asarray(np.random.default_rng(9).normal(size=(2, 28, 28, 1)), jnp.float32)
+  # one placeholder channel per layer (a layer cannot have width 0), reading one placeholder input
+  expected = (9 * 1 + 1) + (9 * 1 * 1 + 1) + (49 * 1 + 1) + (1 * 10 + 10)
+  _shrink(m, x, expected)

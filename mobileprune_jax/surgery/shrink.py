@@ -80,11 +80,14 @@ class ShrinkReport:
     }
 
 
-def _decide(graph: depgraph.Graph, extra_pinned: set[int]) -> tuple[set[int], dict[int, str]]:
+def _decide(graph: depgraph.Graph, extra_pinned: set[int],
+            placeholders: frozenset[int] = frozenset()) -> tuple[set[int], dict[int, str]]:
   """Removed nodes, and for every kept root the reason it stayed.
 
   A fixpoint: a channel is read only by the weights of output channels that stay, so
   removing a layer's dead outputs can free its inputs; iterate until nothing changes.
+  ``placeholders`` are dead channels kept only so that a layer keeps a width of one: nothing
+  reads them, so what they read does not count.
   """
   n = len(graph.parent)
   fixed: dict[int, str] = {}
@@ -100,7 +103,7 @@ def _decide(graph: depgraph.Graph, extra_pinned: set[int]) -> tuple[set[int], di
     for layer in graph.layers:
       if layer.nz is None or layer.groups > 1:  # a grouped / depthwise filter reads its own unit only
         continue
-      out_alive = np.array([int(f) not in removed for f in layer.out_nodes], bool)
+      out_alive = np.array([int(f) not in removed and int(f) not in placeholders for f in layer.out_nodes], bool)
       live = np.any(layer.nz[:, out_alive], axis=1) & ~layer.in_zero
       for node in np.unique(layer.in_nodes[live & (layer.in_nodes >= 0)]).tolist():
         reason.setdefault(graph.find(node), "read by non-zero weights")
@@ -164,22 +167,25 @@ def plan(model: nnx.Module, sample_input: Any, graph: depgraph.Graph | None = No
         extra.update(int(x) for x in graph.layers[i].out_nodes)
         extra.update(int(x) for x in graph.layers[i].in_nodes if x >= 0)
       graph.notes.append(f"kernel {path!r} is used by {len(uses)} layers: its channels are kept")
+  placeholders: set[int] = set()  # dead channels kept so that a layer keeps a width of one
   while True:
-    removed, reason = _decide(graph, extra)
+    removed, reason = _decide(graph, extra | placeholders, frozenset(placeholders))
     attach_cuts, bad = _attachment_cuts(graph, removed, shapes)
+    new_placeholder = False
     if bad:
       graph.notes.append("a multi-dimensional parameter is combined element-wise with channels in a pattern that "
                          "cannot be sliced: those channels are kept")
     for layer in graph.layers:  # never cut a layer to zero width: keep its first channel
       if layer.sliceable and len(layer.out_nodes) and all(int(n) in removed for n in layer.out_nodes):
-        bad.add(int(layer.out_nodes[0]))
+        placeholders.add(int(layer.out_nodes[0]))
+        new_placeholder = True
         graph.notes.append(f"{layer.kernel_path}: every output is dead; one channel is kept so the layer stays")
       elif layer.sliceable and layer.cuts(*_kept(layer, removed)) is None:  # e.g. part of an attention head
         bad.update(int(n) for n in layer.out_nodes if int(n) in removed)
         bad.update(int(n) for n in layer.in_nodes if n >= 0 and int(n) in removed)
         graph.notes.append(f"{layer.kernel_path}: the features to remove are not whole slices of its kernel axes; "
                            "they are kept")
-    if not bad:
+    if not bad and not new_placeholder:
       break
     extra |= bad
 
@@ -189,7 +195,7 @@ def plan(model: nnx.Module, sample_input: Any, graph: depgraph.Graph | None = No
   read_live: set[int] = set()
   for layer in graph.layers:
     if layer.nz is not None:
-      out_alive = np.array([int(f) not in removed for f in layer.out_nodes], bool)
+      out_alive = np.array([int(f) not in removed and int(f) not in placeholders for f in layer.out_nodes], bool)
       live = np.any(layer.nz[:, out_alive], axis=1) & ~layer.in_zero
       read_live.update(layer.in_nodes[live & (layer.in_nodes >= 0)].tolist())
   changes = []
