@@ -154,7 +154,7 @@ def read(path: str | pathlib.Path, expected_sha256: str | None = None) -> tuple[
     if _digest(chunk) != meta.get(f"sha256:{name}"):
       raise TensorFileError(f"{path}: checksum mismatch in array {name!r} (flipped or damaged bytes)")
     arrays[name] = np.frombuffer(chunk, dtype=dtype).reshape(shape).copy()
-  extra = {k: v for k, v in meta.items() if not k.startswith("sha256:") and k != "format"}  # incl. the header's
+  extra = {k: v for k, v in meta.items() if not k.startswith("sha256:") and k != "format"}
   return arrays, extra
 
 

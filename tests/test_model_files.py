@@ -134,11 +134,11 @@ def test_user_models_load_through_a_registered_or_passed_factory(tmp_path):
   np.testing.assert_array_equal(np.asarray(surgery.load(tmp_path / "m")(x)), np.asarray(loaded(x)))
 
 
-def test_version_1_model_directories_still_load(tmp_path):
+def _write_version_1(d):
+  """A model directory as version 1 wrote it (zoo factory string + orbax state): (model, directory)."""
   import orbax.checkpoint as ocp
 
   new, report = _shrunk_lenet5()
-  d = tmp_path / "v1"
   d.mkdir()
   spec = {"format": "mobileprune_jax/shrunk-model/v1", "factory": "mobileprune_jax.models:create",
           "kwargs": {"name": "lenet5", "seed": 3}, "cuts": report.cuts}
@@ -146,6 +146,11 @@ def test_version_1_model_directories_still_load(tmp_path):
   ckpt = ocp.StandardCheckpointer()
   ckpt.save(d / "state", nnx.state(new))
   ckpt.wait_until_finished()
+  return new, d
+
+
+def test_version_1_model_directories_still_load(tmp_path):
+  new, d = _write_version_1(tmp_path / "v1")
   with pytest.warns(UserWarning, match="carry no checksums"):
     loaded = surgery.load(d)
   np.testing.assert_array_equal(np.asarray(loaded(X)), np.asarray(new(X)))
@@ -164,17 +169,7 @@ def test_shrink_refuses_non_finite_weights_and_parity_counts_nan():
 
 
 def test_a_damaged_version_1_directory_is_a_model_file_error(tmp_path):
-  import orbax.checkpoint as ocp
-
-  new, report = _shrunk_lenet5()
-  d = tmp_path / "v1"
-  d.mkdir()
-  spec = {"format": "mobileprune_jax/shrunk-model/v1", "factory": "mobileprune_jax.models:create",
-          "kwargs": {"name": "lenet5", "seed": 3}, "cuts": report.cuts}
-  (d / "architecture.json").write_text(json.dumps(spec))
-  ckpt = ocp.StandardCheckpointer()
-  ckpt.save(d / "state", nnx.state(new))
-  ckpt.wait_until_finished()
+  new, d = _write_version_1(tmp_path / "v1")
   for f in (d / "state").rglob("*"):
     if f.is_file() and f.stat().st_size > 0:
       f.write_bytes(b"\x00" * 7)

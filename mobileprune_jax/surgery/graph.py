@@ -174,4 +174,7 @@ class Graph:
   output_shapes: list[tuple[int, ...]]
 
   def find(self, n: int) -> int:
-    return UnionFind(self.parent).find(n)
+    return self._sets.find(n)
+
+  def __post_init__(self) -> None:
+    self._sets = UnionFind(self.parent)  # shares the parent list
