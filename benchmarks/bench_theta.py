@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mobileprune_jax import groups, prox
+from mobileprune_jax.prox import tree_l0
 
 
 def theta_numpy_one_channel(y: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:
@@ -75,7 +76,7 @@ def _median_time(fn, x, repeats: int) -> float:
 
 @jax.jit
 def _ambiguous(trees, alpha, beta, gamma):
-  return prox._theta_bracketed(trees, alpha, beta, gamma)[1]
+  return tree_l0.theta_bracketed(trees, alpha, beta, gamma)[1]
 
 
 def main() -> None:
@@ -95,7 +96,7 @@ def main() -> None:
   # The worst case: no tree settled by the bracket, every one through the exact sweep.
   coef = lambda v: jnp.full(trees.shape[:1], v, trees.dtype)
   settled_frac = 1 - float(np.mean(_ambiguous(trees, coef(alpha), coef(beta), coef(gamma))))
-  swept = jax.jit(lambda t: prox._theta_exact(t, coef(alpha), coef(beta), coef(gamma)))
+  swept = jax.jit(lambda t: tree_l0.theta_exact(t, coef(alpha), coef(beta), coef(gamma)))
   t_swept = _median_time(swept, trees, args.repeats)
 
   trees_np = np.asarray(trees, np.float64)

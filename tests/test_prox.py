@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mobileprune_jax import prox
+from mobileprune_jax.prox import group_l0, tree_l0
 
 TOL = 1e-9  # objective gaps are float64 round-off (≤ 1e-13 seen)
 DTYPES = [np.float32, np.float64]
@@ -143,16 +144,16 @@ def _per_group(y, *coefs, batch_ndim=1):
 
 @jax.jit
 def _jit_bracketed_theta(y, alpha, beta, gamma):
-  return prox._theta_bracketed(y, alpha, beta, gamma)
+  return tree_l0.theta_bracketed(y, alpha, beta, gamma)
 
 
 @jax.jit
 def _jit_exact_theta(y, alpha, beta, gamma):
-  return prox._theta_exact(y, alpha, beta, gamma)
+  return tree_l0.theta_exact(y, alpha, beta, gamma)
 
 
 def _bracketed_pi(y, lam, eta):
-  x, ambiguous = jax.jit(prox._pi_bracketed)(*_per_group(y, lam, eta))
+  x, ambiguous = jax.jit(group_l0.pi_bracketed)(*_per_group(y, lam, eta))
   return np.asarray(x, np.float64), np.asarray(ambiguous)
 
 
@@ -205,8 +206,8 @@ def test_leaf_bounds_contain_and_are_contained_in_every_maximiser():
       alpha, beta = rng.uniform(0, 0.6, (2, t)) ** 2
       alpha[rng.random(t) < 0.1] = 0
       args = (jnp.square(y), jnp.sum(jnp.square(y), -1), w, alpha, beta, 1024 * float(np.finfo(np.float64).eps))
-      outer = np.asarray(jax.jit(prox._leaf_outer, static_argnums=5)(*args)[0])
-      inner = np.asarray(jax.jit(prox._leaf_inner, static_argnums=5)(*args)[0])
+      outer = np.asarray(jax.jit(tree_l0.leaf_outer, static_argnums=5)(*args)[0])
+      inner = np.asarray(jax.jit(tree_l0.leaf_inner, static_argnums=5)(*args)[0])
       subsets = bf.all_supports(F)
       for i in range(t):
         for leaf in range(L):
@@ -237,7 +238,7 @@ def test_bracketed_shortcut_settles_training_sized_layers(dtype):
     d[:20] *= 0.01  # a few neurons about to be pruned
     lam, eta = 5e-2, 1e-6
     xd, amb_d = _bracketed_pi(d, lam, eta)
-    refd = np.asarray(jax.jit(prox._pi_sorted)(*_per_group(d, lam, eta)))
+    refd = np.asarray(jax.jit(group_l0.pi_sorted)(*_per_group(d, lam, eta)))
     d64 = d.astype(np.float64)
     g_x, g_ref = bf.objective_pi(xd, d64, lam, eta), bf.objective_pi(refd, d64, lam, eta)
   assert np.mean(ambiguous) <= 0.05 and np.mean(amb_d) <= 0.05
