@@ -1,0 +1,228 @@
+"""``Regulariser``: a penalty R over a parameter pytree and its exact prox at a step size.
+
+    prox_{s·m·R}(y) = argmin_x ½‖x − y‖²_D + m·R(x),   D = diag(1/s)
+
+``s`` is the step size — a scalar, or a pytree of per-coordinate step sizes (a diagonal metric,
+e.g. Adam's preconditioner; see ``transforms.with_prox``) — and ``m`` a global multiplier on every
+coefficient (what a budget controller adapts). With a per-coordinate ``s`` the metric is made
+constant on each group (the group's mean of 1/s), which keeps the prox exact for group terms:
+for a penalty that is a sum of terms on disjoint groups (or nested trees), the metric-weighted
+prox with one scalar d_g per group is the Euclidean prox with step 1/d_g.
+
+A penalty is a table ``role -> LeafRule`` (``groups.leaf_roles`` gives each leaf a role:
+dense/conv/depthwise kernels, attention kernels, layer biases, or "none"): how the leaf is cut
+into groups (``Layout``) and the prox of one batch of groups. Coefficients are ``ArrayLike``
+(Python floats, arrays — also traced ones, so they can be injected, vmapped or changed at run
+time without recompiling) or schedules of the step count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mobileprune_jax import groups
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+Coefficient = ArrayLike | optax.Schedule
+# (groups, step per group (shape groups.shape[:-group_ndim]), coefficients) -> prox of the groups
+GroupProx = Callable[[Array, Array, Mapping[str, Array]], Array]
+
+
+class Layout(NamedTuple):
+  """How a leaf is cut into groups: ``split(value) -> groups``, ``join(groups, shape) -> value``.
+
+  ``group_ndim`` trailing axes of the grouped array make one group (0: every entry alone, 1: rows,
+  2: two-level trees, leaves × members). ``stack``: groups of every leaf with this layout and the
+  same ``groups.shape[-2]`` go through one call (θ compiles once per kernel size, not per shape).
+  """
+
+  split: Callable[[Array], Array]
+  join: Callable[[Array, tuple[int, ...]], Array]
+  group_ndim: int
+  stack: bool = False
+
+
+ELEMENTS = Layout(lambda v: v, lambda g, shape: g, 0)
+ROWS = Layout(groups.to_neuron_groups, groups.from_neuron_groups, 1)
+FILTERS = Layout(groups.to_output_groups, groups.from_output_groups, 1)
+BIAS = Layout(groups.to_element_groups, groups.from_element_groups, 1)
+CHANNEL_TREES = Layout(groups.to_channel_trees, groups.from_channel_trees, 2, stack=True)
+DEPTHWISE_TREES = Layout(groups.to_depthwise_trees, groups.from_depthwise_trees, 2, stack=True)
+HEADS_IN = Layout(lambda v: groups.to_head_groups(v, "heads_in"),
+                  lambda g, shape: groups.from_head_groups(g, shape, "heads_in"), 1)
+HEADS_OUT = Layout(lambda v: groups.to_head_groups(v, "heads_out"),
+                   lambda g, shape: groups.from_head_groups(g, shape, "heads_out"), 1)
+
+
+class LeafRule(NamedTuple):
+  layout: Layout
+  prox: GroupProx
+
+
+def check_coefficient(fn: str, name: str, value: Any) -> None:
+  """Concrete coefficients must be finite and ≥ 0; traced values and schedules pass (checked where made)."""
+  if callable(value) or isinstance(value, jax.core.Tracer):
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.ndarray, np.generic, jax.Array)):
+    raise TypeError(f"{fn}: {name} must be a number, an array or a schedule, got {value!r}")
+  arr = np.asarray(value)
+  if not np.issubdtype(arr.dtype, np.number):
+    raise TypeError(f"{fn}: {name} must be numeric, got dtype {arr.dtype}")
+  if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+    raise ValueError(f"{fn}: {name} must be a finite non-negative number, got {value!r}")
+
+
+def is_nonzero(value: Coefficient) -> bool:
+  """False only for a concrete coefficient that is 0 everywhere (schedules and traced values count as set)."""
+  if callable(value) or isinstance(value, jax.core.Tracer):
+    return True
+  return bool(np.any(np.asarray(value) != 0))
+
+
+def evaluate(value: Coefficient, count: ArrayLike) -> Array:
+  """A coefficient at step ``count`` (schedules are called with it)."""
+  return jnp.asarray(value(count) if callable(value) else value)
+
+
+def group_step(step: Array, layout: Layout) -> Array:
+  """Step size per group: a scalar stays; per-coordinate steps give 1 / mean(1/s) over each group."""
+  if step.ndim == 0:
+    return step
+  metric = layout.split(1 / step)
+  if layout.group_ndim:
+    metric = jnp.mean(metric, axis=tuple(range(-layout.group_ndim, 0)))
+  return 1 / metric
+
+
+def _bucket_width(n: int) -> int:
+  return 1 << max(n - 1, 0).bit_length()
+
+
+@dataclasses.dataclass(frozen=True)
+class Regulariser:
+  """A penalty R(params) = Σ over leaves of a per-role group penalty, with its exact prox.
+
+  Attributes:
+    name: the penalty's name (used in error messages).
+    coefficients: name -> coefficient (float, array, or schedule of the step count).
+    rules_by_role: role -> ``LeafRule``; leaves of other roles are left as they are.
+    rules: optional ``(regex, role)`` overrides of the roles (see ``groups``).
+  """
+
+  name: str
+  coefficients: Mapping[str, Coefficient]
+  rules_by_role: Mapping[str, LeafRule]
+  rules: groups.Rules | None = None
+
+  def __post_init__(self):
+    groups._validate_rules(self.rules)
+    for key, value in self.coefficients.items():
+      check_coefficient(self.name, key, value)
+
+  def roles(self, params: Any) -> list[str]:
+    """The role of every leaf of ``params`` (``jax.tree.leaves`` order)."""
+    return groups.leaf_roles(params, self.rules)
+
+  def coefficients_at(self, count: ArrayLike = 0, multiplier: ArrayLike = 1.0) -> dict[str, Array]:
+    """Every coefficient at step ``count``, times ``multiplier``."""
+    return {k: evaluate(v, count) * multiplier for k, v in self.coefficients.items()}
+
+  def prox(self, params: Any, step_size: Any, *, count: ArrayLike = 0, multiplier: ArrayLike = 1.0) -> Any:
+    """prox_{s·m·R}(params): ``step_size`` is a scalar or a pytree like ``params`` (diagonal metric)."""
+    leaves, treedef = jax.tree.flatten(params)
+    steps = step_leaves(step_size, params, self.name)
+    new = self.prox_leaves(self.roles(params), leaves, steps, count=count, multiplier=multiplier)
+    return jax.tree.unflatten(treedef, new)
+
+  def prox_leaves(self, roles: Sequence[str], leaves: Sequence[Array], step_size: ArrayLike | Sequence[Array], *,
+                  count: ArrayLike = 0, multiplier: ArrayLike = 1.0) -> list[Array]:
+    """The prox on a list of leaves with known roles (e.g. one PALM block); ``step_size`` scalar or per leaf."""
+    steps = step_size if isinstance(step_size, (list, tuple)) else [step_size] * len(leaves)
+    coefs = self.coefficients_at(count, multiplier)
+    out: list[Array | None] = [None] * len(leaves)
+    stacked: dict[tuple, list] = {}
+    for i, (role, leaf, step) in enumerate(zip(roles, leaves, steps)):
+      rule = self.rules_by_role.get(role)
+      if rule is None:
+        out[i] = leaf
+        continue
+      s = group_step(jnp.asarray(step, _compute_dtype(leaf.dtype)), rule.layout)
+      grouped = rule.layout.split(leaf)
+      if rule.layout.stack:
+        s = jnp.broadcast_to(s, grouped.shape[:-2])
+        stacked.setdefault((rule, leaf.dtype, grouped.shape[-2]), []).append((i, grouped, s))
+      else:
+        out[i] = rule.layout.join(rule.prox(grouped, s, _cast(coefs, s.dtype)), leaf.shape).astype(leaf.dtype)
+    for (rule, _, _), members in stacked.items():
+      for i, value in _stacked_prox(rule, members, coefs).items():
+        out[i] = rule.layout.join(value, leaves[i].shape).astype(leaves[i].dtype)
+    return out
+
+  def as_transform(self, learning_rate: Coefficient) -> optax.GradientTransformationExtraArgs:
+    """``u ↦ prox_{s·R}(p + u) − p`` with s = ``learning_rate`` (see ``transforms``)."""
+    from mobileprune_jax.transforms import prox_transform
+
+    return prox_transform(self, learning_rate)
+
+
+def _compute_dtype(dtype) -> jnp.dtype:
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _cast(coefs: Mapping[str, Array], dtype) -> dict[str, Array]:
+  return {k: v.astype(dtype) for k, v in coefs.items()}
+
+
+def _stacked_prox(rule: LeafRule, members: list[tuple[int, Array, Array]], coefs) -> dict[int, Array]:
+  """One prox call on the trees of several leaves, zero-padded to a common width (a power of two).
+
+  Exact: zero entries are never in an optimal support (ties go to zero) and change no norm, and
+  trees are independent.
+  """
+  width = _bucket_width(max(g.shape[-1] for _, g, _ in members))
+  flat = [(g.reshape((-1,) + g.shape[-2:]), s.reshape(-1)) for _, g, s in members]
+  trees = jnp.concatenate([jnp.pad(t, ((0, 0), (0, 0), (0, width - t.shape[-1]))) for t, _ in flat])
+  steps = jnp.concatenate([s.astype(_compute_dtype(trees.dtype)) for _, s in flat])
+  result = rule.prox(trees, steps, _cast(coefs, steps.dtype))
+  out, start = {}, 0
+  for (i, g, _), (t, _) in zip(members, flat):
+    out[i] = result[start:start + t.shape[0], :, :g.shape[-1]].reshape(g.shape)
+    start += t.shape[0]
+  return out
+
+
+def step_leaves(step_size: Any, params: Any, fn: str) -> list[Array]:
+  """Per-leaf step sizes from a scalar or a pytree with the structure of ``params``."""
+  leaves = jax.tree.leaves(params)
+  if jax.tree.structure(step_size) == jax.tree.structure(0):
+    return [jnp.asarray(step_size)] * len(leaves)
+  steps = jax.tree.leaves(step_size)
+  if (jax.tree.structure(step_size) != jax.tree.structure(params)
+      or any(jnp.shape(s) not in ((), jnp.shape(p)) for s, p in zip(steps, leaves))):
+    raise ValueError(f"{fn}: step_size must be a scalar or a pytree of the params' structure and shapes")
+  return [jnp.asarray(s) for s in steps]
+
+
+
+def proximal_updates(regulariser: Regulariser, updates: Any, params: Any, step: Any, count: ArrayLike,
+                     multiplier: ArrayLike) -> Any:
+  """``prox_{s·m·R}(p + u) − p`` leaf by leaf; leaves the regulariser does not touch keep ``u`` exactly."""
+  flat_u, treedef = jax.tree.flatten(updates)
+  flat_p = jax.tree.leaves(params)
+  if len(flat_u) != len(flat_p):
+    raise ValueError(f"{regulariser.name}: updates and params have different structures")
+  roles = regulariser.roles(params)
+  steps = step_leaves(step, params, regulariser.name)
+  moved = [(p + u).astype(p.dtype) for p, u in zip(flat_p, flat_u)]
+  target = regulariser.prox_leaves(roles, moved, steps, count=count, multiplier=multiplier)
+  new_u = [u if role not in regulariser.rules_by_role else (t - p).astype(u.dtype)
+           for role, u, p, t in zip(roles, flat_u, flat_p, target)]
+  return jax.tree.unflatten(treedef, new_u)
