@@ -234,3 +234,79 @@ def test_with_prox_refuses_a_base_without_a_readable_learning_rate_or_adam_state
   tx = transforms.with_prox(optax.sgd(0.5), regularisers.l1(0.4), learning_rate=0.5)
   u, _ = tx.update(_grads(), tx.init(params), params)
   _close(optax.apply_updates(params, u), reference("l1", _sgd_point(params, _grads(), 0.5), 0.5, {"l1": 0.4}))
+
+
+def _fit_with_loss_scale(tx, scale, steps=200):
+  """Adam-family runs on a small 2-layer classifier whose loss is multiplied by ``scale``."""
+  k = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.normal(k[0], (256, 20))
+  y = jnp.argmax(x @ (jax.random.normal(k[1], (20, 3)) * (jnp.arange(20) < 6)[:, None]), -1)
+  params = {"fc1": {"kernel": 0.3 * jax.random.normal(k[2], (20, 16)), "bias": jnp.zeros(16)},
+            "fc2": {"kernel": 0.3 * jax.random.normal(k[3], (16, 3)), "bias": jnp.zeros(3)}}
+
+  def loss(p):
+    logits = jax.nn.relu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"]) @ p["fc2"]["kernel"] + p["fc2"]["bias"]
+    return scale * optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  @jax.jit
+  def step(p, s):
+    u, s = tx.update(jax.grad(loss)(p), s, p)
+    return optax.apply_updates(p, u), s
+
+  state = tx.init(params)
+  for _ in range(steps):
+    params, state = step(params, state)
+  nonzero = sum(int((v != 0).sum()) for v in jax.tree.leaves(params))
+  dead_rows = int((jnp.abs(params["fc1"]["kernel"]).sum(1) == 0).sum())
+  return nonzero, dead_rows
+
+
+def test_adam_metric_prox_responds_to_the_loss_scale_as_l_plus_lambda_r():
+  """min c·L + λR ⇔ min L + (λ/c)·R: in Adam's metric, loss ×100 with λ ×100 is the same run, and
+  loss ×100 with the same λ is 100× less regularised. The plain chain ignores the loss scale."""
+  lr, eps, lam = 1e-2, 1e-10, 1e-2
+  adam = lambda: optax.adam(lr, eps=eps)
+  metric = lambda m: transforms.with_prox(adam(), regularisers.l0_sparse_group_lasso(l0=lam * m, neuron=lam * m),
+                                          learning_rate=lr, metric="adam", eps=eps)
+  base = _fit_with_loss_scale(metric(1), 1.0)
+  assert _fit_with_loss_scale(metric(100), 100.0) == base
+  weaker = _fit_with_loss_scale(metric(1), 100.0)
+  assert base[1] >= 5 and weaker[1] == 0 and weaker[0] > 2 * base[0]
+  plain = lambda: optax.chain(adam(), transforms.l0_sparse_group_lasso(lr, l0=lam, neuron=lam))
+  assert _fit_with_loss_scale(plain(), 1.0) == _fit_with_loss_scale(plain(), 100.0)
+
+
+def test_adam_metric_reads_b2_and_eps_injected_into_the_base():
+  params, grads = _params(), _grads()
+  reg = regularisers.l1(0.4)
+  base = optax.inject_hyperparams(optax.adam)(learning_rate=0.1, b2=0.9, eps=1e-3)
+  tx = transforms.with_prox(base, reg, metric="adam")  # b2, eps arguments left at their defaults
+  u, _ = tx.update(grads, tx.init(params), params)
+  plain = optax.adam(0.1, b2=0.9, eps=1e-3)
+  pu, _ = plain.update(grads, plain.init(params), params)
+  moved = optax.apply_updates(params, pu)
+  steps = jax.tree.map(lambda g: 0.1 / (jnp.abs(g) + 1e-3), grads)  # v̂ = g² after one step
+  want = jax.tree.map(lambda v, s: prox.soft_threshold(v, s * 0.4), moved, steps)
+  want["norm"] = moved["norm"]
+  _close(optax.apply_updates(params, u), want, atol=1e-5)
+
+
+def test_per_coordinate_steps_use_one_metric_per_group():
+  """A diagonal metric D = 1/s is made d_g = mean(D) on each group: the group's prox at step 1/d_g."""
+  params = _params()
+  steps = jax.tree.map(lambda p: jax.random.uniform(jax.random.key(3), p.shape, minval=0.2, maxval=0.8), params)
+  c = COEFS["l0_sparse_group_lasso"]
+  got = regularisers.l0_sparse_group_lasso(**c).prox(params, steps)
+  row_step = 1 / jnp.mean(1 / steps["fc"]["kernel"], axis=1)  # fc kernel (in, out): one group per input row
+  want_fc = prox.pi(params["fc"]["kernel"], row_step * c["neuron"], row_step * c["l0"])
+  tree_step = 1 / jnp.mean(1 / steps["conv"]["kernel"], axis=(0, 1, 3))  # conv kernel: one tree per input channel
+  trees = groups.to_channel_trees(params["conv"]["kernel"])
+  want_conv = groups.from_channel_trees(prox.theta(trees, tree_step * c["l0"], tree_step * c["shape"],
+                                                   tree_step * c["channel"]), params["conv"]["kernel"].shape)
+  b, s = params["fc"]["bias"], steps["fc"]["bias"]  # bias entries alone: their own step
+  want_bias = prox.pi(b[:, None], s * c["neuron"], s * c["l0"])[:, 0]
+  _close(got["fc"]["kernel"], want_fc)
+  _close(got["conv"]["kernel"], want_conv)
+  _close(got["fc"]["bias"], want_bias)
+  l1 = regularisers.l1(0.4).prox(params, steps)  # element-wise terms: exact per coordinate
+  _close(l1["conv"]["kernel"], prox.soft_threshold(params["conv"]["kernel"], steps["conv"]["kernel"] * 0.4))
