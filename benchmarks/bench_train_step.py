@@ -1,5 +1,9 @@
 """Train-step cost of prox-SGD: sgd + l0_sparse_group_lasso vs plain sgd (target ratio ≤ 1.10).
 
+Both steps are the pipeline's: the optimizer accepts extra arguments and every step gets the
+budget multiplier as an array (``penalty_multiplier``), so the timing includes the Regulariser
+abstraction and the multiplier exactly as a run uses them.
+
 The prox costs the same at any batch size, the gradient grows with it, so the ratio is printed
 at ``--batch`` and, with ``--paper-batch``, at the papers' batch sizes (LeNet-5 600, VGG-like 1000,
 MobilePrune Table B.2).
@@ -25,7 +29,9 @@ from mobileprune_jax.train.steps import bound_train_step
 def _make_step(model_fn, tx):
   """The pipeline's jitted train step (forward, backward, optimizer update), bound to a new model."""
   model = model_fn()
-  return bound_train_step(model, nnx.Optimizer(model, tx, wrt=nnx.Param))
+  step = bound_train_step(model, nnx.Optimizer(model, optax.with_extra_args_support(tx), wrt=nnx.Param))
+  multiplier = jnp.float32(1.0)
+  return lambda x, y: step(x, y, multiplier)
 
 
 def _time(step, x, y, steps: int) -> float:

@@ -69,7 +69,8 @@ def demo(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
   """Runs a config. Bad input (config, data, model kwargs), a busy workdir or unusable checkpoints are
-  one ``error:`` line and exit status 2, before any training; a diverging run is one line and status 3."""
+  one ``error:`` line and exit status 2, before any training; a diverging run is one line and status 3;
+  a run that finished outside its budget's tolerance is one line and status 4 (its outputs are written)."""
   from mobileprune_jax import config as config_lib
   from mobileprune_jax.data import DataUnavailableError, InvalidDataError
   from mobileprune_jax.train import pipeline
@@ -85,6 +86,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
   except FloatingPointError as e:  # the run diverged: one line, not a traceback
     print(f"error: {_one_line(e)}", file=sys.stderr)
     return 3
+  except pipeline.BudgetNotReachedError as e:
+    print(f"error: {_one_line(e)}", file=sys.stderr)
+    return 4
   except OSError as e:  # permissions, a full disk, ...: what the system said, in one line
     print(f"error: {_one_line(e)}", file=sys.stderr)
     return 1

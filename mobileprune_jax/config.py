@@ -22,6 +22,7 @@ import ml_collections
 
 METHODS = ("mobileprune", "l0", "l1", "l2", "group_lasso", "l1_sgl", "degl", "egl", "degl_group_lasso", "magnitude",
            "dense")
+BUDGET_METHODS = ("mobileprune", "l0", "l1", "group_lasso", "l1_sgl", "degl", "egl", "degl_group_lasso")
 MODES = ("prox_sgd", "palm")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
@@ -74,6 +75,12 @@ def base_config() -> ml_collections.ConfigDict:
   # optional masked retraining -- the HAR notebooks' procedure (spec §F, "har_mode=paper_code")
   c.magnitude = ml_collections.ConfigDict(dict(threshold=0.015, layers="conv"))
   c.export = ml_collections.ConfigDict(dict(tflite=False, quantize=""))
+  # prune to a budget (train/budget.py): fractions of the dense model, unset = no budget; a controller adapts one
+  # multiplier on the penalty every `interval` steps of the penalised phases (0: four times per epoch), the wanted
+  # size ramping down to the target over the first `ramp` of the first penalised phase
+  c.budget = ml_collections.ConfigDict(dict(tolerance=0.1, interval=0, gain=0.15, proportional=3.0, ramp=0.6))
+  for kind in ("nonzero", "params", "macs"):
+    c.budget[kind] = ml_collections.FieldReference(None, field_type=float)
   c.lock()
   c.model_kwargs.unlock()  # checked against the model's constructor when it is built
   return c
@@ -263,5 +270,17 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   for name in ("pretrain.momentum", "prune.momentum", "retrain.momentum", "degl.momentum"):
     _check(numbers[name] < 1, f"config value {name} must be in [0, 1), got {numbers[name]!r}")
   _check(cfg.prune.palm_gamma > 1, f"prune.palm_gamma must be > 1, got {cfg.prune.palm_gamma!r}")
+  for kind in ("nonzero", "params", "macs"):
+    value = cfg.budget[kind]
+    _check(value is None or 0 < value <= 1, f"budget.{kind} must be a fraction in (0, 1] or unset, got {value!r}")
+  if any(cfg.budget[k] is not None for k in ("nonzero", "params", "macs")):
+    _check(cfg.method in BUDGET_METHODS,
+           f"a budget needs a method with a sparsifying penalty ({', '.join(BUDGET_METHODS)}), got {cfg.method!r}")
+  _check(0 < cfg.budget.tolerance < 1, f"budget.tolerance must be in (0, 1), got {cfg.budget.tolerance!r}")
+  _check(cfg.budget.gain > 0, f"budget.gain must be > 0, got {cfg.budget.gain!r}")
+  _check(cfg.budget.proportional >= 0, f"budget.proportional must be >= 0, got {cfg.budget.proportional!r}")
+  _check(0 <= cfg.budget.ramp <= 1, f"budget.ramp must be in [0, 1], got {cfg.budget.ramp!r}")
+  _check(_is_int(cfg.budget.interval) and cfg.budget.interval >= 0,
+         f"budget.interval must be a non-negative integer, got {cfg.budget.interval!r}")
   rt_scale = cfg.degl.rt_scale
   _check(rt_scale is None or 0 < rt_scale <= 1, f"degl.rt_scale must be in (0, 1] or None, got {rt_scale!r}")

@@ -79,7 +79,7 @@ def test_other_methods_run(tmp_path, method, extra):
 
 def test_palm_sweeps_decrease_the_penalised_objective():
   """PALM's guarantee: Ψ = loss + R never goes up on the batch it steps on (R computed here in numpy)."""
-  from mobileprune_jax import transforms
+  from mobileprune_jax import regularisers
   from mobileprune_jax.data import load
   from mobileprune_jax.train import palm
   from mobileprune_jax.train.steps import cross_entropy
@@ -87,8 +87,7 @@ def test_palm_sweeps_decrease_the_penalised_objective():
   l0, neuron = 1e-3, 5e-2
   ds = load("mnist_subset")
   m = models.create("lenet300")
-  factory = lambda s: transforms.l0_sparse_group_lasso(s, l0=l0, neuron=neuron)
-  step = palm.make_palm_step(m, factory, ["fc1/kernel", "fc2/kernel", "fc3/kernel"])
+  step = palm.make_palm_step(m, regularisers.l0_sparse_group_lasso(l0=l0, neuron=neuron), ["fc1/kernel", "fc2/kernel", "fc3/kernel"])
   x, y = jnp.asarray(ds.train_x[:200]), jnp.asarray(ds.train_y[:200])
 
   def psi(model):

@@ -33,7 +33,7 @@ from flax import nnx
 from mobileprune_jax import analysis, metrics, tree_arrays
 from mobileprune_jax import config as config_lib
 from mobileprune_jax import data as data_lib
-from mobileprune_jax.train import inputs, report
+from mobileprune_jax.train import budget, inputs, report
 from mobileprune_jax.train.checkpoints import Checkpoints, NonFiniteError
 from mobileprune_jax.train.faults import kill_point
 from mobileprune_jax.train.lock import WorkdirLock
@@ -50,6 +50,8 @@ def config_fingerprint(cfg: ml_collections.ConfigDict) -> str:
   d = cfg.to_dict()
   for key in _FREE_KEYS:
     d.pop(key, None)
+  if all(d["budget"][k] is None for k in ("nonzero", "params", "macs")):
+    d.pop("budget")  # runs without a budget keep the fingerprint they had before budgets existed
   return json.dumps(d, sort_keys=True)
 
 
@@ -72,6 +74,13 @@ class Run:
     structure = analysis.analyze(self.model, self.sample)  # traced once; the phases reuse it
     self.phases = build_phases(cfg, structure.kernel_paths, self.sample, self.batches.steps_per_epoch,
                                model_rules=structure.rules)
+    self.targets = budget.targets(cfg)
+    self.dense_size = budget.DenseSize.of(self.model, self.sample) if self.targets else None
+    self.control_every = cfg.budget.interval or max(1, self.batches.steps_per_epoch // 8)
+    controlled = [i for i, p in enumerate(self.phases) if p.controlled]
+    self._first_controlled = controlled[0] if controlled else None
+    self._last_controlled = controlled[-1] if controlled else None
+    self._prox_fns: dict[str, Callable] = {}
     self.fingerprint = config_fingerprint(cfg)
     self.ckpt = Checkpoints(workdir / "checkpoints", keep=cfg.checkpoint_keep, warn=log)
     self.state = RunState()
@@ -156,7 +165,8 @@ class Run:
       summary = report.finish(self.cfg, self.workdir, self.model, self.ds, self.sample, self.spec, self.state)
       self.timing({"event": "finished"})
       self.log(report.format_summary(summary))
-      return summary
+    budget.check_reached(summary.get("budget"), self.cfg.name)
+    return summary
 
   def run_phase(self, phase: Phase, stepper: Stepper | None) -> None:
     """Runs the rest of the current phase, its action, and checkpoints the start of the next."""
@@ -170,6 +180,8 @@ class Run:
       self.run_epoch(phase, step, stepper, n_steps)
       self.end_epoch(phase, stepper, epochs)
     kill_point("phase_end")
+    if self.targets and state.phase == self._last_controlled:
+      self.land(phase)
     if phase.on_end is not None:
       info = phase.on_end(self.model)
       self.record({"phase": phase.name, "event": "end", **info, "nonzero_fraction": _nonzero_fraction(self.model)})
@@ -199,10 +211,12 @@ class Run:
     for xb, yb in batches:
       if state.step >= n_steps:
         break
-      loss, lip = step(*self.batches.placement.put_batch(xb, yb))
+      loss, lip = step(*self.batches.placement.put_batch(xb, yb), state.multiplier if phase.scaled else 1.0)
       pending.append((loss, lip))
       state.step += 1
       state.global_step += 1
+      if self.targets and phase.controlled and state.global_step % self.control_every == 0:
+        self.control(phase)
       if progress is not None:
         progress.update(1)
         if state.step % 10 == 0:
@@ -226,6 +240,9 @@ class Run:
     val_acc = self._evaluate(self.ds.val_x, self.ds.val_y) if self.ds.val_x is not None else None
     entry = {"phase": phase.name, "epoch": state.epoch + 1, "epochs": epochs, "loss": state.mean_loss,
              "test_accuracy": test_acc, "val_accuracy": val_acc, "nonzero_fraction": _nonzero_fraction(self.model)}
+    if self.targets and phase.scaled:
+      entry["penalty_multiplier"] = state.multiplier
+      entry["budget_reached"] = self.measure(phase)
     if state.lipschitz_sum and state.loss_count:  # PALM: mean backtracked Lipschitz estimate (step 1 / (γ L))
       entry["palm_lipschitz"] = state.lipschitz_sum / state.loss_count
     self.record(entry)
@@ -236,6 +253,56 @@ class Run:
                                                          if "palm_lipschitz" in entry else ""))
     state.start_epoch(state.epoch + 1)
     self.save(stepper)
+
+  def measure(self, phase: Phase) -> dict[str, float]:
+    """The budgeted fractions of the model as the phase's end action would leave it (e.g. DEGL's threshold)."""
+    model = self.model
+    if phase.on_end is not None:
+      model = nnx.clone(self.model)
+      phase.on_end(model)
+    measured = budget.measure(model, self.sample, self.dense_size)
+    return {k: measured[k] for k in self.targets}
+
+  def _ratio_after_prox(self, phase: Phase, wanted: dict[str, float]) -> Callable[[float], float]:
+    """m ↦ size ratio (vs ``wanted``) of the model after the phase's prox at multiplier m (and its end action)."""
+    if phase.name not in self._prox_fns:
+      reg, step_size = phase.regulariser, phase.step_size
+      self._prox_fns[phase.name] = jax.jit(lambda p, m: reg.prox(p, step_size, multiplier=m))
+    prox = self._prox_fns[phase.name]
+    params = nnx.state(self.model, nnx.Param)
+
+    def ratio_at(m: float) -> float:
+      model = nnx.clone(self.model)
+      nnx.update(model, prox(params, jnp.float32(m)))
+      if phase.on_end is not None:
+        phase.on_end(model)
+      return budget.ratio(budget.measure(model, self.sample, self.dense_size), wanted)
+
+    return ratio_at
+
+  def control(self, phase: Phase) -> None:
+    """One controller update of the budget multiplier (a function of the model and position: resume-exact)."""
+    state, per_epoch, b = self.state, self.batches.steps_per_epoch, self.cfg.budget
+    aim = 1 + 3 * b.tolerance  # above the target (the size keeps falling for a while): the landing trims down
+    wanted = {k: v * aim for k, v in self.targets.items()}
+    if self.phases.index(phase) == self._first_controlled:
+      total = sum(phase.steps_in_epoch(e, per_epoch) for e in range(self._epochs(phase)))
+      done = sum(phase.steps_in_epoch(e, per_epoch) for e in range(state.epoch)) + state.step
+      wanted = {k: budget.wanted_fraction(v, done / max(total, 1), b.ramp) for k, v in wanted.items()}
+    r = budget.ratio(self.measure(phase), wanted)
+    state.multiplier_base, state.multiplier = budget.next_multiplier(state.multiplier_base, r, b.gain, b.proportional)
+
+  def land(self, phase: Phase) -> None:
+    """At the end of the last penalised phase: a model above the tolerance gets one prox step at the landing m."""
+    ratio_at = self._ratio_after_prox(phase, self.targets)
+    if budget.ratio(self.measure(phase), self.targets) <= 1 + self.cfg.budget.tolerance / 2:
+      return
+    m = budget.bisect_multiplier(ratio_at, self.state.multiplier, span=64.0, iterations=16)
+    prox = self._prox_fns[phase.name]
+    nnx.update(self.model, prox(nnx.state(self.model, nnx.Param), jnp.float32(m)))
+    self.state.multiplier = m
+    self.record({"phase": phase.name, "event": "budget_landing", "penalty_multiplier": m,
+                 "budget_reached": self.measure(phase)})
 
   def _evaluate(self, x, y) -> float:
     return evaluate(self.model, x, y, self.cfg.eval_batch_size, self.batches.placement)

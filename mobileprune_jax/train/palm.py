@@ -14,18 +14,15 @@ step s (π on dense kernels, θ on conv kernels for MobilePrune). There is no le
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from mobileprune_jax import groups
+from mobileprune_jax.regularisers import Regulariser
 from mobileprune_jax.train.steps import cross_entropy
-
-# (step size s) -> optax transform whose update at zero gradient is prox_{s R}(p) − p
-ProxFactory = Callable[[jax.Array], optax.GradientTransformation]
 
 
 def layer_blocks(param_paths: Sequence[str], kernel_paths: Sequence[str]) -> list[list[int]]:
@@ -42,43 +39,29 @@ def layer_blocks(param_paths: Sequence[str], kernel_paths: Sequence[str]) -> lis
   return blocks
 
 
-def _nested(paths: Sequence[str], leaves: Sequence[jax.Array]) -> dict:
-  tree: dict = {}
-  for path, leaf in zip(paths, leaves):
-    node = tree
-    *parents, name = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[name] = leaf
-  return tree
-
-
-def make_palm_step(model: nnx.Module, prox_factory: ProxFactory, kernel_paths: Sequence[str],
+def make_palm_step(model: nnx.Module, regulariser: Regulariser, kernel_paths: Sequence[str],
                    gamma: float = 1.1, max_backtracks: int = 100):
-  """A jitted ``step(params, rest, x, y) -> (params, loss, mean_L)`` over the model's Param leaves."""
+  """``step(model, x, y, multiplier=1.0) -> (loss, mean L)``: one PALM sweep over the layer blocks, in place.
+
+  ``multiplier`` scales every coefficient of the regulariser (an array argument: changing it does
+  not recompile).
+  """
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   flat, treedef = jax.tree.flatten_with_path(params)
   paths = [groups.path_to_str(p) for p, _ in flat]
+  roles = regulariser.roles(params)
   blocks = layer_blocks(paths, kernel_paths)
 
   def loss_of(leaves, rest, x, y):
     m = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves), rest)
     return cross_entropy(m(x, train=True), y)
 
-  def prox(block_paths, block_leaves, s):
-    tree = _nested(block_paths, block_leaves)
-    tx = prox_factory(s)
-    zeros = jax.tree.map(jnp.zeros_like, tree)
-    u, _ = tx.update(zeros, tx.init(tree), tree)
-    new = optax.apply_updates(tree, u)
-    return [new_leaf for new_leaf in jax.tree.leaves(new)], jax.tree.leaves(tree)
-
   @jax.jit
-  def step(leaves, rest, x, y):
+  def step(leaves, rest, x, y, multiplier):
     leaves = list(leaves)
     l_values = []
     for block in blocks:
-      block_paths = [paths[i] for i in block]
+      block_roles = [roles[i] for i in block]
 
       def block_loss(bl, leaves=leaves, block=block):
         full = list(leaves)
@@ -88,16 +71,11 @@ def make_palm_step(model: nnx.Module, prox_factory: ProxFactory, kernel_paths: S
 
       current = [leaves[i] for i in block]
       f0, g = jax.value_and_grad(block_loss)(current)
-      # order of jax.tree.leaves(_nested(...)) may differ from block order: map by path
-      order = sorted(range(len(block)), key=lambda j: block_paths[j].split("/"))
 
-      def candidate(lip):
+      def candidate(lip, current=current, g=g, f0=f0, block_roles=block_roles, block_loss=block_loss):
         s = 1.0 / (gamma * lip)
         moved = [c - s * gi for c, gi in zip(current, g)]
-        new_sorted, _ = prox([block_paths[j] for j in order], [moved[j] for j in order], s)
-        new = [None] * len(block)
-        for pos, j in enumerate(order):
-          new[j] = new_sorted[pos]
+        new = regulariser.prox_leaves(block_roles, moved, s, multiplier=multiplier)
         d = [n - c for n, c in zip(new, current)]
         bound = f0 + sum(jnp.vdot(gi, di) for gi, di in zip(g, d)) + 0.5 * lip * sum(jnp.vdot(di, di) for di in d)
         return new, block_loss(new) <= bound
@@ -106,7 +84,7 @@ def make_palm_step(model: nnx.Module, prox_factory: ProxFactory, kernel_paths: S
         lip, _, ok, it = state
         return (~ok) & (it < max_backtracks)
 
-      def body(state):
+      def body(state, candidate=candidate):
         lip, _, _, it = state
         lip = lip * gamma
         new, ok = candidate(lip)
@@ -120,10 +98,10 @@ def make_palm_step(model: nnx.Module, prox_factory: ProxFactory, kernel_paths: S
       l_values.append(lip)
     return leaves, loss_of(leaves, rest, x, y), jnp.mean(jnp.stack(l_values))
 
-  def run(model: nnx.Module, x, y):
+  def run(model: nnx.Module, x, y, multiplier=1.0):
     _, params, rest = nnx.split(model, nnx.Param, ...)
     leaves = jax.tree.leaves(params)
-    new_leaves, loss, lip = step(leaves, rest, x, y)
+    new_leaves, loss, lip = step(leaves, rest, x, y, jnp.asarray(multiplier, jnp.float32))
     nnx.update(model, jax.tree.unflatten(treedef, new_leaves))
     return loss, lip
 

@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
 
-from mobileprune_jax import transforms
+from mobileprune_jax import regularisers, transforms
 from mobileprune_jax.train import actions, palm
 from mobileprune_jax.train.steps import Placement, bound_train_step
 
@@ -32,7 +33,8 @@ class Stepper:
 
   ``items()`` is what a checkpoint must hold to continue the phase (the optimizer state);
   ``start(placement)`` places the model and that state on the devices and returns
-  ``step(x, y) -> (loss, lipschitz or None)``.
+  ``step(x, y, multiplier) -> (loss, lipschitz or None)`` (``multiplier``: an array that scales the
+  penalty's coefficients, see ``budget``; transforms without a penalty ignore it).
   """
 
   def __init__(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
@@ -46,13 +48,13 @@ class Stepper:
     if self.optimizer is not None:
       nnx.update(self.optimizer, trees["optimizer"])
 
-  def start(self, placement: Placement) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array | None]]:
+  def start(self, placement: Placement) -> Callable[..., tuple[jax.Array, jax.Array | None]]:
     if self.optimizer is None:
       placement.put_model(self.model)
-      return lambda x, y: self.palm_step(self.model, x, y)
+      return lambda x, y, multiplier: self.palm_step(self.model, x, y, multiplier)
     placement.put_model(self.model, self.optimizer)
     step = bound_train_step(self.model, self.optimizer)
-    return lambda x, y: (step(x, y)[0], None)
+    return lambda x, y, multiplier: (step(x, y, jnp.asarray(multiplier, jnp.float32))[0], None)
 
 
 @dataclasses.dataclass
@@ -66,6 +68,11 @@ class Phase:
     build: ``model -> Stepper``; called with the model the phase starts from (after a restore).
     on_end: action on the model when the phase is done (e.g. DEGL's threshold); must be
       deterministic, since a run killed after it and before the next checkpoint redoes it.
+    scaled: the step's penalty is scaled by the run's budget multiplier.
+    controlled: the budget controller adapts the multiplier during this phase (implies ``scaled``);
+      it measures the model as ``on_end`` would leave it.
+    regulariser, step_size: the phase's penalty and its nominal prox step (the controller's
+      prediction of the size a multiplier gives).
   """
 
   name: str
@@ -73,6 +80,10 @@ class Phase:
   steps: int = 0
   build: Callable[[nnx.Module], Stepper] | None = None
   on_end: Callable[[nnx.Module], dict[str, Any]] | None = None
+  scaled: bool = False
+  controlled: bool = False
+  regulariser: regularisers.Regulariser | None = None
+  step_size: float = 0.0
 
   def epochs_with(self, steps_per_epoch: int) -> int:
     return -(-self.steps // steps_per_epoch) if self.steps else self.epochs
@@ -82,17 +93,20 @@ class Phase:
 
 
 def optax_phase(name: str, epochs: int, make_tx: Callable[[], optax.GradientTransformation], steps: int = 0,
-                on_end=None) -> Phase:
+                on_end=None, scaled: bool = False, controlled: bool = False,
+                regulariser: regularisers.Regulariser | None = None, step_size: float = 0.0) -> Phase:
   """A phase stepping ``nnx.Optimizer(model, make_tx())`` (built when the phase starts)."""
-  return Phase(name, epochs, steps, build=lambda m: Stepper(m, optimizer=nnx.Optimizer(m, make_tx(), wrt=nnx.Param)),
-               on_end=on_end)
+  build = lambda m: Stepper(m, optimizer=nnx.Optimizer(m, optax.with_extra_args_support(make_tx()), wrt=nnx.Param))
+  return Phase(name, epochs, steps, build=build, on_end=on_end, scaled=scaled or controlled, controlled=controlled,
+               regulariser=regulariser, step_size=step_size)
 
 
-def palm_phase(name: str, epochs: int, steps: int, factory: ProxFactory, kernel_paths: Sequence[str],
+def palm_phase(name: str, epochs: int, steps: int, regulariser: regularisers.Regulariser, kernel_paths: Sequence[str],
                gamma: float, max_backtracks: int) -> Phase:
   """A PALM pruning phase (spec §B): block Gauss–Seidel prox steps with backtracking, no optimizer state."""
   return Phase(name, epochs, steps, build=lambda m: Stepper(
-      m, palm_step=palm.make_palm_step(m, factory, kernel_paths, gamma, max_backtracks)))
+      m, palm_step=palm.make_palm_step(m, regulariser, kernel_paths, gamma, max_backtracks)),
+      scaled=True, controlled=True, regulariser=regulariser, step_size=1.0 / gamma)
 
 
 def learning_rate(lr: float, schedule: str, total_steps: int) -> optax.ScalarOrSchedule:
@@ -113,23 +127,26 @@ def _optimizer(section: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
   return optax.chain(optax.add_decayed_weights(section.weight_decay), base) if section.weight_decay else base
 
 
-def prox_factory(cfg: ml_collections.ConfigDict, rules) -> ProxFactory | None:
-  """The regulariser of ``cfg.method`` as a function of the step size."""
+def regulariser(cfg: ml_collections.ConfigDict, rules) -> regularisers.Regulariser | None:
+  """The penalty of ``cfg.method`` (MobilePrune and the prox baselines), or None for the other methods."""
   c = cfg.coef
   grouping = c.conv_grouping
-  factories = {
-      "mobileprune": lambda s: transforms.l0_sparse_group_lasso(s, l0=c.l0, neuron=c.neuron, channel=c.channel,
-                                                                shape=c.shape if grouping != "output_filter" else 0.0,
-                                                                rules=rules, conv_grouping=grouping),
-      "l0": lambda s: transforms.l0(s, l0=c.l0, rules=rules),
-      "l1": lambda s: transforms.l1(s, l1=c.l1, rules=rules),
-      "l2": lambda s: transforms.l2(s, l2=c.l2, rules=rules),
-      "group_lasso": lambda s: transforms.group_lasso(s, neuron=c.neuron, channel=c.channel, shape=c.shape,
-                                                      rules=rules),
-      "l1_sgl": lambda s: transforms.l1_sparse_group_lasso(s, l1=c.l1, neuron=c.neuron, channel=c.channel,
-                                                           shape=c.shape, rules=rules),
+  makers = {
+      "mobileprune": lambda: regularisers.l0_sparse_group_lasso(
+          c.l0, c.neuron, c.channel, c.shape if grouping != "output_filter" else 0.0, rules, grouping),
+      "l0": lambda: regularisers.l0(c.l0, rules),
+      "l1": lambda: regularisers.l1(c.l1, rules),
+      "l2": lambda: regularisers.l2(c.l2, rules),
+      "group_lasso": lambda: regularisers.group_lasso(c.neuron, c.channel, c.shape, rules),
+      "l1_sgl": lambda: regularisers.l1_sparse_group_lasso(c.l1, c.neuron, c.channel, c.shape, rules),
   }
-  return factories.get(cfg.method)
+  return makers[cfg.method]() if cfg.method in makers else None
+
+
+def prox_factory(cfg: ml_collections.ConfigDict, rules) -> ProxFactory | None:
+  """The regulariser of ``cfg.method`` as a function of the step size (``regulariser(...).as_transform``)."""
+  reg = regulariser(cfg, rules)
+  return None if reg is None else reg.as_transform
 
 
 def output_layer_rules(last: str) -> list[tuple[str, str]]:
@@ -181,25 +198,28 @@ def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | n
     d = cfg.degl
     lam = 0.0 if cfg.method == "degl_group_lasso" else d.lam
     sgd = lambda: optax.sgd(d.lr, momentum=d.momentum or None)
-    egl = lambda: transforms.elastic_group_lasso(d.lr, gamma=d.gamma, lam=lam, rules=rules)
+    egl_reg = regularisers.elastic_group_lasso(d.gamma, lam, rules)
+    egl = lambda: egl_reg.as_transform(d.lr)
     phases.append(optax_phase("select", d.select_epochs, lambda: optax.chain(sgd(), egl()),
-                              on_end=lambda m: actions.degl_threshold(m, sample_input, d.t_th, last_kernel)))
+                              on_end=lambda m: actions.degl_threshold(m, sample_input, d.t_th, last_kernel),
+                              controlled=True, regulariser=egl_reg, step_size=d.lr))
     if cfg.method == "egl":
       phases.append(optax_phase("retrain", d.retrain_epochs,
-                                lambda: optax.chain(sgd(), egl(), transforms.keep_support())))
+                                lambda: optax.chain(sgd(), egl(), transforms.keep_support()), scaled=True))
     else:
       rt_lam = lam * (d.rt_scale if d.rt_scale is not None else 1.0)
       phases.append(optax_phase("debias", d.retrain_epochs,
                                 lambda: optax.chain(sgd(), transforms.l2(d.lr, l2=rt_lam), transforms.keep_support())))
     return phases
-  factory = prox_factory(cfg, rules=list(model_rules) or None)
+  reg = regulariser(cfg, rules=list(model_rules) or None)
   for t in range(1, pr.iterations + 1):
     if cfg.mode == "palm" and cfg.method != "l2":
-      phases.append(palm_phase(f"prune/{t}", pr.epochs, pr.steps, factory, kernel_paths, pr.palm_gamma,
+      phases.append(palm_phase(f"prune/{t}", pr.epochs, pr.steps, reg, kernel_paths, pr.palm_gamma,
                                pr.palm_max_backtracks))
     else:
       phases.append(optax_phase(f"prune/{t}", pr.epochs, lambda: optax.chain(
-          optax.sgd(pr.lr, momentum=pr.momentum or None), factory(pr.lr)), steps=pr.steps))
+          optax.sgd(pr.lr, momentum=pr.momentum or None), reg.as_transform(pr.lr)), steps=pr.steps,
+          controlled=cfg.method != "l2", regulariser=reg, step_size=pr.lr))
     if rt.epochs:
       phases.append(_retrain_phase(f"retrain/{t}", rt, steps_per_epoch))
   return phases

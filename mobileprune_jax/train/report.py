@@ -18,7 +18,7 @@ from flax import nnx
 
 from mobileprune_jax import analysis, metrics, surgery
 from mobileprune_jax import data as data_lib
-from mobileprune_jax.train import inputs
+from mobileprune_jax.train import budget, inputs
 from mobileprune_jax.train.faults import kill_point
 from mobileprune_jax.train.state import RunState
 from mobileprune_jax.train.steps import evaluate
@@ -47,6 +47,9 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
       "shrink": shrink_report.to_json(),
       "devices": jax.device_count(),
   }
+  budget_entry = budget.summary_budget(cfg, summary, state.multiplier)
+  if budget_entry is not None:
+    summary["budget"] = budget_entry
   surgery.save(workdir / "model", shrunk, factory=spec["name"], kwargs={"seed": spec["seed"], **spec["kwargs"]},
                cuts=shrink_report.cuts)
   kill_point("finish_model")
@@ -79,5 +82,10 @@ def format_summary(s: dict[str, Any]) -> str:
       ("architecture", f"{s['architecture_dense']} -> {s['architecture']} (filter sizes {s['filter_sizes'] or '-'})"),
       ("shrink parity (max |diff|)", f"{s['shrink_max_abs_diff']:.2e}"),
   ]
+  if "budget" in s:
+    b = s["budget"]
+    reached = ", ".join(f"{k} {100 * b['reached'][k]:.2f} % (target {100 * v:.2f} %)" for k, v in b["target"].items())
+    rows.append(("budget", f"{reached}, multiplier {b['multiplier']:.4g}"
+                           + ("" if b["within_tolerance"] else "  NOT REACHED")))
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

@@ -34,6 +34,8 @@ class RunState:
     lipschitz_sum: PALM: sum of the per-step mean backtracked Lipschitz estimates.
     base_accuracy: test accuracy after pretraining (None before).
     log: the entries of ``log.jsonl`` so far (the file is rewritten from them on resume).
+    multiplier: the budget controller's multiplier on the penalty (1 without a budget; see ``budget``).
+    multiplier_base: the controller's slowly adapted (integral) part of the multiplier.
   """
 
   phase: int = 0
@@ -45,6 +47,8 @@ class RunState:
   lipschitz_sum: float = 0.0
   base_accuracy: float | None = None
   log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  multiplier: float = 1.0
+  multiplier_base: float = 1.0
 
   def start_epoch(self, epoch: int) -> None:
     self.epoch, self.step = epoch, 0
@@ -84,6 +88,10 @@ class RunState:
     if self.base_accuracy is not None and not (isinstance(self.base_accuracy, (int, float))
                                                 and 0 <= self.base_accuracy <= 1):
       raise StateError(f"run state base_accuracy = {self.base_accuracy!r} is not an accuracy")
+    for name in ("multiplier", "multiplier_base"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise StateError(f"run state {name} = {value!r} is not a positive number")
     if not isinstance(self.log, list) or not all(isinstance(e, dict) for e in self.log):
       raise StateError("run state log is not a list of entries")
 

@@ -15,15 +15,23 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 @nnx.jit
-def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array):
-  """One optimizer step on a batch; returns (loss, accuracy)."""
+def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array,
+               multiplier: jax.Array | None = None):
+  """One optimizer step on a batch; returns (loss, accuracy).
+
+  ``multiplier``: passed to the optimizer as the extra argument ``penalty_multiplier`` (scales the
+  coefficients of a regulariser's transform; the optimizer must accept extra arguments).
+  """
 
   def loss_fn(m):
     logits = m(x, train=True)
     return cross_entropy(logits, y), logits
 
   (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-  optimizer.update(model, grads)
+  if multiplier is None:
+    optimizer.update(model, grads)
+  else:
+    optimizer.update(model, grads, penalty_multiplier=multiplier)
   return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
 

@@ -1,0 +1,154 @@
+"""Pruning to a budget: one global multiplier on the penalty, adapted to the measured size.
+
+Targets are fractions of the dense model (config ``budget.nonzero``, ``budget.params``,
+``budget.macs``; unset = no budget):
+
+    nonzero = non-zero parameters of the shrunk model / parameters of the dense model
+    params  = parameters of the shrunk model / parameters of the dense model
+    macs    = MACs of the shrunk model (non-zero taps only) / MACs of the dense model
+
+— the numbers ``summary.json`` reports (``nonzero_params``, ``params_remaining``, ``macs_pruned``
+over ``params_total``, ``macs_dense``), measured the same way (``surgery.shrink`` + ``metrics``).
+
+During the phases that carry the penalty (MobilePrune and the prox baselines' pruning, prox-SGD
+or PALM; DEGL/EGL selection) the controller runs every ``interval`` steps. It is predictive: it
+looks for the multiplier m whose prox, applied to the current weights at the phase's step size,
+gives a model of the wanted size (measured as the phase's end would leave it: for DEGL after its
+threshold), by bisection on log m (the size falls as m grows). The wanted size follows a cubic
+ramp from the dense model to the target over the first ``ramp`` of the first penalised phase
+(gradual, like Zhu & Gupta's schedule) and is the target after that. A model already smaller
+than wanted cannot be grown by a prox: then m ← m / 2^gain lets the gradient regrow weights.
+
+``m`` multiplies every coefficient of the regulariser as an array argument of the step (no
+recompilation) and is part of the checkpointed run state, so a resumed run continues with the
+same multiplier. At the end of the last penalised phase, a model still above the tolerance gets
+one last prox step (zero gradient) at the bisected multiplier, so the run lands on the target.
+With several targets, the binding one (largest ratio) lands on its target, the others below theirs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+from flax import nnx
+
+from mobileprune_jax import metrics, surgery
+
+KINDS = ("nonzero", "params", "macs")
+
+
+class BudgetNotReachedError(RuntimeError):
+  """The run finished outside the budget's tolerance (its outputs are written)."""
+
+
+def targets(cfg: ml_collections.ConfigDict) -> dict[str, float]:
+  """The set budget targets of a config, e.g. {"nonzero": 0.02}."""
+  return {k: float(cfg.budget[k]) for k in KINDS if cfg.budget[k] is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseSize:
+  """The dense model's totals the fractions are taken of."""
+
+  params: int
+  macs: int
+
+  @classmethod
+  def of(cls, model: nnx.Module, sample) -> DenseSize:
+    stats = metrics.layer_stats(model, sample)
+    return cls(metrics.count_params(nnx.state(model, nnx.Param)), sum(s.macs_dense for s in stats))
+
+
+def measure(model: nnx.Module, sample, dense: DenseSize) -> dict[str, float]:
+  """Fractions of the dense model after shrinking: {"nonzero", "params", "macs"} (as ``summary.json``)."""
+  shrunk, _ = surgery.shrink_with_report(model, sample, check=False)
+  params = nnx.state(shrunk, nnx.Param)
+  macs = sum(s.macs_sparse for s in metrics.layer_stats(shrunk, sample))
+  return {"nonzero": metrics.count_nonzero(params) / dense.params,
+          "params": metrics.count_params(params) / dense.params,
+          "macs": macs / max(dense.macs, 1)}
+
+
+def ratio(measured: dict[str, float], wanted: dict[str, float]) -> float:
+  """max over targets of measured / target (> 1: too large)."""
+  return max(measured[k] / wanted[k] for k in wanted)
+
+
+def next_multiplier(base: float, r: float, gain: float, proportional: float) -> tuple[float, float]:
+  """(new base, applied multiplier): base · r^gain, and base' · r^p, p = proportional (4 × proportional when r < 1); r in [1/4, 4], r^p in [1/64, 4].
+
+  The size reacts to the multiplier like an integrator (the penalty sets how fast groups shrink,
+  not how many survive), so the applied multiplier is mostly proportional to the log size error —
+  it relaxes to the base as soon as the model reaches the wanted size, and falls far below it when
+  the model is smaller than wanted (nothing can be regrown by a prox, so pruning must stop) — and
+  the base adapts slowly to the multiplier that holds the size there.
+  """
+  log_r = min(max(math.log(max(r, 1e-12)), -math.log(4)), math.log(4))
+  new_base = base * math.exp(gain * log_r)
+  push = proportional * log_r * (1 if log_r > 0 else 4)  # below the wanted size: stop pruning at once
+  return new_base, new_base * math.exp(min(max(push, -math.log(64)), math.log(4)))
+
+
+def wanted_fraction(target: float, progress: float, ramp: float) -> float:
+  """target^f, f = progress / ramp (capped at 1): a geometric ramp from 1 (dense) to the target."""
+  f = min(progress / ramp, 1.0) if ramp > 0 else 1.0
+  return target ** f
+
+
+def bisect_multiplier(ratio_at: Callable[[float], float], multiplier: float, span: float = 16.0,
+                      iterations: int = 10) -> float | None:
+  """The m in [m/span, m·span] where ``ratio_at`` (non-increasing in m) crosses 1, on a log scale.
+
+  Returns None when even the smallest m gives a ratio ≤ 1 (the model is already small enough: a
+  prox cannot grow it), and m·span when even the largest m leaves the ratio > 1.
+  """
+  lo, hi = math.log(multiplier / span), math.log(multiplier * span)
+  if ratio_at(math.exp(lo)) <= 1:
+    return None
+  if ratio_at(math.exp(hi)) > 1:
+    return math.exp(hi)
+  for _ in range(iterations):
+    mid = (lo + hi) / 2
+    if ratio_at(math.exp(mid)) > 1:
+      lo = mid
+    else:
+      hi = mid
+  return math.exp(hi)
+
+
+def report(measured: dict[str, float], wanted: dict[str, float], multiplier: float, tolerance: float) -> dict[str, Any]:
+  """The summary's ``budget`` entry: targets, reached fractions, multiplier, and whether each is within tolerance."""
+  within = {k: measured[k] <= wanted[k] * (1 + tolerance) for k in wanted}
+  binding = max(wanted, key=lambda k: measured[k] / wanted[k])
+  within[binding] = within[binding] and measured[binding] >= wanted[binding] * (1 - tolerance)
+  return {"target": dict(wanted), "reached": {k: measured[k] for k in wanted}, "multiplier": multiplier,
+          "tolerance": tolerance, "within_tolerance": all(within.values())}
+
+
+def summary_budget(cfg: ml_collections.ConfigDict, summary: dict[str, Any], multiplier: float) -> dict[str, Any] | None:
+  """The ``budget`` entry from a finished run's summary numbers (None without a budget)."""
+  wanted = targets(cfg)
+  if not wanted:
+    return None
+  measured = {"nonzero": summary["nonzero_params"] / summary["params_total"],
+              "params": summary["params_remaining"] / summary["params_total"],
+              "macs": summary["macs_pruned"] / max(summary["macs_dense"], 1)}
+  return report(measured, wanted, multiplier, cfg.budget.tolerance)
+
+
+def check_reached(entry: dict[str, Any] | None, name: str) -> None:
+  """Raises ``BudgetNotReachedError`` (one line) when a run's budget entry is out of tolerance."""
+  if entry is None or entry["within_tolerance"]:
+    return
+  parts = ", ".join(f"{k} {100 * entry['reached'][k]:.3g} % (target {100 * v:.3g} %)" for k, v in entry["target"].items())
+  raise BudgetNotReachedError(
+      f"{name}: the budget was not reached within ±{100 * entry['tolerance']:.0f} %: {parts}, final multiplier "
+      f"{entry['multiplier']:.4g}; lengthen the pruning (prune.epochs) or start from coefficients nearer the target "
+      "(the outputs are written)")
+
+
+Measure = Callable[[nnx.Module], dict[str, float]]

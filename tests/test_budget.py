@@ -1,0 +1,127 @@
+"""Pruning to a budget: the controller's pieces by hand, and short runs that land on their targets.
+
+The reached fractions are recomputed here from the summary's raw counts (non-zero parameters,
+parameters of the shrunk model, MACs) and compared with the requested targets.
+"""
+
+import json
+import math
+
+import pytest
+
+from mobileprune_jax import config as config_lib
+from mobileprune_jax.train import budget, pipeline
+
+CONFIG = "experiments/configs/lenet5_mobileprune.py"
+
+
+def test_next_multiplier_by_hand():
+  base, applied = budget.next_multiplier(1.0, 2.0, gain=0.15, proportional=3.0)
+  assert base == pytest.approx(2 ** 0.15)
+  assert applied == pytest.approx(2 ** 0.15 * 4)  # 2^3 = 8 is capped at ×4
+  base, applied = budget.next_multiplier(0.5, 1.0, gain=0.15, proportional=3.0)
+  assert (base, applied) == (0.5, 0.5)
+  base, applied = budget.next_multiplier(1.0, 0.9, gain=0.2, proportional=2.0)
+  assert base == pytest.approx(0.9 ** 0.2) and applied == pytest.approx(0.9 ** (0.2 + 8))
+  _, applied = budget.next_multiplier(1.0, 0.1, gain=0.0, proportional=3.0)
+  assert applied == pytest.approx(1 / 64)  # (1/4)^3 is capped at 1/64
+  base, _ = budget.next_multiplier(1.0, 1e6, gain=0.5, proportional=1.0)
+  assert base == pytest.approx(2.0)  # r capped at 4
+
+
+def test_wanted_fraction_is_a_geometric_ramp():
+  assert budget.wanted_fraction(0.01, 0.0, 0.6) == 1.0
+  assert budget.wanted_fraction(0.01, 0.3, 0.6) == pytest.approx(0.1)
+  assert budget.wanted_fraction(0.01, 0.9, 0.6) == pytest.approx(0.01)
+  assert budget.wanted_fraction(0.01, 0.1, 0.0) == pytest.approx(0.01)
+
+
+def test_bisect_multiplier_finds_the_crossing():
+  assert budget.bisect_multiplier(lambda m: 3.0 / m, 1.0) == pytest.approx(3.0, rel=0.01)
+  assert budget.bisect_multiplier(lambda m: 0.5, 1.0) is None  # already small enough
+  assert budget.bisect_multiplier(lambda m: 1000.0 / m, 1.0, span=16.0) == pytest.approx(16.0)
+
+
+def test_report_and_the_one_line_error():
+  entry = budget.report({"nonzero": 0.0215, "params": 0.04}, {"nonzero": 0.02, "params": 0.1}, 1.5, 0.1)
+  assert entry["within_tolerance"]  # nonzero binds (1.075 ≤ 1.1); params is below its target
+  entry = budget.report({"nonzero": 0.017}, {"nonzero": 0.02}, 0.3, 0.1)
+  assert not entry["within_tolerance"]
+  with pytest.raises(budget.BudgetNotReachedError, match=r"nonzero 1.7 % \(target 2 %\), final multiplier 0.3"):
+    budget.check_reached(entry, "run")
+
+
+def _cfg(model, **overrides):
+  cfg = config_lib.load_config(CONFIG)
+  cfg.model, cfg.progress, cfg.data_parallel = model, False, False
+  cfg.pretrain.epochs, cfg.prune.iterations, cfg.prune.epochs, cfg.retrain.epochs = 1, 1, 3, 1
+  cfg.train_subset = 4000  # half the embedded digits: the short schedule of a test
+  config_lib.apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
+  return cfg
+
+
+def _reached(summary, kind):
+  return {"nonzero": summary["nonzero_params"] / summary["params_total"],
+          "params": summary["params_remaining"] / summary["params_total"],
+          "macs": summary["macs_pruned"] / summary["macs_dense"]}[kind]
+
+
+TARGETS = [("nonzero", 0.01), ("nonzero", 0.02), ("nonzero", 0.05), ("params", 0.05), ("params", 0.10)]
+
+
+@pytest.mark.parametrize("model", ["lenet300", "lenet5"])
+@pytest.mark.parametrize("kind,target", TARGETS)
+def test_mobileprune_lands_on_the_budget(tmp_path, model, kind, target):
+  summary = pipeline.run(_cfg(model, **{f"budget.{kind}": target}), tmp_path, log=lambda *_: None)
+  reached = _reached(summary, kind)
+  assert abs(reached / target - 1) <= 0.1, (reached, summary["budget"])
+  assert summary["budget"]["target"] == {kind: target}
+  assert summary["budget"]["reached"][kind] == pytest.approx(reached)
+  assert summary["pruned_accuracy"] > 0.5
+  on_disk = json.loads((tmp_path / "summary.json").read_text())
+  assert on_disk["budget"] == summary["budget"]
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("mobileprune", {"mode": "palm"}),
+    ("group_lasso", {}),
+    ("l1_sgl", {}),
+    ("degl", {"degl.select_epochs": 3, "degl.retrain_epochs": 1, "degl.gamma": 0.05}),
+    ("egl", {"degl.select_epochs": 3, "degl.retrain_epochs": 1, "degl.gamma": 0.05}),
+])
+def test_every_penalised_method_lands_on_a_budget(tmp_path, method, extra):
+  cfg = _cfg("lenet300", method=method, **{"budget.nonzero": 0.05}, **extra)
+  summary = pipeline.run(cfg, tmp_path, log=lambda *_: None)
+  reached = _reached(summary, "nonzero")
+  assert abs(reached / 0.05 - 1) <= 0.1, (method, reached, summary["budget"])
+
+
+def test_an_unreachable_budget_is_one_error_and_the_outputs_are_written(tmp_path):
+  # the smallest LeNet-300 the surgery keeps (one unit per layer) has ~800 of 266,610 parameters (0.3 %)
+  cfg = _cfg("lenet300", **{"budget.params": 0.001, "train_subset": 2000, "prune.epochs": 1})
+  with pytest.raises(pipeline.BudgetNotReachedError, match=r"^lenet5_mobileprune_mnist_subset: the budget was not "
+                     r"reached within ±10 %: params .* \(target 0.1 %\)"):
+    pipeline.run(cfg, tmp_path, log=lambda *_: None)
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert not summary["budget"]["within_tolerance"] and (tmp_path / "model" / "weights.safetensors").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("budget.nonzero=1.5", "budget.nonzero must be a fraction in (0, 1]"),
+    ("budget.macs=0", "budget.macs must be a fraction in (0, 1]"),
+    ("budget.tolerance=0", "budget.tolerance must be in (0, 1)"),
+    ("budget.ramp=2", "budget.ramp must be in [0, 1]"),
+])
+def test_bad_budget_values_are_one_config_error(override, message):
+  cfg = _cfg("lenet300")
+  config_lib.apply_overrides(cfg, [override])
+  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
+                     .replace("[", r"\[").replace("]", r"\]")):
+    config_lib.validate(cfg)
+
+
+def test_a_budget_needs_a_sparsifying_method():
+  cfg = _cfg("lenet300", method="dense", **{"budget.nonzero": 0.1})
+  with pytest.raises(config_lib.ConfigError, match="a budget needs a method with a sparsifying penalty"):
+    config_lib.validate(cfg)
+  assert math.isclose(_cfg("lenet300", **{"budget.nonzero": 0.1}).budget.nonzero, 0.1)
