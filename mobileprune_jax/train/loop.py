@@ -297,7 +297,9 @@ class Run:
     ratio_at = self._ratio_after_prox(phase, self.targets)
     if budget.ratio(self.measure(phase), self.targets) <= 1 + self.cfg.budget.tolerance / 2:
       return
-    m = budget.bisect_multiplier(ratio_at, self.state.multiplier, span=64.0, iterations=16)
+    m = budget.bisect_multiplier(ratio_at, self.state.multiplier, span=1e6, iterations=24)
+    if m is None:  # even a vanishing penalty's prox lands below the target: leave the model as it is
+      return
     prox = self._prox_fns[phase.name]
     nnx.update(self.model, prox(nnx.state(self.model, nnx.Param), jnp.float32(m)))
     self.state.multiplier = m
