@@ -8,3 +8,22 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/brute_force.py
+
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+  """Drops JAX's compiled executables after each test module.
+
+  Every executable holds memory mappings; one process running the whole suite otherwise grows past
+  the kernel's map limit (vm.max_map_count, 65,530 by default) and XLA's compiler crashes.
+  """
+  yield
+  import jax
+
+  jax.clear_caches()
+  gc.collect()
