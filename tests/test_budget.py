@@ -7,6 +7,7 @@ parameters of the shrunk model, MACs) and compared with the requested targets.
 import json
 import math
 
+import jax
 import pytest
 
 from mobileprune_jax import config as config_lib
@@ -125,3 +126,47 @@ def test_a_budget_needs_a_sparsifying_method():
   with pytest.raises(config_lib.ConfigError, match="a budget needs a method with a sparsifying penalty"):
     config_lib.validate(cfg)
   assert math.isclose(_cfg("lenet300", **{"budget.nonzero": 0.1}).budget.nonzero, 0.1)
+
+
+def test_the_controller_in_a_hand_written_training_loop():
+  """The API outside the pipeline: with_prox + penalty_multiplier in one's own loop, then land and report."""
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from flax import nnx
+
+  from mobileprune_jax import models, regularisers, surgery, transforms
+  from mobileprune_jax.data import load
+  from mobileprune_jax.train.steps import cross_entropy
+
+  ds = load("mnist_subset")
+  model = models.create("lenet300", seed=0)
+  sample = jnp.asarray(ds.test_x[:2])
+  controller = budget.Controller.for_model(model, sample, nonzero=0.03)
+  reg = regularisers.l0_sparse_group_lasso(l0=5e-4, neuron=5e-2)
+  lr = 0.05
+  opt = nnx.Optimizer(model, transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=0.9),
+                                                  reg), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, opt, x, y, m):
+    loss, grads = nnx.value_and_grad(lambda mm: cross_entropy(mm(x), y))(model)
+    opt.update(model, grads, penalty_multiplier=m)
+    return loss
+
+  rng = np.random.default_rng(0)
+  base = m = 1.0
+  total = 3 * (len(ds.train_x) // 128)
+  for i in range(total):
+    idx = rng.integers(0, len(ds.train_x), 128)
+    step(model, opt, jnp.asarray(ds.train_x[idx]), jnp.asarray(ds.train_y[idx]), jnp.float32(m))
+    if i % 8 == 7:
+      base, m = controller.update(model, base, progress=i / total)
+  m = controller.land(model, reg, lr, m)
+  entry = controller.report(model, m)
+  shrunk = surgery.shrink(model, sample)  # dead units (and their non-zero biases) gone
+  nonzero = sum(np.count_nonzero(np.asarray(v)) for v in jax.tree.leaves(nnx.state(shrunk, nnx.Param))) / 266_610
+  assert entry["within_tolerance"], entry
+  assert abs(nonzero / 0.03 - 1) <= 0.1, nonzero
+  with pytest.raises(ValueError, match="budget targets must be fractions in"):
+    budget.Controller.for_model(model, sample, nonzero=2.0)

@@ -33,10 +33,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
 from mobileprune_jax import metrics, surgery
+from mobileprune_jax.regularisers import Regulariser
 
 KINDS = ("nonzero", "params", "macs")
 
@@ -151,4 +154,90 @@ def check_reached(entry: dict[str, Any] | None, name: str) -> None:
       "(the outputs are written)")
 
 
-Measure = Callable[[nnx.Module], dict[str, float]]
+Preview = Callable[[nnx.Module], Any]
+
+
+@dataclasses.dataclass
+class Controller:
+  """Adapts the penalty multiplier so that a model lands on size targets — in the pipeline or any loop::
+
+      controller = budget.Controller.for_model(model, sample, nonzero=0.02)
+      base = m = 1.0
+      for step in range(total):
+        ...  # optimizer.update(model, grads, penalty_multiplier=m)  (transforms / with_prox)
+        if step % 50 == 49:
+          base, m = controller.update(model, base, progress=step / total)
+      m = controller.land(model, regulariser, step_size, m)   # one last prox step if still too large
+      controller.report(model, m)                            # target, reached, multiplier, within_tolerance
+
+  ``base`` and ``m`` are the caller's state (checkpoint them). ``preview``: an action the phase's
+  end applies to the model (DEGL's threshold); sizes are measured after it, on a copy.
+  """
+
+  targets: dict[str, float]
+  dense: DenseSize
+  sample: Any
+  tolerance: float = 0.1
+  gain: float = 0.15
+  proportional: float = 3.0
+  ramp: float = 0.6
+  _prox_fns: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  @classmethod
+  def for_model(cls, model: nnx.Module, sample, *, nonzero: float | None = None, params: float | None = None,
+                macs: float | None = None, **settings) -> Controller:
+    """A controller for fractions of ``model``'s current (dense) size."""
+    wanted = {k: v for k, v in (("nonzero", nonzero), ("params", params), ("macs", macs)) if v is not None}
+    if not wanted or not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in wanted.values()):
+      raise ValueError(f"budget targets must be fractions in (0, 1], at least one; got {wanted or 'none'}")
+    return cls({k: float(v) for k, v in wanted.items()}, DenseSize.of(model, sample), sample, **settings)
+
+  def measure(self, model: nnx.Module, preview: Preview | None = None) -> dict[str, float]:
+    """The budgeted fractions of ``model`` (after ``preview`` on a copy)."""
+    if preview is not None:
+      model = nnx.clone(model)
+      preview(model)
+    measured = measure(model, self.sample, self.dense)
+    return {k: measured[k] for k in self.targets}
+
+  def update(self, model: nnx.Module, base: float, progress: float | None = None,
+             preview: Preview | None = None) -> tuple[float, float]:
+    """(new base, multiplier to apply) from the measured size.
+
+    Aims 3·tolerance above the target (the size keeps falling for a while after the penalty eases;
+    ``land`` trims from above), along the geometric ramp at ``progress`` ∈ [0, 1] of the pruning (None:
+    the ramp is over).
+    """
+    aim = 1 + 3 * self.tolerance
+    wanted = {k: v * aim for k, v in self.targets.items()}
+    if progress is not None:
+      wanted = {k: wanted_fraction(v, progress, self.ramp) for k, v in wanted.items()}
+    return next_multiplier(base, ratio(self.measure(model, preview), wanted), self.gain, self.proportional)
+
+  def land(self, model: nnx.Module, regulariser: Regulariser, step_size: float, multiplier: float,
+           preview: Preview | None = None) -> float:
+    """A model above target·(1 + tolerance/2) gets prox_{s·m*·R} in place, m* bisected to land on the target.
+
+    Returns the multiplier in force afterwards (``multiplier`` when nothing was done).
+    """
+    if ratio(self.measure(model, preview), self.targets) <= 1 + self.tolerance / 2:
+      return multiplier
+    key = (id(regulariser), float(step_size))
+    if key not in self._prox_fns:
+      self._prox_fns[key] = jax.jit(lambda p, m: regulariser.prox(p, step_size, multiplier=m))
+    prox, params = self._prox_fns[key], nnx.state(model, nnx.Param)
+
+    def ratio_at(m: float) -> float:
+      candidate = nnx.clone(model)
+      nnx.update(candidate, prox(params, jnp.float32(m)))
+      return ratio(self.measure(candidate, preview), self.targets)
+
+    landing = bisect_multiplier(ratio_at, multiplier, span=1e6, iterations=24)
+    if landing is None:  # even a vanishing penalty's prox lands below the target: leave the model as it is
+      return multiplier
+    nnx.update(model, prox(params, jnp.float32(landing)))
+    return landing
+
+  def report(self, model: nnx.Module, multiplier: float, preview: Preview | None = None) -> dict[str, Any]:
+    """Target, reached fractions, multiplier and whether the binding target is within the tolerance."""
+    return report(self.measure(model, preview), self.targets, multiplier, self.tolerance)

@@ -75,12 +75,13 @@ class Run:
     self.phases = build_phases(cfg, structure.kernel_paths, self.sample, self.batches.steps_per_epoch,
                                model_rules=structure.rules)
     self.targets = budget.targets(cfg)
-    self.dense_size = budget.DenseSize.of(self.model, self.sample) if self.targets else None
+    b = cfg.budget
+    self.controller = budget.Controller(self.targets, budget.DenseSize.of(self.model, self.sample), self.sample,
+                                        b.tolerance, b.gain, b.proportional, b.ramp) if self.targets else None
     self.control_every = cfg.budget.interval or max(1, self.batches.steps_per_epoch // 8)
     controlled = [i for i, p in enumerate(self.phases) if p.controlled]
     self._first_controlled = controlled[0] if controlled else None
     self._last_controlled = controlled[-1] if controlled else None
-    self._prox_fns: dict[str, Callable] = {}
     self.fingerprint = config_fingerprint(cfg)
     self.ckpt = Checkpoints(workdir / "checkpoints", keep=cfg.checkpoint_keep, warn=log)
     self.state = RunState()
@@ -256,55 +257,26 @@ class Run:
 
   def measure(self, phase: Phase) -> dict[str, float]:
     """The budgeted fractions of the model as the phase's end action would leave it (e.g. DEGL's threshold)."""
-    model = self.model
-    if phase.on_end is not None:
-      model = nnx.clone(self.model)
-      phase.on_end(model)
-    measured = budget.measure(model, self.sample, self.dense_size)
-    return {k: measured[k] for k in self.targets}
-
-  def _ratio_after_prox(self, phase: Phase, wanted: dict[str, float]) -> Callable[[float], float]:
-    """m ↦ size ratio (vs ``wanted``) of the model after the phase's prox at multiplier m (and its end action)."""
-    if phase.name not in self._prox_fns:
-      reg, step_size = phase.regulariser, phase.step_size
-      self._prox_fns[phase.name] = jax.jit(lambda p, m: reg.prox(p, step_size, multiplier=m))
-    prox = self._prox_fns[phase.name]
-    params = nnx.state(self.model, nnx.Param)
-
-    def ratio_at(m: float) -> float:
-      model = nnx.clone(self.model)
-      nnx.update(model, prox(params, jnp.float32(m)))
-      if phase.on_end is not None:
-        phase.on_end(model)
-      return budget.ratio(budget.measure(model, self.sample, self.dense_size), wanted)
-
-    return ratio_at
+    return self.controller.measure(self.model, phase.on_end)
 
   def control(self, phase: Phase) -> None:
     """One controller update of the budget multiplier (a function of the model and position: resume-exact)."""
-    state, per_epoch, b = self.state, self.batches.steps_per_epoch, self.cfg.budget
-    aim = 1 + 3 * b.tolerance  # above the target (the size keeps falling for a while): the landing trims down
-    wanted = {k: v * aim for k, v in self.targets.items()}
+    state, per_epoch = self.state, self.batches.steps_per_epoch
+    progress = None
     if self.phases.index(phase) == self._first_controlled:
       total = sum(phase.steps_in_epoch(e, per_epoch) for e in range(self._epochs(phase)))
       done = sum(phase.steps_in_epoch(e, per_epoch) for e in range(state.epoch)) + state.step
-      wanted = {k: budget.wanted_fraction(v, done / max(total, 1), b.ramp) for k, v in wanted.items()}
-    r = budget.ratio(self.measure(phase), wanted)
-    state.multiplier_base, state.multiplier = budget.next_multiplier(state.multiplier_base, r, b.gain, b.proportional)
+      progress = done / max(total, 1)
+    state.multiplier_base, state.multiplier = self.controller.update(self.model, state.multiplier_base, progress,
+                                                                     phase.on_end)
 
   def land(self, phase: Phase) -> None:
     """At the end of the last penalised phase: a model above the tolerance gets one prox step at the landing m."""
-    ratio_at = self._ratio_after_prox(phase, self.targets)
-    if budget.ratio(self.measure(phase), self.targets) <= 1 + self.cfg.budget.tolerance / 2:
-      return
-    m = budget.bisect_multiplier(ratio_at, self.state.multiplier, span=1e6, iterations=24)
-    if m is None:  # even a vanishing penalty's prox lands below the target: leave the model as it is
-      return
-    prox = self._prox_fns[phase.name]
-    nnx.update(self.model, prox(nnx.state(self.model, nnx.Param), jnp.float32(m)))
-    self.state.multiplier = m
-    self.record({"phase": phase.name, "event": "budget_landing", "penalty_multiplier": m,
-                 "budget_reached": self.measure(phase)})
+    m = self.controller.land(self.model, phase.regulariser, phase.step_size, self.state.multiplier, phase.on_end)
+    if m != self.state.multiplier:
+      self.state.multiplier = m
+      self.record({"phase": phase.name, "event": "budget_landing", "penalty_multiplier": m,
+                   "budget_reached": self.measure(phase)})
 
   def _evaluate(self, x, y) -> float:
     return evaluate(self.model, x, y, self.cfg.eval_batch_size, self.batches.placement)
