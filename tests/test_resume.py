@@ -31,17 +31,15 @@ TINY = ["--config.model=lenet300", "--config.train_subset=1000", "--config.test_
 CHAINS = {
     # pretrain (1 epoch) → prune/1 (2 epochs) → retrain/1 (1 epoch) → finishing; 10 steps per epoch
     "mobileprune_random": (["--config.pretrain.epochs=1", "--config.prune.iterations=1", "--config.prune.epochs=2",
-                            "--config.retrain.epochs=1", "--config.coef.neuron=0.3", "--config.coef.l0=2e-3"],
+                            "--config.retrain.epochs=1", "--config.coef.neuron=0.3", "--config.coef.l0=2e-3",
+                            "--config.budget.nonzero=0.05", "--config.budget.tolerance=0.9"],
                            ["random", "random", "random"]),
+    # with a budget: the controller's multiplier is run state, and the landing happens after "phase_end"
     "mobileprune": (["--config.pretrain.epochs=1", "--config.prune.iterations=1", "--config.prune.epochs=2",
-                     "--config.retrain.epochs=1", "--config.coef.neuron=0.3", "--config.coef.l0=2e-3"],
+                     "--config.retrain.epochs=1", "--config.coef.neuron=0.3", "--config.coef.l0=2e-3",
+                     "--config.budget.nonzero=0.05", "--config.budget.tolerance=0.9"],
                     ["saved:2", "checkpoint_write:2", "epoch_end:1", "phase_end:1",
                      "phase_start:1", "epoch_end:1", "finish:1", "finish_model:1"]),
-    # the budget controller's multiplier is run state: kills mid-prune, before the landing, at an epoch end
-    "budget": (["--config.pretrain.epochs=1", "--config.prune.iterations=1", "--config.prune.epochs=2",
-                "--config.retrain.epochs=1", "--config.budget.nonzero=0.05", "--config.budget.tolerance=0.9",
-                "--config.budget.interval=3"],
-               ["saved:3", "phase_end:2", "epoch_end:1"]),
     # select (2 epochs) → DEGL threshold → debias (1 epoch): kills before the threshold and at the debias start
     "degl": (["--config.method=degl", "--config.degl.select_epochs=2", "--config.degl.retrain_epochs=1",
               "--config.degl.gamma=0.2", "--config.degl.t_th=0.05"],
