@@ -89,7 +89,7 @@ def test_mobileprune_lands_on_the_budget(tmp_path, model, kind, target):
     ("group_lasso", {}),
     ("l1_sgl", {}),
     ("degl", {"degl.select_epochs": 3, "degl.retrain_epochs": 0, "degl.gamma": 0.05}),
-    ("egl", {"degl.select_epochs": 3, "degl.retrain_epochs": 0, "degl.gamma": 0.05}),
+    ("egl", {"degl.select_epochs": 3, "degl.retrain_epochs": 1, "degl.gamma": 0.05}),  # penalised retraining
 ])
 def test_every_penalised_method_lands_on_a_budget(tmp_path, method, extra):
   cfg = _cfg("lenet300", method=method, **{"budget.nonzero": 0.05}, **extra)

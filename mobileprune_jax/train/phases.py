@@ -204,8 +204,10 @@ def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | n
                               on_end=lambda m: actions.degl_threshold(m, sample_input, d.t_th, last_kernel),
                               controlled=True, regulariser=egl_reg, step_size=d.lr))
     if cfg.method == "egl":
+      # still penalised (the support can only shrink): under a budget the controller keeps watching, and lands here
       phases.append(optax_phase("retrain", d.retrain_epochs,
-                                lambda: optax.chain(sgd(), egl(), transforms.keep_support()), scaled=True))
+                                lambda: optax.chain(sgd(), egl(), transforms.keep_support()), controlled=True,
+                                regulariser=egl_reg, step_size=d.lr))
     else:
       rt_lam = lam * (d.rt_scale if d.rt_scale is not None else 1.0)
       phases.append(optax_phase("debias", d.retrain_epochs,
