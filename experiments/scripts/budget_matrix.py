@@ -67,7 +67,8 @@ def main() -> None:
         f"{_commit()}, config `{CONFIG}` with `{' '.join(SHORT)}` and the overrides per row (2 CPU cores). "
         "Fractions of the dense model as `summary.json` reports them: non-zero parameters and parameters of the "
         "shrunk model over the dense model's parameters. Tolerance ±10 % relative. Accuracies: the 2,000 test digits "
-        "after the short schedule (dense after 1 pretraining epoch → pruned), not tuned.\n")
+        "after the short schedule (dense after 1 pretraining epoch → pruned), not tuned. Times: wall clock, all cells in one "
+        "process (later cells reuse compiled steps).\n")
   print("| model | method | budget | target | reached | off by | final multiplier | accuracy | time | overrides |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   print("\n".join(rows))
