@@ -8,7 +8,7 @@ after the earlier blocks were updated):
         s = 1/(γ·L);  W_l⁺ = prox_{s·R_l}(W_l − s·g)
         accept if loss(W⁺) ≤ loss(W) + ⟨g, W_l⁺ − W_l⟩ + L/2·‖W_l⁺ − W_l‖²   else L ← γ·L
 
-A block is a layer's kernel and bias; the prox is the regulariser's transform applied with
+A block is a layer's kernel and bias; the prox is the regulariser's (``Regulariser.prox_leaves``) at
 step s (π on dense kernels, θ on conv kernels for MobilePrune). There is no learning rate.
 """
 
