@@ -258,7 +258,7 @@ def test_transform_leaf_results_equal_direct_prox_calls():
   assert groups.leaf_roles(params) == ["bias", "conv", "bias", "dense"]
 
 
-def test_theta_on_stacked_and_padded_trees_equals_theta_per_kernel():
+def test_theta_on_stacked_and_padded_trees_equals_theta_per_kernel(monkeypatch):
   """The transform stacks conv trees of similar shapes (zero-padded) into one θ call; the result must be
   θ applied to each kernel alone."""
   from mobileprune_jax import groups, prox
@@ -269,8 +269,15 @@ def test_theta_on_stacked_and_padded_trees_equals_theta_per_kernel():
             for k, s in shapes.items()}
   params["dw"] = {"kernel": jnp.asarray(rng.normal(size=(3, 3, 1, 12)) * 0.3, jnp.float32)}
   l0, shape, channel, lr = 2e-3, 0.05, 0.2, 1.0
+  from mobileprune_jax.regularisers import catalog
+
+  sparse, flat, theta = catalog.SPARSE_GROUP["l0_sparse_group_lasso"]
+  calls = []  # leaves per tree of every θ call: conv (a, b, e) and depthwise (dw) trees of 9 taps share one
+  counting = lambda t, *c: (calls.append(t.shape[-2]), theta(t, *c))[1]
+  monkeypatch.setitem(catalog.SPARSE_GROUP, "l0_sparse_group_lasso", (sparse, flat, counting))
   tx = transforms.l0_sparse_group_lasso(lr, l0=l0, shape=shape, channel=channel, rules=[(r"^dw/", "depthwise")])
   u, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  assert sorted(calls) == [1, 9]
   for name, leaf in params.items():
     value = leaf["kernel"]
     if name == "dw":

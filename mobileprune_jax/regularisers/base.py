@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from mobileprune_jax import groups
+from mobileprune_jax.prox.validation import compute_dtype
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -154,16 +155,17 @@ class Regulariser:
       if rule is None:
         out[i] = leaf
         continue
-      s = group_step(jnp.asarray(step, _compute_dtype(leaf.dtype)), rule.layout)
+      s = group_step(jnp.asarray(step, compute_dtype(leaf.dtype)), rule.layout)
       grouped = rule.layout.split(leaf)
-      if rule.layout.stack:
+      if rule.layout.stack:  # one call per (prox, dtype, leaves per tree): conv and depthwise trees together
         s = jnp.broadcast_to(s, grouped.shape[:-2])
-        stacked.setdefault((rule, leaf.dtype, grouped.shape[-2]), []).append((i, grouped, s))
+        stacked.setdefault((rule.prox, leaf.dtype, grouped.shape[-2]), []).append((i, grouped, s))
       else:
         out[i] = rule.layout.join(rule.prox(grouped, s, _cast(coefs, s.dtype)), leaf.shape).astype(leaf.dtype)
-    for (rule, _, _), members in stacked.items():
-      for i, value in _stacked_prox(rule, members, coefs).items():
-        out[i] = rule.layout.join(value, leaves[i].shape).astype(leaves[i].dtype)
+    for (tree_prox, _, _), members in stacked.items():
+      for i, value in _stacked_prox(tree_prox, members, coefs).items():
+        layout = self.rules_by_role[roles[i]].layout
+        out[i] = layout.join(value, leaves[i].shape).astype(leaves[i].dtype)
     return out
 
   def as_transform(self, learning_rate: Coefficient) -> optax.GradientTransformationExtraArgs:
@@ -173,15 +175,11 @@ class Regulariser:
     return prox_transform(self, learning_rate)
 
 
-def _compute_dtype(dtype) -> jnp.dtype:
-  return jnp.promote_types(dtype, jnp.float32)
-
-
 def _cast(coefs: Mapping[str, Array], dtype) -> dict[str, Array]:
   return {k: v.astype(dtype) for k, v in coefs.items()}
 
 
-def _stacked_prox(rule: LeafRule, members: list[tuple[int, Array, Array]], coefs) -> dict[int, Array]:
+def _stacked_prox(tree_prox: GroupProx, members: list[tuple[int, Array, Array]], coefs) -> dict[int, Array]:
   """One prox call on the trees of several leaves, zero-padded to a common width (a power of two).
 
   Exact: zero entries are never in an optimal support (ties go to zero) and change no norm, and
@@ -190,8 +188,8 @@ def _stacked_prox(rule: LeafRule, members: list[tuple[int, Array, Array]], coefs
   width = _bucket_width(max(g.shape[-1] for _, g, _ in members))
   flat = [(g.reshape((-1,) + g.shape[-2:]), s.reshape(-1)) for _, g, s in members]
   trees = jnp.concatenate([jnp.pad(t, ((0, 0), (0, 0), (0, width - t.shape[-1]))) for t, _ in flat])
-  steps = jnp.concatenate([s.astype(_compute_dtype(trees.dtype)) for _, s in flat])
-  result = rule.prox(trees, steps, _cast(coefs, steps.dtype))
+  steps = jnp.concatenate([s.astype(compute_dtype(trees.dtype)) for _, s in flat])
+  result = tree_prox(trees, steps, _cast(coefs, steps.dtype))
   out, start = {}, 0
   for (i, g, _), (t, _) in zip(members, flat):
     out[i] = result[start:start + t.shape[0], :, :g.shape[-1]].reshape(g.shape)
@@ -209,7 +207,6 @@ def step_leaves(step_size: Any, params: Any, fn: str) -> list[Array]:
       or any(jnp.shape(s) not in ((), jnp.shape(p)) for s, p in zip(steps, leaves))):
     raise ValueError(f"{fn}: step_size must be a scalar or a pytree of the params' structure and shapes")
   return [jnp.asarray(s) for s in steps]
-
 
 
 def proximal_updates(regulariser: Regulariser, updates: Any, params: Any, step: Any, count: ArrayLike,

@@ -87,7 +87,8 @@ def sparse_group(name: str, sparse: Coefficient = 0.0, neuron: Coefficient = 0.0
   def flat_rule(layout, group):
     return LeafRule(layout, lambda g, s, c: flat(g, s * a(c), s * c[group]))
 
-  tree_rule = lambda layout: LeafRule(layout, lambda t, s, c: tree(t, s * a(c), s * c["shape"], s * c["channel"]))
+  tree_prox = lambda t, s, c: tree(t, s * a(c), s * c["shape"], s * c["channel"])  # one function: stacked together
+  tree_rule = lambda layout: LeafRule(layout, tree_prox)
   trees = conv_grouping == "input_channel_tree"
   table = {
       "dense": flat_rule(ROWS, "neuron"),
