@@ -107,6 +107,13 @@ def _wrong_shape(path):
   _rewrite(path, arrays=lambda a: {**a, "model/fc2/kernel": np.zeros((3, 3), np.float32)})
 
 
+def _negative_multiplier(path):
+  _, meta = tensorfile.read(path)
+  state = json.loads(meta["run_state"])
+  state["multiplier"] = -1.0
+  _rewrite(path, run_state=json.dumps(state))
+
+
 CASES = {
     "bit flip in the data": (_flip_data_byte, "checksum mismatch in array"),
     "bit flip in the header": (_flip_header_byte, "damaged header"),
@@ -120,6 +127,7 @@ CASES = {
     "missing array": (_missing_array, "no stored array for 'model/fc2/kernel'"),
     "wrong shape": (_wrong_shape, "'model/fc2/kernel' is stored as float32[3, 3]"),
     "unreadable run state": (lambda p: _rewrite(p, run_state="{not json"), "run state is not readable"),
+    "negative budget multiplier": (_negative_multiplier, "run state multiplier = -1.0 is not a positive number"),
     "items not a list": (lambda p: _rewrite(p, items='{"model": 1}'), "metadata 'items' is not a list of names"),
 }
 

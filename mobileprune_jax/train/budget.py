@@ -66,14 +66,17 @@ class DenseSize:
     return cls(metrics.count_params(nnx.state(model, nnx.Param)), sum(s.macs_dense for s in stats))
 
 
+def fractions(nonzero: int, params: int, macs: int, dense: DenseSize) -> dict[str, float]:
+  """The budgeted quantities of a shrunk model as fractions of the dense model."""
+  return {"nonzero": nonzero / dense.params, "params": params / dense.params, "macs": macs / max(dense.macs, 1)}
+
+
 def measure(model: nnx.Module, sample, dense: DenseSize) -> dict[str, float]:
   """Fractions of the dense model after shrinking: {"nonzero", "params", "macs"} (as ``summary.json``)."""
   shrunk, _ = surgery.shrink_with_report(model, sample, check=False)
   params = nnx.state(shrunk, nnx.Param)
   macs = sum(s.macs_sparse for s in metrics.layer_stats(shrunk, sample))
-  return {"nonzero": metrics.count_nonzero(params) / dense.params,
-          "params": metrics.count_params(params) / dense.params,
-          "macs": macs / max(dense.macs, 1)}
+  return fractions(metrics.count_nonzero(params), metrics.count_params(params), macs, dense)
 
 
 def ratio(measured: dict[str, float], wanted: dict[str, float]) -> float:
@@ -137,9 +140,8 @@ def summary_budget(cfg: ml_collections.ConfigDict, summary: dict[str, Any], mult
   wanted = targets(cfg)
   if not wanted:
     return None
-  measured = {"nonzero": summary["nonzero_params"] / summary["params_total"],
-              "params": summary["params_remaining"] / summary["params_total"],
-              "macs": summary["macs_pruned"] / max(summary["macs_dense"], 1)}
+  measured = fractions(summary["nonzero_params"], summary["params_remaining"], summary["macs_pruned"],
+                       DenseSize(summary["params_total"], summary["macs_dense"]))
   return report(measured, wanted, multiplier, cfg.budget.tolerance)
 
 

@@ -263,7 +263,7 @@ class Run:
     """One controller update of the budget multiplier (a function of the model and position: resume-exact)."""
     state, per_epoch = self.state, self.batches.steps_per_epoch
     progress = None
-    if self.phases.index(phase) == self._first_controlled:
+    if state.phase == self._first_controlled:
       total = sum(phase.steps_in_epoch(e, per_epoch) for e in range(self._epochs(phase)))
       done = sum(phase.steps_in_epoch(e, per_epoch) for e in range(state.epoch)) + state.step
       progress = done / max(total, 1)
