@@ -28,6 +28,7 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 QUANTIZE = ("", "float16", "dynamic_int8")
 CONV_GROUPINGS = ("input_channel_tree", "output_filter")
+DEGL_SELECTIONS = ("prox", "subgradient")
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.fold = 0  # HAR: validation fold
   c.train_subset = 0  # use only the first N training examples (0 = all)
   c.test_subset = 0
+  c.val_fraction = 0.0  # hold out this fraction of the training data as the validation split (drawn by the seed)
+  c.augment_shift = 0  # images: translate training batches by up to N pixels (random, zero-filled)
+  c.init_from = ""  # a model directory (``model/`` of a dense run) whose weights start the run instead of the init
   c.pad_to = 0  # zero-pad images to pad_to × pad_to (e.g. 28×28 Fashion-MNIST → 32×32 for CIFAR-size models)
   c.model = "lenet5"
   c.model_kwargs = ml_collections.ConfigDict()
@@ -69,6 +73,12 @@ def base_config() -> ml_collections.ConfigDict:
   # DEGL (spec §H): EGL selection for `select_epochs`, threshold t_th, debiased retraining
   c.degl = ml_collections.ConfigDict(dict(select_epochs=5, lr=0.05, momentum=0.9, gamma=5e-3, lam=1e-4,
                                           t_th=1e-2, retrain_epochs=3))
+  # the paper's procedure as options: selection "prox" (exact prox-SGD, zeroes groups while training; default) or
+  # "subgradient" (SGD on L + R, the paper's; groups go only at the threshold); plateau_patience > 0: the select and
+  # debias learning rates × plateau_factor when the epoch's mean training loss has not improved for that many epochs
+  c.degl.selection = "prox"
+  c.degl.plateau_patience = 0
+  c.degl.plateau_factor = 0.1
   # debiasing ridge λ_rt = rt_scale · λ (spec §H); None = 1
   c.degl.rt_scale = ml_collections.FieldReference(None, field_type=float)
   # magnitude: train (pretrain section), then zero conv weights with |w| <= threshold (global), then
@@ -252,10 +262,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   for name in ("batch_size", "eval_batch_size", "checkpoint_keep"):
     _check(_is_int(cfg[name]) and cfg[name] >= 1, f"{name} must be a positive integer, got {cfg[name]!r}")
   counts = {"checkpoint_every_steps": cfg.checkpoint_every_steps, "fold": cfg.fold, "pad_to": cfg.pad_to,
+            "augment_shift": cfg.augment_shift,
             "train_subset": cfg.train_subset,
             "test_subset": cfg.test_subset, "prune.iterations": cfg.prune.iterations, "prune.steps": cfg.prune.steps,
             "prune.palm_max_backtracks": cfg.prune.palm_max_backtracks, "degl.select_epochs": cfg.degl.select_epochs,
-            "degl.retrain_epochs": cfg.degl.retrain_epochs}
+            "degl.retrain_epochs": cfg.degl.retrain_epochs, "degl.plateau_patience": cfg.degl.plateau_patience}
   counts |= {f"{s}.epochs": cfg[s].epochs for s in ("pretrain", "prune", "retrain")}
   for name, value in counts.items():
     _check(_is_int(value) and value >= 0, f"config value {name} must be a non-negative integer, got {value!r}")
@@ -269,6 +280,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
            f"config value {name} must be a non-negative number, got {value!r}")
   for name in ("pretrain.momentum", "prune.momentum", "retrain.momentum", "degl.momentum"):
     _check(numbers[name] < 1, f"config value {name} must be in [0, 1), got {numbers[name]!r}")
+  _check(isinstance(cfg.val_fraction, (int, float)) and 0 <= cfg.val_fraction < 1,
+         f"val_fraction must be in [0, 1), got {cfg.val_fraction!r}")
   _check(cfg.prune.palm_gamma > 1, f"prune.palm_gamma must be > 1, got {cfg.prune.palm_gamma!r}")
   for kind in ("nonzero", "params", "macs"):
     value = cfg.budget[kind]
@@ -282,5 +295,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _check(0 <= cfg.budget.ramp <= 1, f"budget.ramp must be in [0, 1], got {cfg.budget.ramp!r}")
   _check(_is_int(cfg.budget.interval) and cfg.budget.interval >= 0,
          f"budget.interval must be a non-negative integer, got {cfg.budget.interval!r}")
+  _check(cfg.degl.selection in DEGL_SELECTIONS,
+         f"degl.selection must be one of {DEGL_SELECTIONS}, got {cfg.degl.selection!r}")
+  _check(0 < cfg.degl.plateau_factor < 1, f"degl.plateau_factor must be in (0, 1), got {cfg.degl.plateau_factor!r}")
   rt_scale = cfg.degl.rt_scale
   _check(rt_scale is None or 0 < rt_scale <= 1, f"degl.rt_scale must be in (0, 1] or None, got {rt_scale!r}")

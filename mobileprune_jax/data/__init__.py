@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from mobileprune_jax.data import splits
 from mobileprune_jax.data.embedded import load_mnist_subset
 from mobileprune_jax.data.errors import DataUnavailableError, InvalidDataError
 
@@ -163,13 +164,20 @@ def load(name: str, data_dir: str | None = None, **options) -> Dataset:
 
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, skip: int = 0,
-            shuffle: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Full batches of one epoch in a deterministic order (seeded); ``skip`` drops the first ones."""
+            shuffle: bool = True, shift: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Full batches of one epoch in a deterministic order (seeded); ``skip`` drops the first ones.
+
+  ``shift`` > 0 translates every image of batch i by up to ``shift`` pixels (``splits.shift_images``,
+  drawn from the seed and i, so a skipped-to batch is the one an uninterrupted epoch would see).
+  """
   order = np.random.default_rng(seed).permutation(len(x)) if shuffle else np.arange(len(x))
   n = len(x) // batch_size
   for i in range(skip, n):
     idx = order[i * batch_size : (i + 1) * batch_size]
-    yield x[idx], y[idx]
+    xb = x[idx]
+    if shift:
+      xb = splits.shift_images(xb, shift, np.random.default_rng([seed, i]))
+    yield xb, y[idx]
 
 
-__all__ = ["Dataset", "DataUnavailableError", "InvalidDataError", "LOADERS", "batches", "load"]
+__all__ = ["Dataset", "DataUnavailableError", "InvalidDataError", "LOADERS", "batches", "load", "splits"]

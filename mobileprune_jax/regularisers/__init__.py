@@ -22,6 +22,8 @@ from mobileprune_jax.regularisers.catalog import (
                                                   l2,
                                                   sparse_group,
 )
+from mobileprune_jax.regularisers.subgradient import elastic_group_lasso_subgradient
 
 __all__ = ["Regulariser", "Layout", "LeafRule", "CONV_GROUPINGS", "SPARSE_GROUP", "l0", "l1", "l2", "group_lasso",
-           "l1_sparse_group_lasso", "l0_sparse_group_lasso", "elastic_group_lasso", "sparse_group"]
+           "l1_sparse_group_lasso", "l0_sparse_group_lasso", "elastic_group_lasso", "sparse_group",
+           "elastic_group_lasso_subgradient"]

@@ -7,6 +7,7 @@ with a one-line message, raised before anything is trained or written.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Any
 
 import jax
@@ -28,6 +29,13 @@ def load_data(cfg: ml_collections.ConfigDict) -> data_lib.Dataset:
     ds = ds.subset(cfg.train_subset or None, cfg.test_subset or None)
   if cfg.pad_to:
     ds = pad_images(ds, cfg.pad_to)
+  if cfg.val_fraction:
+    try:
+      ds = data_lib.splits.hold_out(ds, cfg.val_fraction, cfg.seed)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  if cfg.augment_shift and len(ds.input_shape) != 3:
+    raise ConfigError(f"augment_shift needs images (N, H, W, C); {ds.name} has inputs {ds.input_shape}")
   return ds
 
 
@@ -75,6 +83,28 @@ def create_model(cfg: ml_collections.ConfigDict, ds: data_lib.Dataset) -> tuple[
     raise ConfigError(f"model {cfg.model!r} cannot be built with model_kwargs {dict(cfg.model_kwargs)}: "
                       f"{str(e).splitlines()[0]}") from None
   return model, spec
+
+
+def load_initial_weights(cfg: ml_collections.ConfigDict, model: nnx.Module) -> None:
+  """Sets ``model``'s weights from the model directory ``cfg.init_from`` (a dense model of the same shape).
+
+  Raises:
+    ConfigError: no such directory, an unreadable model, or one whose parameters differ in shape.
+  """
+  from mobileprune_jax import surgery
+
+  directory = pathlib.Path(cfg.init_from)
+  try:
+    source = surgery.load(directory)
+  except (OSError, surgery.ModelFileError) as e:
+    raise ConfigError(f"init_from {cfg.init_from!r}: {str(e).splitlines()[0]}") from None
+  weights = (nnx.Param, nnx.BatchStat)
+  shapes = lambda m: [(jax.tree_util.keystr(p), a.shape)
+                      for p, a in jax.tree_util.tree_leaves_with_path(nnx.state(m, weights))]
+  if type(source) is not type(model) or shapes(source) != shapes(model):
+    raise ConfigError(f"init_from {cfg.init_from!r} holds a {type(source).__name__} whose parameters do not match the "
+                      f"config's {cfg.model} (a shrunk model, or other model_kwargs)")
+  nnx.update(model, nnx.state(source, weights))
 
 
 @dataclasses.dataclass(frozen=True)

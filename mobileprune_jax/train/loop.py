@@ -43,6 +43,8 @@ from mobileprune_jax.train.steps import evaluate
 
 # keys that do not change what a run computes: they may differ between a run and its resume
 _FREE_KEYS = ("progress", "checkpoint_every_steps", "checkpoint_keep", "data_parallel", "export")
+_LATER_KEYS = {"val_fraction": 0.0, "augment_shift": 0, "init_from": "", "degl.selection": "prox",
+               "degl.plateau_patience": 0, "degl.plateau_factor": 0.1}
 
 
 def config_fingerprint(cfg: ml_collections.ConfigDict) -> str:
@@ -52,6 +54,13 @@ def config_fingerprint(cfg: ml_collections.ConfigDict) -> str:
     d.pop(key, None)
   if all(d["budget"][k] is None for k in ("nonzero", "params", "macs")):
     d.pop("budget")  # runs without a budget keep the fingerprint they had before budgets existed
+  for key, default in _LATER_KEYS.items():  # the same for keys added later, at their defaults
+    *parents, leaf = key.split(".")
+    node = d
+    for parent in parents:
+      node = node.get(parent, {})
+    if node.get(leaf, default) == default:
+      node.pop(leaf, None)
   return json.dumps(d, sort_keys=True)
 
 
@@ -69,6 +78,8 @@ class Run:
     self.cfg, self.workdir, self.log = cfg, workdir, log
     self.ds = inputs.load_data(cfg)
     self.model, self.spec = inputs.create_model(cfg, self.ds)
+    if cfg.init_from:
+      inputs.load_initial_weights(cfg, self.model)
     self.batches = inputs.plan_batches(cfg, self.ds)
     self.sample = jnp.asarray(self.ds.test_x[:2])
     structure = analysis.analyze(self.model, self.sample)  # traced once; the phases reuse it
@@ -159,6 +170,8 @@ class Run:
       _write_atomic(self.workdir / "log.jsonl", "".join(json.dumps(e) + "\n" for e in self.state.log))
       self.timing({"event": "start", "resumed": restored is not None, "phase": self.state.phase,
                    "epoch": self.state.epoch, "step": self.state.step})
+      if restored is None and self.cfg.init_from:
+        self.record_initial_model()
       while self.state.phase < len(self.phases):
         self.run_phase(self.phases[self.state.phase], self.stepper)
         self.stepper = None
@@ -168,6 +181,13 @@ class Run:
       self.log(report.format_summary(summary))
     budget.check_reached(summary.get("budget"), self.cfg.name)
     return summary
+
+  def record_initial_model(self) -> None:
+    """A run started from ``init_from``: its accuracy is the base accuracy (there may be no pretraining)."""
+    val = self._evaluate(self.ds.val_x, self.ds.val_y) if self.ds.val_x is not None else None
+    self.state.base_accuracy = self._evaluate(self.ds.test_x, self.ds.test_y)
+    self.record({"phase": "init", "event": "init_from", "test_accuracy": self.state.base_accuracy,
+                 "val_accuracy": val, "nonzero_fraction": _nonzero_fraction(self.model)})
 
   def run_phase(self, phase: Phase, stepper: Stepper | None) -> None:
     """Runs the rest of the current phase, its action, and checkpoints the start of the next."""
@@ -208,7 +228,8 @@ class Run:
           state.lipschitz_sum += float(lip)
       pending.clear()
 
-    batches = data_lib.batches(self.ds.train_x, self.ds.train_y, cfg.batch_size, order_seed, skip=state.step)
+    batches = data_lib.batches(self.ds.train_x, self.ds.train_y, cfg.batch_size, order_seed, skip=state.step,
+                               shift=cfg.augment_shift)
     for xb, yb in batches:
       if state.step >= n_steps:
         break
@@ -249,7 +270,8 @@ class Run:
     self.record(entry)
     self.timing({"event": "epoch", "phase": phase.name, "epoch": state.epoch + 1})
     loss = "-" if entry["loss"] is None else f"{entry['loss']:.4f}"
-    self.log(f"[{phase.name}] epoch {state.epoch + 1}/{epochs}  loss {loss}  test acc {test_acc:.4f}  nonzero "
+    val = "" if val_acc is None else f"  val acc {val_acc:.4f}"
+    self.log(f"[{phase.name}] epoch {state.epoch + 1}/{epochs}  loss {loss}{val}  test acc {test_acc:.4f}  nonzero "
              f"{100 * entry['nonzero_fraction']:.2f} %" + (f"  L {entry['palm_lipschitz']:.3g}"
                                                          if "palm_lipschitz" in entry else ""))
     state.start_epoch(state.epoch + 1)

@@ -161,6 +161,50 @@ def _retrain_phase(name: str, rt: ml_collections.ConfigDict, steps_per_epoch: in
                                                           transforms.keep_support()))
 
 
+def _degl_sgd(d: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+  """DEGL's SGD with an injected rate; with ``plateau_patience``: × ``plateau_factor`` after that many epochs
+  without a lower mean training loss."""
+  sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=d.lr, momentum=d.momentum or None)
+  if not d.plateau_patience:
+    return sgd
+  return optax.chain(sgd, optax.contrib.reduce_on_plateau(factor=d.plateau_factor, patience=d.plateau_patience,
+                                                          accumulation_size=steps_per_epoch))
+
+
+def _degl_phases(cfg: ml_collections.ConfigDict, rules, sample_input, last_kernel: str,
+                 steps_per_epoch: int) -> list[Phase]:
+  """EGL selection (exact prox, or the paper's subgradient) → threshold → debiased / full-cost retraining.
+
+  The default (exact prox, constant rate) keeps the plain chains it always had (its checkpoints resume);
+  the paper's options read the rate from the optimizer state (``with_prox``), so the plateau moves the prox too.
+  """
+  d = cfg.degl
+  lam = 0.0 if cfg.method == "degl_group_lasso" else d.lam
+  egl_reg = regularisers.elastic_group_lasso(d.gamma, lam, rules)
+  ridge = regularisers.l2(lam * (d.rt_scale if d.rt_scale is not None else 1.0))  # every kernel, classifier too
+  if d.selection == "subgradient":
+    select = lambda: optax.chain(regularisers.elastic_group_lasso_subgradient(d.gamma, lam, rules),
+                                 _degl_sgd(d, steps_per_epoch))
+  elif d.plateau_patience:
+    select = lambda: transforms.with_prox(_degl_sgd(d, steps_per_epoch), egl_reg)
+  else:
+    select = lambda: optax.chain(optax.sgd(d.lr, momentum=d.momentum or None), egl_reg.as_transform(d.lr))
+  if d.plateau_patience:
+    debias = lambda: transforms.with_prox(_degl_sgd(d, steps_per_epoch), ridge)
+  else:
+    debias = lambda: optax.chain(optax.sgd(d.lr, momentum=d.momentum or None), ridge.as_transform(d.lr))
+  phases = [optax_phase("select", d.select_epochs, select,
+                        on_end=lambda m: actions.degl_threshold(m, sample_input, d.t_th, last_kernel),
+                        controlled=True, regulariser=egl_reg, step_size=d.lr)]
+  if cfg.method == "egl":
+    # still penalised (the support can only shrink): under a budget the controller keeps watching, and lands here
+    phases.append(optax_phase("retrain", d.retrain_epochs, lambda: optax.chain(select(), transforms.keep_support()),
+                              controlled=True, regulariser=egl_reg, step_size=d.lr))
+  else:
+    phases.append(optax_phase("debias", d.retrain_epochs, lambda: optax.chain(debias(), transforms.keep_support())))
+  return phases
+
+
 def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | nnx.Module, sample_input,
                  steps_per_epoch: int = 1, model_rules: Sequence[tuple[str, str]] = ()) -> list[Phase]:
   """The phases of ``cfg.method`` (spec §B for MobilePrune and baselines, §H for DEGL).
@@ -195,24 +239,7 @@ def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | n
       phases.append(_retrain_phase("retrain/1", rt, steps_per_epoch))
     return phases
   if cfg.method in ("degl", "egl", "degl_group_lasso"):
-    d = cfg.degl
-    lam = 0.0 if cfg.method == "degl_group_lasso" else d.lam
-    sgd = lambda: optax.sgd(d.lr, momentum=d.momentum or None)
-    egl_reg = regularisers.elastic_group_lasso(d.gamma, lam, rules)
-    egl = lambda: egl_reg.as_transform(d.lr)
-    phases.append(optax_phase("select", d.select_epochs, lambda: optax.chain(sgd(), egl()),
-                              on_end=lambda m: actions.degl_threshold(m, sample_input, d.t_th, last_kernel),
-                              controlled=True, regulariser=egl_reg, step_size=d.lr))
-    if cfg.method == "egl":
-      # still penalised (the support can only shrink): under a budget the controller keeps watching, and lands here
-      phases.append(optax_phase("retrain", d.retrain_epochs,
-                                lambda: optax.chain(sgd(), egl(), transforms.keep_support()), controlled=True,
-                                regulariser=egl_reg, step_size=d.lr))
-    else:
-      rt_lam = lam * (d.rt_scale if d.rt_scale is not None else 1.0)
-      phases.append(optax_phase("debias", d.retrain_epochs,
-                                lambda: optax.chain(sgd(), transforms.l2(d.lr, l2=rt_lam), transforms.keep_support())))
-    return phases
+    return phases + _degl_phases(cfg, rules, sample_input, last_kernel, steps_per_epoch)
   reg = regulariser(cfg, rules=list(model_rules) or None)
   for t in range(1, pr.iterations + 1):
     if cfg.mode == "palm" and cfg.method != "l2":

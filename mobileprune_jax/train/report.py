@@ -40,6 +40,11 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
       "base_accuracy": state.base_accuracy,
       "pruned_accuracy": evaluate(shrunk, ds.test_x, ds.test_y, cfg.eval_batch_size),
       "masked_accuracy": evaluate(model, ds.test_x, ds.test_y, cfg.eval_batch_size),
+      "val_accuracy": evaluate(shrunk, ds.val_x, ds.val_y, cfg.eval_batch_size) if ds.val_x is not None else None,
+      "base_val_accuracy": _base_val_accuracy(state.log),
+      "train_size": len(ds.train_x),
+      "val_size": 0 if ds.val_x is None else len(ds.val_x),
+      "test_size": len(ds.test_x),
       "nonzero_params_masked": metrics.count_nonzero(nnx.state(model, nnx.Param)),
       **metrics.summary(dense, shrunk, sample, dense_graph=structure.graph),
       "shrink_max_abs_diff": shrink_report.max_abs_diff,
@@ -67,6 +72,12 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
   return summary
 
 
+def _base_val_accuracy(log: list[dict[str, Any]]) -> float | None:
+  """The validation accuracy of the dense model: the last pretraining epoch's, or the ``init_from`` model's."""
+  dense = [e for e in log if e.get("phase") == "pretrain" or e.get("event") == "init_from"]
+  return dense[-1].get("val_accuracy") if dense else None
+
+
 def format_summary(s: dict[str, Any]) -> str:
   """A small table: base vs pruned accuracy, params, MACs, architecture."""
   def pct(a, b):
@@ -76,6 +87,9 @@ def format_summary(s: dict[str, Any]) -> str:
   rows = [
       ("model / data / method", f"{s['model']} / {s['dataset']} / {s['method']} ({s['mode']})"),
       ("accuracy base -> pruned", f"{base:.4f} -> {s['pruned_accuracy']:.4f}" if base is not None else f"{s['pruned_accuracy']:.4f}"),
+      *([("validation accuracy", f"{s['base_val_accuracy']:.4f} -> {s['val_accuracy']:.4f}"
+           if s.get("base_val_accuracy") is not None else f"{s['val_accuracy']:.4f}")]
+        if s.get("val_accuracy") is not None else []),
       ("params (shrunk model)", f"{s['params_remaining']:,} / {s['params_total']:,} ({pct(s['params_remaining'], s['params_total'])})"),
       ("non-zero params", f"{s['nonzero_params']:,} ({pct(s['nonzero_params'], s['params_total'])})"),
       ("MACs dense -> pruned", f"{s['macs_dense']:,} -> {s['macs_pruned']:,} ({pct(s['macs_pruned'], s['macs_dense'])})"),

@@ -20,7 +20,8 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax
   """One optimizer step on a batch; returns (loss, accuracy).
 
   ``multiplier``: passed to the optimizer as the extra argument ``penalty_multiplier`` (scales the
-  coefficients of a regulariser's transform; the optimizer must accept extra arguments).
+  coefficients of a regulariser's transform), with the batch loss as ``value`` (what
+  ``optax.contrib.reduce_on_plateau`` reads); the optimizer must then accept extra arguments.
   """
 
   def loss_fn(m):
@@ -31,7 +32,7 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax
   if multiplier is None:
     optimizer.update(model, grads)
   else:
-    optimizer.update(model, grads, penalty_multiplier=multiplier)
+    optimizer.update(model, grads, penalty_multiplier=multiplier, value=loss)
   return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
 

@@ -1,0 +1,1 @@
+"""The budget-matched comparison grid: cells, runner (``run``) and tables/plots (``report``)."""

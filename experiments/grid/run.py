@@ -1,0 +1,87 @@
+"""Runs the budget grid in resumable chunks: finished cells are skipped, cut ones resumed.
+
+    python -m experiments.grid.run --runs runs/grid --hours 2          # stop starting cells after 2 h
+    python -m experiments.grid.run --runs runs/grid --datasets mnist_subset --methods l1_sgl --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+from experiments.grid import cells as cells_lib
+
+
+def run_cell(cell: cells_lib.Cell, runs: pathlib.Path) -> str:
+  """Runs (or resumes) one cell; returns 'done', 'missed budget', 'diverged' or 'no data'."""
+  import jax
+
+  from mobileprune_jax import config as config_lib
+  from mobileprune_jax.data import DataUnavailableError
+  from mobileprune_jax.train import pipeline
+
+  wd = cell.workdir(runs)
+  cfg = config_lib.load_config(f"{cells_lib.CONFIG}:{cell.config_arg}")
+  overrides = [f"seed={cell.seed}", "progress=False"]
+  if cell.budget is not None:
+    overrides.append(f"init_from={cell.dense().workdir(runs).resolve() / 'model'}")
+  config_lib.apply_overrides(cfg, overrides)
+  wd.mkdir(parents=True, exist_ok=True)
+  try:
+    pipeline.run(cfg, wd, resume=(wd / "checkpoints").exists(), log=lambda m: None)
+    return "done"
+  except pipeline.BudgetNotReachedError:
+    return "missed budget"
+  except FloatingPointError as e:
+    (wd / "FAILED").write_text(str(e) + "\n")
+    return "diverged"
+  except DataUnavailableError as e:
+    print(f"skipped {cell.dataset}: {e}", flush=True)
+    return "no data"
+  finally:
+    jax.clear_caches()  # one process runs hundreds of cells: keep the compiled executables bounded
+
+
+def _persistent_compilation_cache(directory: pathlib.Path) -> None:
+  """Cells recompile the same steps (new optimizer objects); XLA's on-disk cache makes that a lookup."""
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", str(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--runs", default="runs/grid", type=pathlib.Path)
+  parser.add_argument("--datasets", nargs="+", default=list(cells_lib.MODELS), choices=list(cells_lib.MODELS))
+  parser.add_argument("--models", nargs="+", default=None)
+  parser.add_argument("--methods", nargs="+", default=None, choices=cells_lib.METHODS)
+  parser.add_argument("--budgets", nargs="+", type=float, default=None)
+  parser.add_argument("--seeds", nargs="+", type=int, default=None)
+  parser.add_argument("--hours", type=float, default=None, help="start no new cell after this many hours")
+  args = parser.parse_args()
+  _persistent_compilation_cache(args.runs / ".jax_cache")
+  start, skipped_data = time.time(), set()
+  todo = cells_lib.cells(args.datasets, args.models, args.methods, args.budgets, args.seeds)
+  for i, cell in enumerate(todo):
+    wd = cell.workdir(args.runs)
+    if cell.dataset in skipped_data or (wd / "summary.json").exists() or (wd / "FAILED").exists():
+      continue
+    if args.hours is not None and time.time() - start > 3600 * args.hours:
+      print(f"stopping after {args.hours} h; {len(todo) - i} cells left (run the same command to continue)")
+      return
+    if cell.budget is not None and not (cell.dense().workdir(args.runs) / "summary.json").exists():
+      continue  # its dense run was not made (no data, or diverged)
+    t0 = time.time()
+    status = run_cell(cell, args.runs)
+    if status == "no data":
+      skipped_data.add(cell.dataset)
+    print(json.dumps({"cell": cell.config_arg, "seed": cell.seed, "status": status,
+                      "seconds": round(time.time() - t0, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+  main()
