@@ -29,6 +29,9 @@ def run_cell(cell: cells_lib.Cell, runs: pathlib.Path) -> str:
     overrides.append(f"init_from={cell.dense().workdir(runs).resolve() / 'model'}")
   config_lib.apply_overrides(cfg, overrides)
   wd.mkdir(parents=True, exist_ok=True)
+  if not (wd / "cell.json").exists():  # what made the cell: kept through resumes
+    (wd / "cell.json").write_text(json.dumps({"config": cell.config_string, "init_from": cfg.init_from and "dense cell",
+                                              "commit": _commit()}) + "\n")
   try:
     pipeline.run(cfg, wd, resume=(wd / "checkpoints").exists(), log=lambda m: None)
     return "done"
@@ -42,6 +45,16 @@ def run_cell(cell: cells_lib.Cell, runs: pathlib.Path) -> str:
     return "no data"
   finally:
     jax.clear_caches()  # one process runs hundreds of cells: keep the compiled executables bounded
+
+
+def _commit() -> str:
+  """HEAD of the repository, with "+changes" when the library or the configs differ from it."""
+  import subprocess
+
+  root = cells_lib.HERE.parent
+  git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()
+  head = git("rev-parse", "--short", "HEAD") or "unknown"
+  return head + ("+changes" if git("status", "--porcelain", "mobileprune_jax", "experiments/configs") else "")
 
 
 def _persistent_compilation_cache(directory: pathlib.Path) -> None:
