@@ -13,7 +13,7 @@ import pytest
 from mobileprune_jax import config as config_lib
 from mobileprune_jax.train import budget, pipeline
 
-CONFIG = "experiments/configs/lenet5_mobileprune.py"
+CONFIG = "experiments/configs/quick.py"
 
 
 def test_next_multiplier_by_hand():
@@ -101,7 +101,7 @@ def test_every_penalised_method_lands_on_a_budget(tmp_path, method, extra):
 def test_an_unreachable_budget_is_one_error_and_the_outputs_are_written(tmp_path):
   # the smallest LeNet-300 the surgery keeps (one unit per layer) has ~800 of 266,610 parameters (0.3 %)
   cfg = _cfg("lenet300", **{"budget.params": 0.001, "train_subset": 2000, "prune.epochs": 1})
-  with pytest.raises(pipeline.BudgetNotReachedError, match=r"^lenet5_mobileprune_mnist_subset: the budget was not "
+  with pytest.raises(pipeline.BudgetNotReachedError, match=r"^lenet5_mobileprune_quick: the budget was not "
                      r"reached within ±10 %: params .* \(target 0.1 %\)"):
     pipeline.run(cfg, tmp_path, log=lambda *_: None)
   summary = json.loads((tmp_path / "summary.json").read_text())

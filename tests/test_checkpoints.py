@@ -22,7 +22,7 @@ from mobileprune_jax.train.checkpoints import Checkpoints, NonFiniteError
 from mobileprune_jax.train.state import RunState
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = REPO / "experiments" / "configs" / "lenet5_mobileprune.py"
+CONFIG = REPO / "experiments" / "configs" / "quick.py"
 OVERRIDES = ["model=lenet300", "train_subset=1000", "test_subset=300", "batch_size=100", "progress=False",
              "checkpoint_every_steps=4", "data_parallel=False", "pretrain.epochs=1", "prune.iterations=1",
              "prune.epochs=1", "retrain.epochs=1", "coef.neuron=0.3", "coef.l0=2e-3"]

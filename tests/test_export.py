@@ -102,7 +102,7 @@ def test_pipeline_exports_and_cli_benchmarks(tmp_path):
   from mobileprune_jax.train import pipeline
 
   repo = pathlib.Path(__file__).resolve().parents[1]
-  cfg = config_lib.load_config(repo / "experiments" / "configs" / "lenet5_mobileprune.py")
+  cfg = config_lib.load_config(repo / "experiments" / "configs" / "quick.py")
   config_lib.apply_overrides(cfg, ["model='lenet300'", "train_subset=600", "test_subset=200", "pretrain.epochs=1",
                                    "prune.iterations=1", "prune.epochs=1", "retrain.epochs=1", "coef.neuron=0.5",
                                    "data_parallel=False", "progress=False", "export.tflite=True",

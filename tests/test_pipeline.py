@@ -19,7 +19,7 @@ from mobileprune_jax.train import pipeline
 from mobileprune_jax.train.steps import Placement, train_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = REPO / "experiments" / "configs" / "lenet5_mobileprune.py"
+CONFIG = REPO / "experiments" / "configs" / "quick.py"
 
 
 def _small(method="mobileprune", model="lenet300", **extra):

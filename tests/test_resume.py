@@ -25,7 +25,7 @@ from mobileprune_jax.train import faults
 from mobileprune_jax.train.lock import WorkdirLock
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = REPO / "experiments" / "configs" / "lenet5_mobileprune.py"
+CONFIG = REPO / "experiments" / "configs" / "quick.py"
 TINY = ["--config.model=lenet300", "--config.train_subset=1000", "--config.test_subset=300", "--config.batch_size=100",
         "--config.progress=False", "--config.checkpoint_every_steps=4", "--config.data_parallel=False"]
 CHAINS = {

@@ -22,7 +22,7 @@ from mobileprune_jax.train import pipeline
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from report_run import _commit  # noqa: E402
 
-CONFIG = "experiments/configs/lenet5_mobileprune.py"
+CONFIG = "experiments/configs/quick.py"
 SHORT = ["pretrain.epochs=1", "prune.iterations=1", "prune.epochs=3", "retrain.epochs=1", "progress=False",
          "data_parallel=False"]
 TARGETS = [("nonzero", 0.01), ("nonzero", 0.02), ("nonzero", 0.05), ("params", 0.05), ("params", 0.10)]

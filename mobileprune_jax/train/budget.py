@@ -10,7 +10,8 @@ Targets are fractions of the dense model (config ``budget.nonzero``, ``budget.pa
 — the numbers ``summary.json`` reports (``nonzero_params``, ``params_remaining``, ``macs_pruned``
 over ``params_total``, ``macs_dense``), measured the same way (``surgery.shrink`` + ``metrics``).
 
-During the phases that carry the penalty (MobilePrune and the prox baselines' pruning, prox-SGD
+The first penalised phase starts at the multiplier whose shrink, accumulated over the ramp's
+steps, would reach the target (``Controller.start``). During the phases that carry the penalty (MobilePrune and the prox baselines' pruning, prox-SGD
 or PALM; DEGL/EGL selection) the controller runs every ``interval`` steps. It is predictive: it
 looks for the multiplier m whose prox, applied to the current weights at the phase's step size,
 gives a model of the wanted size (measured as the phase's end would leave it: for DEGL after its
@@ -164,7 +165,7 @@ class Controller:
   """Adapts the penalty multiplier so that a model lands on size targets — in the pipeline or any loop::
 
       controller = budget.Controller.for_model(model, sample, nonzero=0.02)
-      base = m = 1.0
+      base = m = controller.start(model, regulariser, step_size, steps=ramp_steps)
       for step in range(total):
         ...  # optimizer.update(model, grads, penalty_multiplier=m)  (transforms / with_prox)
         if step % 50 == 49:
@@ -216,6 +217,32 @@ class Controller:
       wanted = {k: wanted_fraction(v, progress, self.ramp) for k, v in wanted.items()}
     return next_multiplier(base, ratio(self.measure(model, preview), wanted), self.gain, self.proportional)
 
+  def start(self, model: nnx.Module, regulariser: Regulariser, step_size: float, steps: int,
+            preview: Preview | None = None) -> float:
+    """A starting multiplier: m₁ / ``steps``, where one prox step at m₁ would take ``model`` to the target.
+
+    Penalties whose shrink accumulates (ℓ1, group terms) then reach the target after about ``steps``
+    steps, however far the configured coefficients are from the ones the target needs; a start at
+    m = 1 with coefficients 100× too strong removed whole layers before the first measurement. For
+    ℓ0 (no accumulation) the start is low and the controller raises it (×4 per update).
+    """
+    aim = {k: v * (1 + 3 * self.tolerance) for k, v in self.targets.items()}
+    prox, params = self._prox(regulariser, step_size), nnx.state(model, nnx.Param)
+
+    def ratio_at(m: float) -> float:
+      candidate = nnx.clone(model)
+      nnx.update(candidate, prox(params, jnp.float32(m)))
+      return ratio(self.measure(candidate, preview), aim)
+
+    one_step = bisect_multiplier(ratio_at, 1.0, span=1e6, iterations=24)
+    return 1.0 if one_step is None else one_step / max(steps, 1)
+
+  def _prox(self, regulariser: Regulariser, step_size: float):
+    key = (id(regulariser), float(step_size))
+    if key not in self._prox_fns:
+      self._prox_fns[key] = jax.jit(lambda p, m: regulariser.prox(p, step_size, multiplier=m))
+    return self._prox_fns[key]
+
   def land(self, model: nnx.Module, regulariser: Regulariser, step_size: float, multiplier: float,
            preview: Preview | None = None) -> float:
     """A model above target·(1 + tolerance/2) gets prox_{s·m*·R} in place, m* bisected to land on the target.
@@ -224,10 +251,7 @@ class Controller:
     """
     if ratio(self.measure(model, preview), self.targets) <= 1 + self.tolerance / 2:
       return multiplier
-    key = (id(regulariser), float(step_size))
-    if key not in self._prox_fns:
-      self._prox_fns[key] = jax.jit(lambda p, m: regulariser.prox(p, step_size, multiplier=m))
-    prox, params = self._prox_fns[key], nnx.state(model, nnx.Param)
+    prox, params = self._prox(regulariser, step_size), nnx.state(model, nnx.Param)
 
     def ratio_at(m: float) -> float:
       candidate = nnx.clone(model)

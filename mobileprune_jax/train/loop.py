@@ -196,6 +196,8 @@ class Run:
       stepper = phase.build(self.model)
     step = stepper.start(self.batches.placement) if stepper is not None else None
     epochs = self._epochs(phase)
+    if self.targets and state.phase == self._first_controlled and state.epoch == 0 and state.step == 0:
+      self.start_budget(phase)
     while state.epoch < epochs:
       n_steps = phase.steps_in_epoch(state.epoch, self.batches.steps_per_epoch)
       self.run_epoch(phase, step, stepper, n_steps)
@@ -291,6 +293,15 @@ class Run:
       progress = done / max(total, 1)
     state.multiplier_base, state.multiplier = self.controller.update(self.model, state.multiplier_base, progress,
                                                                      phase.on_end)
+
+  def start_budget(self, phase: Phase) -> None:
+    """The first penalised phase's starting multiplier (a function of the model: redone identically on resume)."""
+    per_epoch = self.batches.steps_per_epoch
+    total = sum(phase.steps_in_epoch(e, per_epoch) for e in range(self._epochs(phase)))
+    m = self.controller.start(self.model, phase.regulariser, phase.step_size, max(1, int(self.cfg.budget.ramp * total)),
+                              phase.on_end)
+    self.state.multiplier = self.state.multiplier_base = m
+    self.record({"phase": phase.name, "event": "budget_start", "penalty_multiplier": m})
 
   def land(self, phase: Phase) -> None:
     """At the end of the last penalised phase: a model above the tolerance gets one prox step at the landing m."""

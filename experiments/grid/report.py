@@ -1,0 +1,209 @@
+"""Tables and curves of the budget grid, from the run directories' summary.json files.
+
+    python -m experiments.grid.report --runs runs/grid          # writes experiments/results/budget_grid.md,
+                                                                # plots/budget_*.png and paper_vs_ours.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from experiments.grid import cells as cells_lib
+from experiments.grid import paper
+
+RESULTS = cells_lib.HERE / "results"
+METHOD_NAMES = {"mobileprune": "MobilePrune (prox-SGD)", "mobileprune_palm": "MobilePrune (PALM)", "degl": "DEGL",
+                "egl": "EGL", "group_lasso": "group lasso", "l1_sgl": "ℓ1-SGL", "l0": "ℓ0", "l1": "ℓ1"}
+DATA_NOTES = {
+    "mnist_subset": "the embedded MNIST subset: 8,000 training digits (7,200 train + 800 validation per seed) and "
+                    "2,000 test digits",
+    "fashion_mnist_idx": "full Fashion-MNIST (54,000 train + 6,000 validation, 10,000 test; Debian's "
+                         "dataset-fashion-mnist)",
+    "basic_motions": "aeon's BasicMotions (40 training windows of 100 × 6 smartwatch channels: 32 train + 8 "
+                     "validation; 40 test windows, so test accuracy moves in steps of 2.5 points)",
+}
+
+
+def load(runs: pathlib.Path) -> dict[cells_lib.Cell, dict[str, Any]]:
+  """Every finished cell under ``runs``: its summary, wall time and provenance (``cell.json``)."""
+  found = {}
+  for dataset, models in cells_lib.MODELS.items():
+    for cell in cells_lib.cells([dataset]):
+      wd = cell.workdir(runs)
+      s = cells_lib.summary(wd)
+      if s is None:
+        continue
+      info = json.loads((wd / "cell.json").read_text()) if (wd / "cell.json").exists() else {}
+      found[cell] = {**s, "_seconds": cells_lib.wall_seconds(wd), "_commit": info.get("commit", "unknown")}
+  return found
+
+
+def pct(s: dict[str, Any], kind: str) -> float:
+  return 100 * {"nonzero": s["nonzero_params"] / s["params_total"], "params": s["params_remaining"] / s["params_total"],
+                "macs": s["macs_pruned"] / s["macs_dense"], "test": s["pruned_accuracy"],
+                "val": s["val_accuracy"] or 0.0}[kind]
+
+
+def mean_std(values: list[float], fmt: str = "{:.2f}") -> str:
+  if not values:
+    return "–"
+  if len(values) == 1:
+    return fmt.format(values[0]) + " (n=1)"
+  return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))} (n={len(values)})"
+
+
+def group(results, dataset: str, model: str) -> dict[tuple[str, float | None], list[dict[str, Any]]]:
+  """(method, budget) -> the summaries of its seeds."""
+  out = defaultdict(list)
+  for cell, s in sorted(results.items(), key=lambda kv: kv[0].seed):
+    if (cell.dataset, cell.model) == (dataset, model):
+      out[(cell.method, cell.budget)].append(s)
+  return out
+
+
+def best_methods(cells_of, budgets) -> dict[float, tuple[str, float]]:
+  """Per budget: the method with the highest mean test accuracy among cells that met the budget in every seed."""
+  best = {}
+  for b in budgets:
+    scored = [(statistics.mean(pct(s, "test") for s in ss), m) for (m, bb), ss in cells_of.items()
+              if bb == b and all(s.get("budget", {}).get("within_tolerance", False) for s in ss)]
+    if scored:
+      acc, method = max(scored)
+      best[b] = (method, acc)
+  return best
+
+
+def model_section(results, dataset: str, model: str) -> list[str]:
+  cells_of = group(results, dataset, model)
+  dense = cells_of.get(("dense", None), [])
+  budgets = [b for b in cells_lib.BUDGETS if any(bb == b for _, bb in cells_of)]
+  if not dense or not budgets:
+    return []
+  commits = sorted({s["_commit"] for ss in cells_of.values() for s in ss})
+  lines = [f"## {model} on {dataset}\n",
+           f"Dense baseline (test / validation accuracy %): {mean_std([pct(s, 'test') for s in dense])} / "
+           f"{mean_std([pct(s, 'val') for s in dense])}; {sum(s['_seconds'] or 0 for s in dense) / len(dense) / 60:.1f} "
+           f"min per dense run. Cells made at commit(s) {', '.join(commits)}; config "
+           f"`experiments/configs/budget_grid.py:{model},METHOD,{dataset},BUDGET --config.seed=S "
+           f"--config.init_from=<dense run of seed S>/model`.\n"]
+  best = best_methods(cells_of, budgets)
+  header = "| method | " + " | ".join(f"{100 * b:g} % non-zero" for b in budgets) + " |"
+  rule = "|---|" + "---|" * len(budgets)
+  for title, kind, fmt in (("Test accuracy (%)", "test", "{:.2f}"), ("Validation accuracy (%)", "val", "{:.2f}"),
+                           ("Parameters of the shrunk model (% of dense)", "params", "{:.2f}"),
+                           ("MACs of the shrunk model (% of dense, compacted convention)", "macs", "{:.2f}"),
+                           ("Non-zero weights reached (% of dense; target ±10 %)", "nonzero", "{:.2f}")):
+    lines += [f"**{title}**" + (" — bold: the best mean per budget among cells within the budget in every seed; "
+                                "† a seed missed the budget's tolerance" if kind == "test" else "") + "\n",
+              header, rule]
+    for method in cells_lib.METHODS:
+      row = []
+      for b in budgets:
+        ss = cells_of.get((method, b), [])
+        text = mean_std([pct(s, kind) for s in ss], fmt)
+        if kind == "test" and ss and best.get(b, (None,))[0] == method:
+          text = f"**{text}**"
+        if kind == "test" and any(not s.get("budget", {}).get("within_tolerance", False) for s in ss):
+          text += " †"
+        row.append(text)
+      if any(t != "–" for t in row):
+        lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(row) + " |")
+    lines.append("")
+  lines += ["**Minutes per cell** (wall clock, mean over seeds; two grid runners shared 2 CPU cores)\n", header, rule]
+  for method in cells_lib.METHODS:
+    row = [mean_std([s["_seconds"] / 60 for s in cells_of.get((method, b), []) if s["_seconds"]], "{:.1f}")
+           for b in budgets]
+    if any(t != "–" for t in row):
+      lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(row) + " |")
+  return lines + [""]
+
+
+def tables(results) -> str:
+  lines = ["# Budget-matched comparison\n",
+           "Every method pruned to the same fraction of non-zero weights by the budget controller (`budget.nonzero`), "
+           "starting from the same dense model per seed; the penalty's strength is set by the controller, the schedule "
+           "is the same for every method (`experiments/configs/budget_grid.py` lists it and every deviation from the "
+           "papers). Accuracy of the physically shrunk model; mean ± sample std over seeds (n). Regenerate with "
+           "`python -m experiments.grid.run --runs runs/grid` (resumable; `--hours H` for a chunk) then "
+           "`python -m experiments.grid.report --runs runs/grid`.\n"]
+  for dataset, models in cells_lib.MODELS.items():
+    sections = [line for model in models for line in model_section(results, dataset, model)]
+    if sections:
+      lines += [f"# {dataset}\n", f"Data: {DATA_NOTES[dataset]}.\n", *sections]
+  return "\n".join(lines) + "\n"
+
+
+def plot(results, dataset: str, path: pathlib.Path) -> bool:
+  """Accuracy vs budget (left) and vs shrunk parameters (right) per model of ``dataset``."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  models = [m for m in cells_lib.MODELS[dataset] if group(results, dataset, m).get(("dense", None))]
+  if not models:
+    return False
+  fig, axes = plt.subplots(len(models), 2, figsize=(11, 4.2 * len(models)), squeeze=False)
+  for row, model in zip(axes, models):
+    cells_of = group(results, dataset, model)
+    for i, method in enumerate(cells_lib.METHODS):
+      points = [(b, ss) for (m, b), ss in sorted(cells_of.items(), key=lambda kv: kv[0][1] or 0) if m == method]
+      if not points:
+        continue
+      style = dict(color=f"C{i}", marker="osD^v<>p"[i], label=METHOD_NAMES[method], capsize=3)
+      accs = [[pct(s, "test") for s in ss] for _, ss in points]
+      row[0].errorbar([100 * b for b, _ in points], [statistics.mean(a) for a in accs],
+                      yerr=[statistics.stdev(a) if len(a) > 1 else 0 for a in accs], **style)
+      row[1].errorbar([statistics.mean(pct(s, "params") for s in ss) for _, ss in points],
+                      [statistics.mean(a) for a in accs], **style)
+    dense = statistics.mean(pct(s, "test") for s in cells_of[("dense", None)])
+    for ax, xlabel in zip(row, ("non-zero weights (% of dense, the budget)", "parameters of the shrunk model (% of dense)")):
+      ax.axhline(dense, color="grey", linestyle="--", linewidth=1, label="dense")
+      ax.axhline(dense - 0.5, color="grey", linestyle=":", linewidth=1, label="dense − 0.5 pt")
+      ax.set_xscale("log")
+      ax.set_xlabel(xlabel + ", log")
+      ax.set_ylabel("test accuracy (%)")
+      ax.set_title(f"{model} on {dataset}")
+      ax.grid(True, which="both", alpha=0.3)
+  handles = {}
+  for ax in axes.flat:
+    for h, label in zip(*ax.get_legend_handles_labels()):
+      handles.setdefault(label, h)
+  fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=5, fontsize=8)
+  fig.tight_layout(rect=(0, 0.08, 1, 1))
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return True
+
+
+def report(runs: pathlib.Path, out: pathlib.Path) -> list[pathlib.Path]:
+  results = load(runs)
+  if not results:
+    raise SystemExit(f"no finished cell under {runs}: run `python -m experiments.grid.run --runs {runs}` first")
+  (out / "plots").mkdir(parents=True, exist_ok=True)
+  written = [out / "budget_grid.md", out / "paper_vs_ours.md"]
+  written[0].write_text(tables(results))
+  written[1].write_text(paper.side_by_side(results))
+  for dataset in cells_lib.MODELS:
+    path = out / "plots" / f"budget_{dataset}.png"
+    if plot(results, dataset, path):
+      written.append(path)
+  return written
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--runs", default="runs/grid", type=pathlib.Path)
+  parser.add_argument("--out", default=RESULTS, type=pathlib.Path)
+  args = parser.parse_args()
+  for path in report(args.runs, args.out):
+    print(path)
+
+
+if __name__ == "__main__":
+  main()
