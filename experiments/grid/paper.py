@@ -9,8 +9,6 @@ from __future__ import annotations
 import statistics
 from typing import Any, NamedTuple
 
-from experiments.grid import cells as cells_lib
-
 
 class PaperRow(NamedTuple):
   paper: str

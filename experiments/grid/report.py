@@ -32,14 +32,13 @@ DATA_NOTES = {
 def load(runs: pathlib.Path) -> dict[cells_lib.Cell, dict[str, Any]]:
   """Every finished cell under ``runs``: its summary, wall time and provenance (``cell.json``)."""
   found = {}
-  for dataset, models in cells_lib.MODELS.items():
-    for cell in cells_lib.cells([dataset]):
-      wd = cell.workdir(runs)
-      s = cells_lib.summary(wd)
-      if s is None:
-        continue
-      info = json.loads((wd / "cell.json").read_text()) if (wd / "cell.json").exists() else {}
-      found[cell] = {**s, "_seconds": cells_lib.wall_seconds(wd), "_commit": info.get("commit", "unknown")}
+  for cell in cells_lib.cells(list(cells_lib.MODELS)):
+    wd = cell.workdir(runs)
+    s = cells_lib.summary(wd)
+    if s is None:
+      continue
+    info = json.loads((wd / "cell.json").read_text()) if (wd / "cell.json").exists() else {}
+    found[cell] = {**s, "_seconds": cells_lib.wall_seconds(wd), "_commit": info.get("commit", "unknown")}
   return found
 
 
