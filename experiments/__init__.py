@@ -1,1 +1,1 @@
-"""Experiments: run configs, the offline grid (``reproduce.py``), results, notebooks."""
+"""Experiments: run configs, the budget-matched grid (``grid/``), results, notebooks, scripts."""

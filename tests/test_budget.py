@@ -171,3 +171,29 @@ def test_the_controller_in_a_hand_written_training_loop():
   assert abs(nonzero / 0.03 - 1) <= 0.1, nonzero
   with pytest.raises(ValueError, match="budget targets must be fractions in"):
     budget.Controller.for_model(model, sample, nonzero=2.0)
+
+
+def test_controller_start_spreads_the_one_step_multiplier_over_the_ramp():
+  """m₀·N applied as one ℓ1 prox (a soft threshold at s·m·λ) leaves the aimed fraction non-zero, counted by hand."""
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from mobileprune_jax import regularisers
+
+  class OneLayer(nnx.Module):
+    def __init__(self):
+      self.dense = nnx.Linear(40, 10, rngs=nnx.Rngs(0))
+
+    def __call__(self, x, train=False):
+      return self.dense(x)
+
+  model, sample = OneLayer(), jnp.ones((2, 40))
+  controller = budget.Controller.for_model(model, sample, nonzero=0.2)
+  reg, step, n = regularisers.l1(1e-2), 0.05, 100
+  m0 = controller.start(model, reg, step, steps=n)
+  weights = np.concatenate([np.abs(np.asarray(v)).ravel() for v in jax.tree.leaves(nnx.state(model, nnx.Param))])
+  kept = lambda m: np.count_nonzero(weights > step * m * 1e-2) / weights.size  # soft threshold, by hand
+  aim = 0.2 * (1 + 3 * controller.tolerance)
+  assert kept(m0 * n) <= aim < kept(m0 * n * 0.999)  # the bisection's crossing, to its precision
+  assert kept(m0) > 0.9  # the first step barely prunes

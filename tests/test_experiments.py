@@ -1,78 +1,93 @@
-"""experiments/reproduce.py: the tables and plots regenerate from run directories."""
+"""experiments/grid: cells, the runner on a real (tiny) cell, and the tables/side-by-side from run directories."""
 
 import json
 import pathlib
+import statistics
 
 import pytest
 
-from mobileprune_jax import config as config_lib
-from mobileprune_jax.train import pipeline
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-reproduce = config_lib.import_file(REPO / "experiments" / "reproduce.py")
+from experiments.grid import cells, paper, report
 
 pytest.importorskip("matplotlib")
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """One real (tiny) LeNet-300 MobilePrune run, plus copies as seeds 1 and 2 with set accuracies and params."""
-  root = tmp_path_factory.mktemp("runs")
-  wd = reproduce.workdir(root, "mnist_subset", "lenet300", "mobileprune", 0)
-  cfg = config_lib.load_config(f"{reproduce.CONFIG}:lenet300,mobileprune,mnist_subset")
-  config_lib.apply_overrides(cfg, ["train_subset=1000", "test_subset=500", "pretrain.epochs=1", "prune.iterations=1",
-                                   "prune.epochs=2", "retrain.epochs=1", "progress=False", "data_parallel=False",
-                                   "coef.neuron=0.3"])
-  s0 = pipeline.run(cfg, wd, log=lambda *_: None)
-  for seed, acc, params in ((1, 0.80, 1000), (2, 0.90, 3000)):
-    s = dict(s0, seed=seed, pruned_accuracy=acc, params_remaining=params)
-    d = reproduce.workdir(root, "mnist_subset", "lenet300", "mobileprune", seed)
-    d.mkdir(parents=True)
-    (d / "summary.json").write_text(json.dumps(s))
-  return root, s0
+def _fake(runs: pathlib.Path, cell: cells.Cell, acc: float, nonzero: int, params: int, within=True, seconds=60.0):
+  """A finished cell as the pipeline would leave it: summary.json, timing.jsonl, cell.json."""
+  wd = cell.workdir(runs)
+  wd.mkdir(parents=True)
+  s = {"pruned_accuracy": acc, "val_accuracy": acc - 0.01, "nonzero_params": nonzero, "params_remaining": params,
+       "params_total": 1000, "macs_pruned": params * 2, "macs_dense": 2000}
+  if cell.budget is not None:
+    s["budget"] = {"within_tolerance": within}
+  (wd / "summary.json").write_text(json.dumps(s))
+  (wd / "timing.jsonl").write_text(json.dumps({"event": "start", "time": 100.0}) + "\n"
+                                   + json.dumps({"event": "finished", "time": 100.0 + seconds}) + "\n")
+  (wd / "cell.json").write_text(json.dumps({"commit": "abc1234"}))
 
 
-def test_report_tables_hold_the_seed_statistics(runs, tmp_path):
-  root, s0 = runs
-  written = reproduce.report(root, tmp_path)
-  table = (tmp_path / "mnist_subset.md").read_text()
-  row = next(line for line in table.splitlines() if line.startswith("| lenet300 | MobilePrune (prox-SGD)"))
-  cells = [c.strip() for c in row.split("|")[1:-1]]
-  accs = [100 * s0["pruned_accuracy"], 80.0, 90.0]
-  mean = sum(accs) / 3
-  std = (sum((a - mean) ** 2 for a in accs) / 2) ** 0.5  # sample std, by hand
-  assert cells[2] == "3"
-  assert cells[4] == f"{mean:.2f} ± {std:.2f}"
-  params = [s0["params_remaining"], 1000, 3000]
-  assert cells[5].startswith(f"{sum(params) / 3:,.0f} ± ")
-  assert cells[9] == f"{s0['architecture_dense']} → {s0['architecture']}"
-  pngs = [p for p in written if p.suffix == ".png"]
-  assert {p.name for p in pngs} == {"mnist_subset_accuracy_vs_params.png", "mnist_subset_lenet300_widths.png"}
-  for p in pngs:
-    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
-  side = (tmp_path / "paper_vs_ours.md").read_text()
-  # LeNet-300: our prox-SGD cell (no PALM run here); LeNet-5: no run; CIFAR rows: not runnable here, config named
-  assert "| MobilePrune | CIFAR-10 | VGG-like |" in side and "paper_mobileprune_vgglike_cifar10" in side
-  lenet300 = [x for x in side.splitlines() if x.startswith("| MobilePrune | MNIST | LeNet-300-100")]
-  assert len(lenet300) == 1 and "MobilePrune (prox-SGD)" in lenet300[0]
-  assert f"→ {mean:.2f} ± {std:.2f}" in lenet300[0] and "⚠ mnist_subset" in lenet300[0]
-  lenet5 = [x for x in side.splitlines() if x.startswith("| MobilePrune | MNIST | LeNet-5 |")]
-  assert len(lenet5) == 1 and "no run of this cell" in lenet5[0]
+def test_cells_are_seed_major_and_dense_first():
+  todo = cells.cells(["mnist_subset"], methods=["l1"], budgets=[0.01])
+  assert [(c.model, c.method, c.seed) for c in todo] == [
+      (m, meth, s) for s in (0, 1, 2) for m in ("lenet5", "lenet300") for meth in ("dense", "l1")]
+  c = todo[1]
+  assert c.config_arg == "lenet5,l1,mnist_subset,0.01" and c.dense() == todo[0]
 
 
-def test_side_by_side_uses_our_cell(runs, tmp_path):
-  root, s0 = runs
-  # present the prox-SGD cell as the PALM one: the LeNet-300 paper row must show its numbers, marked ⚠
-  d = reproduce.workdir(root, "mnist_subset", "lenet300", "mobileprune_palm", 0)
-  d.mkdir(parents=True, exist_ok=True)
-  (d / "summary.json").write_text(json.dumps(dict(s0, mode="palm")))
-  reproduce.report(root, tmp_path)
-  side = (tmp_path / "paper_vs_ours.md").read_text()
-  line = next(x for x in side.splitlines() if x.startswith("| MobilePrune | MNIST | LeNet-300-100"))
-  assert "⚠ mnist_subset" in line and f"{100 * s0['pruned_accuracy']:.2f}" in line
-  assert f"{s0['params_remaining']:,}" in line
+def test_wall_seconds_add_up_the_sessions_of_a_resumed_run(tmp_path):
+  events = [("start", 0), ("epoch", 50), ("start", 1000), ("epoch", 1030), ("finished", 1040)]
+  (tmp_path / "timing.jsonl").write_text("".join(json.dumps({"event": e, "time": t}) + "\n" for e, t in events))
+  assert cells.wall_seconds(tmp_path) == 50 + 40
+
+
+def test_tables_statistics_best_marks_and_the_side_by_side(tmp_path):
+  runs = tmp_path / "runs"
+  for seed in (0, 1, 2):
+    _fake(runs, cells.Cell("mnist_subset", "lenet5", "dense", None, seed), 0.99, 1000, 1000)
+  accs = {"mobileprune": (0.980, 0.970, 0.975), "l1_sgl": (0.985, 0.984, 0.983), "degl": (0.990, 0.990, 0.990)}
+  for method, values in accs.items():
+    for seed, acc in enumerate(values):
+      # DEGL misses its budget in seed 2: it cannot be the best of the budget, however accurate
+      _fake(runs, cells.Cell("mnist_subset", "lenet5", method, 0.01, seed), acc, 10, 20 + seed,
+            within=not (method == "degl" and seed == 2))
+  written = report.report(runs, tmp_path / "out")
+  text = (tmp_path / "out" / "budget_grid.md").read_text()
+  row = next(line for line in text.splitlines() if line.startswith("| ℓ1-SGL |"))
+  values = [98.5, 98.4, 98.3]
+  want = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n=3)"
+  assert row == f"| ℓ1-SGL | **{want}** |"  # best among the cells within budget in every seed
+  degl = next(line for line in text.splitlines() if line.startswith("| DEGL |"))
+  assert degl.endswith("†** |") is False and "†" in degl and "**" not in degl
+  assert "Dense baseline (test / validation accuracy %): 99.00 ± 0.00 (n=3)" in text and "abc1234" in text
+  assert (tmp_path / "out" / "plots" / "budget_mnist_subset.png").read_bytes()[:4] == b"\x89PNG"
+  side = (tmp_path / "out" / "paper_vs_ours.md").read_text()
+  lines = side.splitlines()
+  # our DEGL @ 1 % appears under DEGL5 only; DEGL1/DEGL4 (5 %, 2 %) have no run yet; HAR rows hold no cell of ours
+  degl5 = [x for x in lines if "DEGL5 (t_th 2.5e-2)" in x]
+  assert len(degl5) == 1 and "| DEGL @ 1 % | 3 | 99.00 ± 0.00 → 99.00 ± 0.00 |" in degl5[0]
+  assert all("not run yet" in x for x in lines if "DEGL1 (t_th" in x or "DEGL4 (t_th" in x)
+  assert all("not run here" in x for x in lines if "| WISDM |" in x or "| PAMAP2 |" in x)
+  assert sum("@ 1 %" in x and "| DEGL @" in x for x in lines) == 1  # no duplicate rows of one cell
+  assert "issue 15's audit" in side and all(d.split("**")[1] in side for d in paper.DIFFERENCES)
+  assert len(written) == 3
 
 
 def test_report_without_runs_says_what_to_do(tmp_path):
-  with pytest.raises(SystemExit, match="reproduce.py run"):
-    reproduce.report(tmp_path / "none", tmp_path / "out")
+  with pytest.raises(SystemExit, match="experiments.grid.run"):
+    report.report(tmp_path / "none", tmp_path / "out")
+
+
+def test_the_runner_runs_a_dense_and_a_budget_cell(tmp_path):
+  from experiments.grid import run
+
+  tiny = ["batch_size=96", "train_subset=2000", "test_subset=500", "prune.iterations=1", "prune.epochs=1",
+          "retrain.epochs=1"]  # the real code path (init_from the dense cell, budget, cell.json) in seconds
+  dense = cells.Cell("mnist_subset", "lenet300", "dense", None, 0)
+  cell = cells.Cell("mnist_subset", "lenet300", "l1", 0.05, 0)
+  assert run.run_cell(dense, tmp_path, tiny + ["pretrain.epochs=2"]) == "done"
+  status = run.run_cell(cell, tmp_path, tiny)
+  s = cells.summary(cell.workdir(tmp_path))
+  assert status in ("done", "missed budget") and s["budget"]["target"] == {"nonzero": 0.05}
+  assert s["base_accuracy"] == cells.summary(dense.workdir(tmp_path))["pruned_accuracy"]
+  info = json.loads((cell.workdir(tmp_path) / "cell.json").read_text())
+  assert info["config"] == ("experiments/configs/budget_grid.py:lenet300,l1,mnist_subset,0.05 --config.seed=0 "
+                            + " ".join(f"--config.{o}" for o in tiny))

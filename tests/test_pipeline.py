@@ -169,20 +169,21 @@ def test_every_experiment_config_loads_and_validates(path):
   assert cfg.method in config_lib.METHODS
 
 
-def _offline_grid():
-  reproduce = config_lib.import_file(REPO / "experiments" / "reproduce.py")
+def _budget_grid():
+  from experiments.grid import cells
 
-  return [(model, method, dataset) for dataset, models_ in reproduce.MODELS.items() for model in models_
-          for method in reproduce.METHODS]
+  return [(c.config_arg, c.method) for c in cells.cells(list(cells.MODELS)) if c.seed == 0]
 
 
-@pytest.mark.parametrize("model,method,dataset", _offline_grid())
-def test_offline_grid_configs_validate(model, method, dataset):
-  cfg = config_lib.load_config(f"{CONFIGS / 'offline.py'}:{model},{method},{dataset}")
+@pytest.mark.parametrize("arg,method", _budget_grid())
+def test_budget_grid_configs_validate(arg, method):
+  cfg = config_lib.load_config(f"{CONFIGS / 'budget_grid.py'}:{arg}")
   config_lib.validate(cfg)
-  assert (cfg.model, cfg.dataset) == (model, dataset)
   assert cfg.mode == ("palm" if method == "mobileprune_palm" else "prox_sgd")
-  assert cfg.method == ("mobileprune" if method == "mobileprune_palm" else method)
+  assert cfg.method == {"mobileprune_palm": "mobileprune"}.get(method, method)
+  assert cfg.val_fraction > 0 and (cfg.pretrain.epochs > 0) == (method == "dense")
+  if method != "dense":
+    assert cfg.budget.nonzero == float(arg.split(",")[-1])
 
 
 @pytest.mark.parametrize("name", ["wisdm", "uci_har", "pamap2"])
@@ -201,7 +202,9 @@ def test_har_paper_configs_have_both_modes(name):
 
 def test_config_argument_errors_are_config_errors():
   with pytest.raises(config_lib.ConfigError, match="bad argument"):
-    config_lib.load_config(f"{CONFIGS / 'offline.py'}:lenet5,nope,mnist_subset")
+    config_lib.load_config(f"{CONFIGS / 'budget_grid.py'}:lenet5,nope,mnist_subset,0.01")
+  with pytest.raises(config_lib.ConfigError, match="bad argument"):
+    config_lib.load_config(f"{CONFIGS / 'budget_grid.py'}:lenet5,dense,mnist_subset,0.01")  # dense takes no budget
   with pytest.raises(config_lib.ConfigError, match="get_config"):
     config_lib.load_config(f"{CONFIG}:extra")  # a get_config() without an argument
   with pytest.raises(config_lib.ConfigError, match="does not exist"):

@@ -10,12 +10,16 @@ import argparse
 import json
 import pathlib
 import time
+from collections.abc import Sequence
 
 from experiments.grid import cells as cells_lib
 
 
-def run_cell(cell: cells_lib.Cell, runs: pathlib.Path) -> str:
-  """Runs (or resumes) one cell; returns 'done', 'missed budget', 'diverged' or 'no data'."""
+def run_cell(cell: cells_lib.Cell, runs: pathlib.Path, extra: Sequence[str] = ()) -> str:
+  """Runs (or resumes) one cell; returns 'done', 'missed budget', 'diverged' or 'no data'.
+
+  ``extra``: config overrides ``KEY=VALUE`` added to every cell (recorded in its ``cell.json``).
+  """
   import jax
 
   from mobileprune_jax import config as config_lib
@@ -24,13 +28,14 @@ def run_cell(cell: cells_lib.Cell, runs: pathlib.Path) -> str:
 
   wd = cell.workdir(runs)
   cfg = config_lib.load_config(f"{cells_lib.CONFIG}:{cell.config_arg}")
-  overrides = [f"seed={cell.seed}", "progress=False"]
+  overrides = [f"seed={cell.seed}", "progress=False", *extra]
   if cell.budget is not None:
     overrides.append(f"init_from={cell.dense().workdir(runs).resolve() / 'model'}")
   config_lib.apply_overrides(cfg, overrides)
   wd.mkdir(parents=True, exist_ok=True)
   if not (wd / "cell.json").exists():  # what made the cell: kept through resumes
-    (wd / "cell.json").write_text(json.dumps({"config": cell.config_string, "init_from": cfg.init_from and "dense cell",
+    config = " ".join([cell.config_string, *(f"--config.{o}" for o in extra)])
+    (wd / "cell.json").write_text(json.dumps({"config": config, "init_from": cfg.init_from and "dense cell",
                                               "commit": _commit()}) + "\n")
   try:
     pipeline.run(cfg, wd, resume=(wd / "checkpoints").exists(), log=lambda m: None)
@@ -75,6 +80,7 @@ def main() -> None:
   parser.add_argument("--budgets", nargs="+", type=float, default=None)
   parser.add_argument("--seeds", nargs="+", type=int, default=None)
   parser.add_argument("--hours", type=float, default=None, help="start no new cell after this many hours")
+  parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every cell")
   args = parser.parse_args()
   _persistent_compilation_cache(args.runs / ".jax_cache")
   start, skipped_data = time.time(), set()
@@ -89,7 +95,7 @@ def main() -> None:
     if cell.budget is not None and not (cell.dense().workdir(args.runs) / "summary.json").exists():
       continue  # its dense run was not made (no data, or diverged)
     t0 = time.time()
-    status = run_cell(cell, args.runs)
+    status = run_cell(cell, args.runs, args.set)
     if status == "no data":
       skipped_data.add(cell.dataset)
     print(json.dumps({"cell": cell.config_arg, "seed": cell.seed, "status": status,
