@@ -190,10 +190,11 @@ def test_controller_start_spreads_the_one_step_multiplier_over_the_ramp():
 
   model, sample = OneLayer(), jnp.ones((2, 40))
   controller = budget.Controller.for_model(model, sample, nonzero=0.2)
-  reg, step, n = regularisers.l1(1e-2), 0.05, 100
+  reg, step, n = regularisers.l1(1.0), 0.05, 100  # strong enough that the start lowers it
   m0 = controller.start(model, reg, step, steps=n)
   weights = np.concatenate([np.abs(np.asarray(v)).ravel() for v in jax.tree.leaves(nnx.state(model, nnx.Param))])
-  kept = lambda m: np.count_nonzero(weights > step * m * 1e-2) / weights.size  # soft threshold, by hand
+  kept = lambda m: np.count_nonzero(weights > step * m * 1.0) / weights.size  # soft threshold, by hand
   aim = 0.2 * (1 + 3 * controller.tolerance)
-  assert kept(m0 * n) <= aim < kept(m0 * n * 0.999)  # the bisection's crossing, to its precision
+  assert m0 < 1 and kept(m0 * n) <= aim < kept(m0 * n * 0.999)  # the bisection's crossing, to its precision
   assert kept(m0) > 0.9  # the first step barely prunes
+  assert controller.start(model, regularisers.l1(1e-6), step, steps=n) == 1.0  # too weak: never raised at the start

@@ -11,7 +11,7 @@ Targets are fractions of the dense model (config ``budget.nonzero``, ``budget.pa
 over ``params_total``, ``macs_dense``), measured the same way (``surgery.shrink`` + ``metrics``).
 
 The first penalised phase starts at the multiplier whose shrink, accumulated over the ramp's
-steps, would reach the target (``Controller.start``). During the phases that carry the penalty (MobilePrune and the prox baselines' pruning, prox-SGD
+steps, would reach the target, when that is below 1 (``Controller.start``). During the phases that carry the penalty (MobilePrune and the prox baselines' pruning, prox-SGD
 or PALM; DEGL/EGL selection) the controller runs every ``interval`` steps. It is predictive: it
 looks for the multiplier m whose prox, applied to the current weights at the phase's step size,
 gives a model of the wanted size (measured as the phase's end would leave it: for DEGL after its
@@ -219,12 +219,15 @@ class Controller:
 
   def start(self, model: nnx.Module, regulariser: Regulariser, step_size: float, steps: int,
             preview: Preview | None = None) -> float:
-    """A starting multiplier: m₁ / ``steps``, where one prox step at m₁ would take ``model`` to the target.
+    """A starting multiplier: min(1, m₁ / ``steps``), where one prox step at m₁ would take ``model`` to the target.
 
-    Penalties whose shrink accumulates (ℓ1, group terms) then reach the target after about ``steps``
-    steps, however far the configured coefficients are from the ones the target needs; a start at
-    m = 1 with coefficients 100× too strong removed whole layers before the first measurement. For
-    ℓ0 (no accumulation) the start is low and the controller raises it (×4 per update).
+    Coefficients far too strong for the target are scaled down before the first step: penalties whose
+    shrink accumulates (ℓ1, group terms) then need about ``steps`` steps to reach the target (a start
+    at m = 1 with coefficients 100× too strong removed whole layers before the first measurement).
+    Weaker coefficients keep m = 1 and the controller raises it (×4 per update): a prox cannot regrow
+    what an early overshoot removed, so the start only ever lowers the penalty (m₁ / steps > 1 overshot
+    group lasso, whose groups die before the accumulated shrink reaches m₁). For ℓ0 (no accumulation)
+    the start is low and the controller raises it.
     """
     aim = {k: v * (1 + 3 * self.tolerance) for k, v in self.targets.items()}
     prox, params = self._prox(regulariser, step_size), nnx.state(model, nnx.Param)
@@ -235,7 +238,7 @@ class Controller:
       return ratio(self.measure(candidate, preview), aim)
 
     one_step = bisect_multiplier(ratio_at, 1.0, span=1e6, iterations=24)
-    return 1.0 if one_step is None else one_step / max(steps, 1)
+    return 1.0 if one_step is None else min(1.0, one_step / max(steps, 1))
 
   def _prox(self, regulariser: Regulariser, step_size: float):
     key = (id(regulariser), float(step_size))
