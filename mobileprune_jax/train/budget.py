@@ -165,7 +165,7 @@ class Controller:
   """Adapts the penalty multiplier so that a model lands on size targets — in the pipeline or any loop::
 
       controller = budget.Controller.for_model(model, sample, nonzero=0.02)
-      base = m = controller.start(model, regulariser, step_size, steps=ramp_steps)
+      base = m = controller.start(model, regulariser, step_size, steps=total)
       for step in range(total):
         ...  # optimizer.update(model, grads, penalty_multiplier=m)  (transforms / with_prox)
         if step % 50 == 49:
