@@ -1,10 +1,11 @@
 """README main job: LeNet-5 + MobilePrune (prox-SGD) on the embedded MNIST subset, pruned to ≤ 5 % of its parameters.
 
 Offline, a few minutes on 2 CPU cores: a dense model (Adam, cosine decay, random shifts of ≤ 2 pixels, 800 of the
-8,000 training digits held out for validation), then 3 × (6 prox-SGD pruning epochs + 6 masked retraining epochs)
+8,000 training digits held out for validation), then 3 × (6 prox-SGD pruning epochs + 10 masked retraining epochs)
 with a budget controller that sets the penalty's strength so that the shrunk model keeps ≤ 5 % of the parameters
 (the wanted size ramps from dense to the target over the whole first pruning phase).
-Drop ``budget.params`` (``--config.budget.params=None``) to prune with the fixed coefficients below instead.
+The schedule was chosen by validation accuracy among three (the same dense model; retraining 6, 8 or 10 epochs per
+iteration: 98.00, 98.12, 98.38 % on the 800 held-out digits). Drop ``budget.params`` (``--config.budget.params=None``) to prune with the fixed coefficients below instead.
 """
 
 import ml_collections
@@ -22,7 +23,7 @@ def get_config():
   c.augment_shift = 2
   c.pretrain = dict(epochs=20, optimizer="adam", lr=1e-3, schedule="cosine")
   c.prune = dict(iterations=3, epochs=6, lr=0.05, momentum=0.9)
-  c.retrain = dict(epochs=6, optimizer="adam", lr=5e-4, schedule="cosine")
+  c.retrain = dict(epochs=10, optimizer="adam", lr=5e-4, schedule="cosine")
   c.coef = dict(l0=5e-4, neuron=5e-2, channel=0.1, shape=2e-2)
   c.budget = dict(params=0.05, ramp=1.0)
   return c

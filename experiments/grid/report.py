@@ -199,7 +199,14 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--runs", default="runs/grid", type=pathlib.Path)
   parser.add_argument("--out", default=RESULTS, type=pathlib.Path)
+  parser.add_argument("--excerpt", nargs=2, metavar=("DATASET", "MODEL"),
+                      help="print one model's test-accuracy table (the README's excerpt) instead of writing files")
   args = parser.parse_args()
+  if args.excerpt:
+    section = model_section(load(args.runs), *args.excerpt)
+    end = section.index("**Validation accuracy (%)**\n")
+    print("\n".join(section[1:end]))
+    return
   for path in report(args.runs, args.out):
     print(path)
 
