@@ -211,6 +211,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> Non
     if leaf in node and isinstance(node[leaf], ml_collections.ConfigDict):
       raise ConfigError(f"config key {key!r} is a section; set its entries (--config.{key}.NAME=VALUE)")
     field_type = node.get_type(leaf) if leaf in node else None
+    if text == "None" and leaf in node and _nullable(node, leaf):  # unset budget targets, degl.rt_scale
+      node[leaf] = None
+      continue
     try:
       value = _parse(text, field_type)
     except ValueError:
@@ -219,6 +222,11 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> Non
       node[leaf] = value
     except TypeError as e:
       raise ConfigError(f"config key {key!r}: {_type_message(e)}") from None
+
+
+def _nullable(node: ml_collections.ConfigDict, leaf: str) -> bool:
+  """A key declared as a FieldReference that may hold None (e.g. ``budget.params``)."""
+  return isinstance(node._fields.get(leaf), ml_collections.FieldReference)  # ml_collections keeps references there
 
 
 def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -198,3 +198,12 @@ def test_controller_start_spreads_the_one_step_multiplier_over_the_ramp():
   assert m0 < 1 and kept(m0 * n) <= aim < kept(m0 * n * 0.999)  # the bisection's crossing, to its precision
   assert kept(m0) > 0.9  # the first step barely prunes
   assert controller.start(model, regularisers.l1(1e-6), step, steps=n) == 1.0  # too weak: never raised at the start
+
+
+def test_none_unsets_a_budget_target_from_the_command_line():
+  cfg = config_lib.load_config("experiments/configs/lenet5_mobileprune.py")
+  assert budget.targets(cfg) == {"params": 0.05}
+  config_lib.apply_overrides(cfg, ["budget.params=None", "budget.nonzero=0.02"])
+  assert budget.targets(cfg) == {"nonzero": 0.02}
+  with pytest.raises(config_lib.ConfigError, match="takes a int"):
+    config_lib.apply_overrides(cfg, ["seed=None"])  # only keys that may be unset take None
