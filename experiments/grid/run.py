@@ -16,7 +16,7 @@ from experiments.grid import cells as cells_lib
 
 
 def run_cell(cell: cells_lib.Cell, runs: pathlib.Path, extra: Sequence[str] = ()) -> str:
-  """Runs (or resumes) one cell; returns 'done', 'missed budget', 'diverged' or 'no data'.
+  """Runs (or resumes) one cell; returns 'done', 'missed budget', 'diverged', 'busy' or 'no data'.
 
   ``extra``: config overrides ``KEY=VALUE`` added to every cell (recorded in its ``cell.json``).
   """
@@ -45,6 +45,8 @@ def run_cell(cell: cells_lib.Cell, runs: pathlib.Path, extra: Sequence[str] = ()
   except FloatingPointError as e:
     (wd / "FAILED").write_text(str(e) + "\n")
     return "diverged"
+  except pipeline.WorkdirBusyError:  # another runner has this cell: leave it to that one
+    return "busy"
   except DataUnavailableError as e:
     print(f"skipped {cell.dataset}: {e}", flush=True)
     return "no data"
