@@ -197,4 +197,13 @@ def test_save_refuses_non_finite_arrays(tmp_path):
   ckpt = Checkpoints(tmp_path)
   with pytest.raises(NonFiniteError, match="model/w holds 1 non-finite values"):
     ckpt.save(RunState(), {"model": {"w": np.array([1.0, np.nan], np.float32)}}, "{}")
+  with pytest.raises(NonFiniteError, match="model/w holds 1 non-finite values"):
+    ckpt.save(RunState(), {"model": {"w": np.array([1.0, np.inf], np.float32)}}, "{}")
+  with pytest.raises(NonFiniteError, match="optimizer/m holds 1 non-finite values"):
+    ckpt.save(RunState(), {"model": {"w": np.ones(2, np.float32)}, "optimizer": {"m": np.array([np.nan], np.float32)}},
+              "{}")
   assert not ckpt.exists()
+  # +inf is an optimizer-state sentinel (reduce_on_plateau's best loss before the first window): saved
+  ckpt.save(RunState(), {"model": {"w": np.ones(2, np.float32)}, "optimizer": {"best": np.array(np.inf, np.float32)}},
+            "{}")
+  assert ckpt.exists()

@@ -34,15 +34,19 @@ CHAINS = {
                             "--config.retrain.epochs=1", "--config.coef.neuron=0.3", "--config.coef.l0=2e-3",
                             "--config.budget.nonzero=0.05", "--config.budget.tolerance=0.9"],
                            ["random", "random", "random"]),
-    # with a budget: the controller's multiplier is run state, and the landing happens after "phase_end"
+    # with a budget: the controller's multiplier is run state, and the landing happens after "phase_end"; a
+    # validation split and shifted batches (both drawn from the seed)
     "mobileprune": (["--config.pretrain.epochs=1", "--config.prune.iterations=1", "--config.prune.epochs=2",
                      "--config.retrain.epochs=1", "--config.coef.neuron=0.3", "--config.coef.l0=2e-3",
-                     "--config.budget.nonzero=0.05", "--config.budget.tolerance=0.9"],
+                     "--config.budget.nonzero=0.05", "--config.budget.tolerance=0.9", "--config.val_fraction=0.2",
+                     "--config.augment_shift=1"],
                     ["saved:2", "checkpoint_write:2", "epoch_end:1", "phase_end:1",
                      "phase_start:1", "epoch_end:1", "finish:1", "finish_model:1"]),
-    # select (2 epochs) → DEGL threshold → debias (1 epoch): kills before the threshold and at the debias start
+    # select (2 epochs) → DEGL threshold → debias (1 epoch): kills before the threshold and at the debias start; the
+    # paper's subgradient selection and the plateau (reduce_on_plateau's state is optimizer state)
     "degl": (["--config.method=degl", "--config.degl.select_epochs=2", "--config.degl.retrain_epochs=1",
-              "--config.degl.gamma=0.2", "--config.degl.t_th=0.05"],
+              "--config.degl.gamma=0.2", "--config.degl.t_th=0.05", "--config.degl.selection=subgradient",
+              "--config.degl.plateau_patience=1", "--config.degl.momentum=0.0"],
              ["phase_end:1", "phase_start:1", "checkpoint_write:1", "finish_model:1"]),
     # pretrain → magnitude threshold (an action, no epochs) → masked retrain: kill at the retrain start
     "magnitude": (["--config.method=magnitude", "--config.pretrain.epochs=1", "--config.retrain.epochs=1",

@@ -2,8 +2,8 @@
 
 ``checkpoints/ckpt-00000042.safetensors`` holds the model's and the phase optimizer's arrays
 (``model/…``, ``optimizer/…``), the ``RunState`` and a fingerprint of the config, with a
-SHA-256 of every array (``tensorfile``). A save is atomic and refuses non-finite arrays, so
-every file on disk is finite and rotation (keep the newest ``keep``) never deletes the last
+SHA-256 of every array (``tensorfile``). A save is atomic and refuses non-finite arrays (NaN
+anywhere, ±inf in the model), so every file on disk is finite and rotation (keep the newest ``keep``) never deletes the last
 finite one. ``restore_latest`` walks from the newest file to the oldest: a damaged or
 inconsistent file is reported in one line and the next older one is tried.
 """
@@ -70,14 +70,18 @@ class Checkpoints:
     """Writes a new checkpoint of ``items`` (name → pytree of arrays) and ``state``.
 
     Raises:
-      NonFiniteError: an item holds NaN or inf; nothing is written.
+      NonFiniteError: the model holds NaN or inf, or another item NaN (±inf is a legitimate optimizer-state
+        sentinel: ``reduce_on_plateau`` starts its best loss at +inf); nothing is written.
     """
     arrays: dict[str, np.ndarray] = {}
     for name, tree in items.items():
       arrays |= tree_arrays.to_arrays(tree, prefix=f"{name}/")
     for name, value in arrays.items():
-      if value.dtype.kind == "f" and not np.isfinite(value).all():
-        raise NonFiniteError(f"{name} holds {int(np.sum(~np.isfinite(value)))} non-finite values")
+      if value.dtype.kind != "f":
+        continue
+      bad = ~np.isfinite(value) if name.startswith("model/") else np.isnan(value)
+      if bad.any():
+        raise NonFiniteError(f"{name} holds {int(np.sum(bad))} non-finite values")
     self.directory.mkdir(parents=True, exist_ok=True)
     existing = self.paths()
     index = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
