@@ -207,3 +207,29 @@ def test_none_unsets_a_budget_target_from_the_command_line():
   assert budget.targets(cfg) == {"nonzero": 0.02}
   with pytest.raises(config_lib.ConfigError, match="takes a int"):
     config_lib.apply_overrides(cfg, ["seed=None"])  # only keys that may be unset take None
+
+
+def test_landing_keeps_the_survivors_values_and_zeroes_what_the_prox_would():
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from mobileprune_jax import regularisers
+
+  class OneLayer(nnx.Module):
+    def __init__(self):
+      self.dense = nnx.Linear(40, 10, rngs=nnx.Rngs(1))
+
+    def __call__(self, x, train=False):
+      return self.dense(x)
+
+  model, sample = OneLayer(), jnp.ones((2, 40))
+  before = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.Param))]
+  controller = budget.Controller.for_model(model, sample, nonzero=0.25)
+  m = controller.land(model, regularisers.l1(1.0), 0.05, 1.0)
+  after = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.Param))]
+  for b, a in zip(before, after):
+    kept = np.abs(b) > 0.05 * m  # the soft threshold's support at the landing multiplier, by hand
+    np.testing.assert_array_equal(a, np.where(kept, b, 0.0))  # survivors unchanged, the rest zero
+  fraction = sum(np.count_nonzero(a) for a in after) / sum(a.size for a in after)
+  assert abs(fraction / 0.25 - 1) <= 0.05 and m > 1.0
