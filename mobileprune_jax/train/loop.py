@@ -92,7 +92,6 @@ class Run:
     self.control_every = cfg.budget.interval or max(1, self.batches.steps_per_epoch // 8)
     controlled = [i for i, p in enumerate(self.phases) if p.controlled]
     self._first_controlled = controlled[0] if controlled else None
-    self._last_controlled = controlled[-1] if controlled else None
     self.fingerprint = config_fingerprint(cfg)
     self.ckpt = Checkpoints(workdir / "checkpoints", keep=cfg.checkpoint_keep, warn=log)
     self.state = RunState()
@@ -203,7 +202,7 @@ class Run:
       self.run_epoch(phase, step, stepper, n_steps)
       self.end_epoch(phase, stepper, epochs)
     kill_point("phase_end")
-    if self.targets and state.phase == self._last_controlled:
+    if self.targets and phase.lands:
       self.land(phase)
     if phase.on_end is not None:
       info = phase.on_end(self.model)
@@ -306,8 +305,7 @@ class Run:
   def land(self, phase: Phase) -> None:
     """At the end of the last penalised phase: a model above the tolerance gets one prox step at the landing m."""
     m = self.controller.land(self.model, phase.regulariser, phase.step_size, self.state.multiplier, phase.on_end)
-    if m != self.state.multiplier:
-      self.state.multiplier = m
+    if m != self.state.multiplier:  # a one-off trim: later penalised phases (EGL's retraining) keep the controller's m
       self.record({"phase": phase.name, "event": "budget_landing", "penalty_multiplier": m,
                    "budget_reached": self.measure(phase)})
 

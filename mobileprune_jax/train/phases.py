@@ -73,6 +73,8 @@ class Phase:
       it measures the model as ``on_end`` would leave it.
     regulariser, step_size: the phase's penalty and its nominal prox step (the controller's
       prediction of the size a multiplier gives).
+    lands: under a budget, the model is trimmed to the target at the end of this phase (the last
+      pruning phase; DEGL/EGL's selection, so that the retraining recovers from the trim).
   """
 
   name: str
@@ -84,6 +86,7 @@ class Phase:
   controlled: bool = False
   regulariser: regularisers.Regulariser | None = None
   step_size: float = 0.0
+  lands: bool = False
 
   def epochs_with(self, steps_per_epoch: int) -> int:
     return -(-self.steps // steps_per_epoch) if self.steps else self.epochs
@@ -94,19 +97,20 @@ class Phase:
 
 def optax_phase(name: str, epochs: int, make_tx: Callable[[], optax.GradientTransformation], steps: int = 0,
                 on_end=None, scaled: bool = False, controlled: bool = False,
-                regulariser: regularisers.Regulariser | None = None, step_size: float = 0.0) -> Phase:
+                regulariser: regularisers.Regulariser | None = None, step_size: float = 0.0,
+                lands: bool = False) -> Phase:
   """A phase stepping ``nnx.Optimizer(model, make_tx())`` (built when the phase starts)."""
   build = lambda m: Stepper(m, optimizer=nnx.Optimizer(m, optax.with_extra_args_support(make_tx()), wrt=nnx.Param))
   return Phase(name, epochs, steps, build=build, on_end=on_end, scaled=scaled or controlled, controlled=controlled,
-               regulariser=regulariser, step_size=step_size)
+               regulariser=regulariser, step_size=step_size, lands=lands)
 
 
 def palm_phase(name: str, epochs: int, steps: int, regulariser: regularisers.Regulariser, kernel_paths: Sequence[str],
-               gamma: float, max_backtracks: int) -> Phase:
+               gamma: float, max_backtracks: int, lands: bool = False) -> Phase:
   """A PALM pruning phase (spec §B): block Gauss–Seidel prox steps with backtracking, no optimizer state."""
   return Phase(name, epochs, steps, build=lambda m: Stepper(
       m, palm_step=palm.make_palm_step(m, regulariser, kernel_paths, gamma, max_backtracks)),
-      scaled=True, controlled=True, regulariser=regulariser, step_size=1.0 / gamma)
+      scaled=True, controlled=True, regulariser=regulariser, step_size=1.0 / gamma, lands=lands)
 
 
 def learning_rate(lr: float, schedule: str, total_steps: int) -> optax.ScalarOrSchedule:
@@ -195,9 +199,10 @@ def _degl_phases(cfg: ml_collections.ConfigDict, rules, sample_input, last_kerne
     debias = lambda: optax.chain(optax.sgd(d.lr, momentum=d.momentum or None), ridge.as_transform(d.lr))
   phases = [optax_phase("select", d.select_epochs, select,
                         on_end=lambda m: actions.degl_threshold(m, sample_input, d.t_th, last_kernel),
-                        controlled=True, regulariser=egl_reg, step_size=d.lr)]
+                        controlled=True, regulariser=egl_reg, step_size=d.lr, lands=True)]
   if cfg.method == "egl":
-    # still penalised (the support can only shrink): under a budget the controller keeps watching, and lands here
+    # retrained with the full cost; the support can only shrink, so under a budget the controller keeps watching
+    # (it eases the penalty once the size is at the target); the landing trim is at the end of the selection
     phases.append(optax_phase("retrain", d.retrain_epochs, lambda: optax.chain(select(), transforms.keep_support()),
                               controlled=True, regulariser=egl_reg, step_size=d.lr))
   else:
@@ -244,11 +249,11 @@ def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | n
   for t in range(1, pr.iterations + 1):
     if cfg.mode == "palm" and cfg.method != "l2":
       phases.append(palm_phase(f"prune/{t}", pr.epochs, pr.steps, reg, kernel_paths, pr.palm_gamma,
-                               pr.palm_max_backtracks))
+                               pr.palm_max_backtracks, lands=t == pr.iterations))
     else:
       phases.append(optax_phase(f"prune/{t}", pr.epochs, lambda: optax.chain(
           optax.sgd(pr.lr, momentum=pr.momentum or None), reg.as_transform(pr.lr)), steps=pr.steps,
-          controlled=cfg.method != "l2", regulariser=reg, step_size=pr.lr))
+          controlled=cfg.method != "l2", regulariser=reg, step_size=pr.lr, lands=t == pr.iterations))
     if rt.epochs:
       phases.append(_retrain_phase(f"retrain/{t}", rt, steps_per_epoch))
   return phases
