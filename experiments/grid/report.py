@@ -166,7 +166,8 @@ def plot(results, dataset: str, path: pathlib.Path) -> bool:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  models = [m for m in cells_lib.MODELS[dataset] if group(results, dataset, m).get(("dense", None))]
+  models = [m for m in cells_lib.MODELS[dataset]
+            if group(results, dataset, m).get(("dense", None)) and len(group(results, dataset, m)) > 1]
   if not models:
     return False
   fig, axes = plt.subplots(len(models), 2, figsize=(11, 4.2 * len(models)), squeeze=False)
