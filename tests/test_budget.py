@@ -181,14 +181,7 @@ def test_controller_start_spreads_the_one_step_multiplier_over_the_ramp():
 
   from mobileprune_jax import regularisers
 
-  class OneLayer(nnx.Module):
-    def __init__(self):
-      self.dense = nnx.Linear(40, 10, rngs=nnx.Rngs(0))
-
-    def __call__(self, x, train=False):
-      return self.dense(x)
-
-  model, sample = OneLayer(), jnp.ones((2, 40))
+  model, sample = _one_layer(0), jnp.ones((2, 40))
   controller = budget.Controller.for_model(model, sample, nonzero=0.2)
   reg, step, n = regularisers.l1(1.0), 0.05, 100  # strong enough that the start lowers it
   m0 = controller.start(model, reg, step, steps=n)
@@ -216,14 +209,7 @@ def test_landing_keeps_the_survivors_values_and_zeroes_what_the_prox_would():
 
   from mobileprune_jax import regularisers
 
-  class OneLayer(nnx.Module):
-    def __init__(self):
-      self.dense = nnx.Linear(40, 10, rngs=nnx.Rngs(1))
-
-    def __call__(self, x, train=False):
-      return self.dense(x)
-
-  model, sample = OneLayer(), jnp.ones((2, 40))
+  model, sample = _one_layer(1), jnp.ones((2, 40))
   before = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.Param))]
   controller = budget.Controller.for_model(model, sample, nonzero=0.25)
   m = controller.land(model, regularisers.l1(1.0), 0.05, 1.0)
@@ -233,3 +219,17 @@ def test_landing_keeps_the_survivors_values_and_zeroes_what_the_prox_would():
     np.testing.assert_array_equal(a, np.where(kept, b, 0.0))  # survivors unchanged, the rest zero
   fraction = sum(np.count_nonzero(a) for a in after) / sum(a.size for a in after)
   assert abs(fraction / 0.25 - 1) <= 0.05 and m > 1.0
+
+
+def _one_layer(seed: int):
+  """A single Linear(40 → 10): nothing for the surgery to remove, so sizes can be counted by hand."""
+  from flax import nnx
+
+  class OneLayer(nnx.Module):
+    def __init__(self):
+      self.dense = nnx.Linear(40, 10, rngs=nnx.Rngs(seed))
+
+    def __call__(self, x, train=False):
+      return self.dense(x)
+
+  return OneLayer()
