@@ -28,6 +28,11 @@ DATA_NOTES = {
                      "validation; 40 test windows, so test accuracy moves in steps of 2.5 points)",
 }
 
+DATA_DIR = {"fashion_mnist_idx": " --config.data_dir=<the four Fashion-MNIST IDX files>"}
+NOT_RUN = {("fashion_mnist_idx", "mobilenet_v2"): "a train step takes ≈ 2.8 s at batch 128 on 2 CPU cores, so one "
+           "Fashion-MNIST epoch ≈ 20 min and the model's 33 cells (10 dense + 10 pruning epochs each) ≈ 110 h; "
+           "run them on an accelerator with `--models mobilenet_v2`"}
+
 
 def load(runs: pathlib.Path) -> dict[cells_lib.Cell, dict[str, Any]]:
   """Every finished cell under ``runs``: its summary, wall time and provenance (``cell.json``)."""
@@ -98,14 +103,15 @@ def model_section(results, dataset: str, model: str) -> list[str]:
   dense = cells_of.get(("dense", None), [])
   budgets = [b for b in cells_lib.BUDGETS if any(bb == b for _, bb in cells_of)]
   if not dense or not budgets:
-    return []
+    why = NOT_RUN.get((dataset, model))
+    return [f"## {model} on {dataset}\n", f"Not run here: {why}.\n"] if why else []
   commits = sorted({s["_commit"] for ss in cells_of.values() for s in ss})
   lines = [f"## {model} on {dataset}\n",
            f"Dense baseline (test / validation accuracy %): {mean_std([pct(s, 'test') for s in dense])} / "
            f"{mean_std([pct(s, 'val') for s in dense])}; {sum(s['_seconds'] or 0 for s in dense) / len(dense) / 60:.1f} "
            f"min per dense run. Cells made at commit(s) {', '.join(commits)}; config "
            f"`experiments/configs/budget_grid.py:{model},METHOD,{dataset},BUDGET --config.seed=S "
-           f"--config.init_from=<dense run of seed S>/model`.\n"]
+           f"--config.init_from=<dense run of seed S>/model{DATA_DIR.get(dataset, '')}`.\n"]
   best = best_methods(cells_of, budgets)
   lines.append("Best per budget (mean test accuracy, cells within the budget in every seed): " + "; ".join(
       f"{100 * b:g} %: {' = '.join(sorted(METHOD_NAMES[m] for m in best[b][0]))} ({best[b][1]:.2f})"
@@ -135,7 +141,7 @@ def model_section(results, dataset: str, model: str) -> list[str]:
       if any(t != "–" for t in row):
         lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(row) + " |")
     lines.append("")
-  lines += ["**Minutes per cell** (wall clock, mean over seeds; two grid runners shared 2 CPU cores)\n", header, rule]
+  lines += ["**Minutes per cell** (wall clock, mean over seeds; two or three grid runners shared 2 CPU cores)\n", header, rule]
   for method in cells_lib.METHODS:
     row = [mean_std([s["_seconds"] / 60 for s in cells_of.get((method, b), []) if s["_seconds"]], "{:.1f}")
            for b in budgets]
