@@ -28,6 +28,7 @@ DATA_NOTES = {
                      "validation; 40 test windows, so test accuracy moves in steps of 2.5 points)",
 }
 
+CLASSES = {"mnist_subset": 10, "fashion_mnist_idx": 10, "basic_motions": 4}
 DATA_DIR = {"fashion_mnist_idx": " --config.data_dir=<the four Fashion-MNIST IDX files>"}
 NOT_RUN = {("fashion_mnist_idx", "mobilenet_v2"): "a train step takes ≈ 2.8 s at batch 128 on 2 CPU cores, so one "
            "Fashion-MNIST epoch ≈ 20 min and the model's 33 cells (10 dense + 10 pruning epochs each) ≈ 110 h; "
@@ -98,6 +99,17 @@ def mobileprune_margins(cells_of, budgets) -> list[tuple[str, float, float]]:
   return out
 
 
+def collapsed_cells(cells_of, classes: int) -> list[tuple[str, float, int, int]]:
+  """(method, budget, seeds at chance, seeds) for the cells whose test accuracy is within 1 point of chance."""
+  out = []
+  for (method, b), ss in sorted(cells_of.items(), key=lambda kv: (kv[0][1] or 0, cells_lib.METHODS.index(kv[0][0])
+                                                                   if kv[0][0] in cells_lib.METHODS else -1)):
+    n = sum(pct(s, "test") <= 100 / classes + 1 for s in ss)
+    if b is not None and n:
+      out.append((method, b, n, len(ss)))
+  return out
+
+
 def model_section(results, dataset: str, model: str) -> list[str]:
   cells_of = group(results, dataset, model)
   dense = cells_of.get(("dense", None), [])
@@ -119,6 +131,11 @@ def model_section(results, dataset: str, model: str) -> list[str]:
   lines += [f"MobilePrune ({kind}) minus the best other method within the budget at {100 * b:g} % non-zero: "
             f"{diff:+.2f} pt.\n"
             for kind, b, diff in mobileprune_margins(cells_of, budgets)]
+  collapsed = collapsed_cells(cells_of, CLASSES[dataset])
+  if collapsed:
+    lines.append(f"At chance accuracy (≤ {100 / CLASSES[dataset] + 1:g} %: the network stopped carrying a signal): "
+                 + "; ".join(f"{METHOD_NAMES[m]} at {100 * b:g} % ({n} of {k} seeds)" for m, b, n, k in collapsed)
+                 + ".\n")
   header = "| method | " + " | ".join(f"{100 * b:g} % non-zero" for b in budgets) + " |"
   rule = "|---|" + "---|" * len(budgets)
   for title, kind, fmt in (("Test accuracy (%)", "test", "{:.2f}"), ("Validation accuracy (%)", "val", "{:.2f}"),
