@@ -91,3 +91,23 @@ def test_the_runner_runs_a_dense_and_a_budget_cell(tmp_path):
   info = json.loads((cell.workdir(tmp_path) / "cell.json").read_text())
   assert info["config"] == ("experiments/configs/budget_grid.py:lenet300,l1,mnist_subset,0.05 --config.seed=0 "
                             + " ".join(f"--config.{o}" for o in tiny))
+
+
+def test_cells_at_chance_are_named_and_unrun_models_say_why(tmp_path):
+  runs = tmp_path / "runs"
+  for dataset, model in (("basic_motions", "har_cnn"), ("fashion_mnist_idx", "lenet5")):
+    _fake(runs, cells.Cell(dataset, model, "dense", None, 0), 0.975, 1000, 1000)
+  # 4 classes: 25 % is chance, 26 % is within a point of it, 27.5 % (one more window of 40) is not
+  for seed, acc in enumerate((0.25, 0.26, 0.275)):
+    _fake(runs, cells.Cell("basic_motions", "har_cnn", "group_lasso", 0.01, seed), acc, 10, 10, within=False)
+  _fake(runs, cells.Cell("basic_motions", "har_cnn", "l0", 0.01, 0), 0.975, 10, 300)
+  _fake(runs, cells.Cell("fashion_mnist_idx", "lenet5", "l1", 0.05, 0), 0.11, 50, 60)  # 10 classes: 11 % is chance
+  report.report(runs, tmp_path / "out")
+  text = (tmp_path / "out" / "budget_grid.md").read_text()
+  assert ("At chance accuracy (≤ 26 %: the network stopped carrying a signal): group lasso at 1 % (2 of 3 seeds)."
+          in text)
+  assert "At chance accuracy (≤ 11 %: the network stopped carrying a signal): ℓ1 at 5 % (1 of 1 seeds)." in text
+  mbv2 = text.split("## mobilenet_v2 on fashion_mnist_idx")[1]
+  assert mbv2.split("\n\n")[1].startswith("Not run here: a train step takes") and "--models mobilenet_v2" in mbv2
+  assert "--config.data_dir=<the four Fashion-MNIST IDX files>" in text and "basic_motions,BUDGET --config.seed=S " \
+         "--config.init_from=<dense run of seed S>/model`" in text
