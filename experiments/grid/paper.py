@@ -9,6 +9,8 @@ from __future__ import annotations
 import statistics
 from typing import Any, NamedTuple
 
+from experiments.grid import cells as cells_lib
+
 
 class PaperRow(NamedTuple):
   paper: str
@@ -61,17 +63,19 @@ ROWS = [
              "same", "FLOPs −85.6 / −87.0 / −88.1 %", None, "paper_degl_vgg16_cifar10"),
 ]
 
+_MNIST = cells_lib.grid_config.PROFILES["mnist_subset"]
 DIFFERENCES = [
     "**Counts.** The MobilePrune paper's \"params\" column counts non-zero weights; DEGL's counts the parameters "
     "left after removing whole units (its pruning leaves no scattered zeros). We report both for every cell: "
     "non-zero weights and the parameters of the physically shrunk model (`surgery.shrink`).",
     "**Data.** Ours: 8,000 of MNIST's 60,000 training digits (7,200 train + 800 validation per seed) and 2,000 test "
     "digits, not the full MNIST; the HAR data sets, CIFAR-10 and Tiny-ImageNet cannot be downloaded here, so those "
-    "rows are not run (their configs are named; BasicMotions results, which match no paper row, are in "
-    "`budget_grid.md`).",
-    "**Schedule.** Dense: Adam 1e-3 with cosine decay, 20 (LeNet-5) / 30 (LeNet-300) epochs, random shifts of ≤ 2 "
-    "pixels; pruning: 3 × (3 prox-SGD or PALM epochs + 2 masked Adam retraining epochs) from the dense model. The "
-    "papers train for 100+ epochs on full MNIST.",
+    "rows are not run (their configs are named; the BasicMotions and Fashion-MNIST results, which match no paper "
+    "row, are in `budget_grid.md`).",
+    "**Schedule.** Dense: Adam 1e-3 with cosine decay, {lenet5} (LeNet-5) / {lenet300} (LeNet-300) epochs, random "
+    "shifts of ≤ {shift} pixels; pruning: {iterations} × ({prune} prox-SGD or PALM epochs + {retrain} masked Adam "
+    "retraining epochs) from the dense model (`budget_grid.py`'s `PROFILES`). The papers train for 100+ epochs on "
+    "full MNIST.".format(**_MNIST, **_MNIST["dense"]),
     "**Coefficients.** The papers fix λ per row; our budget controller scales the penalty (one multiplier on all of "
     "a method's terms, their ratios fixed by `experiments/configs/budget_grid.py`) until the non-zero fraction is the "
     "budget ±10 %. Paper rows are matched to the budget nearest their size.",
