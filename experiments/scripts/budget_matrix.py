@@ -47,6 +47,8 @@ def _reached(s: dict, kind: str) -> float:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
+  parser.add_argument("--conditions", default="2 CPU cores, quiet",
+                      help="what the machine was doing, printed next to the times")
   args = parser.parse_args()
   rows = []
   for i, (model, method, kind, target, overrides) in enumerate(_cells()):
@@ -64,7 +66,7 @@ def main() -> None:
                 f"{100 * s['pruned_accuracy']:.2f} % | {time.time() - start:.0f} s | `{' '.join(overrides)}` |")
     print(rows[-1], file=sys.stderr, flush=True)
   print(f"# Budget targets vs reached sizes\n\nMade by `python experiments/scripts/budget_matrix.py` at commit "
-        f"{_commit()}, config `{CONFIG}` with `{' '.join(SHORT)}` and the overrides per row (2 CPU cores). "
+        f"{_commit()}, config `{CONFIG}` with `{' '.join(SHORT)}` and the overrides per row ({args.conditions}). "
         "Fractions of the dense model as `summary.json` reports them: non-zero parameters and parameters of the "
         "shrunk model over the dense model's parameters. Tolerance ±10 % relative. Accuracies: the 2,000 test digits "
         "after the short schedule (dense after 1 pretraining epoch → pruned), not tuned. Times: wall clock, all cells in one "
