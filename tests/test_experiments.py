@@ -55,6 +55,7 @@ def test_tables_statistics_best_marks_and_the_side_by_side(tmp_path):
   values = [98.5, 98.4, 98.3]
   want = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n=3)"
   assert row == f"| ℓ1-SGL | **{want}** |"  # best among the cells within budget in every seed
+  assert "Among the group penalties only (ℓ0 and ℓ1 act on single weights): 1 %: ℓ1-SGL (98.40)." in text
   degl = next(line for line in text.splitlines() if line.startswith("| DEGL |"))
   assert degl.endswith("†** |") is False and "†" in degl and "**" not in degl
   assert "Dense baseline (test / validation accuracy %): 99.00 ± 0.00 (n=3)" in text and "abc1234" in text

@@ -71,13 +71,17 @@ def group(results, dataset: str, model: str) -> dict[tuple[str, float | None], l
   return out
 
 
-def best_methods(cells_of, budgets) -> dict[float, tuple[set[str], float]]:
-  """Per budget: the methods with the highest mean test accuracy (ties all count) among cells that met the
-  budget in every seed."""
+STRUCTURED = ("mobileprune", "mobileprune_palm", "degl", "egl", "group_lasso", "l1_sgl")  # group penalties
+
+
+def best_methods(cells_of, budgets, among=None) -> dict[float, tuple[set[str], float]]:
+  """Per budget: the methods (of ``among``, default all) with the highest mean test accuracy (ties all count)
+  among cells that met the budget in every seed."""
   best = {}
   for b in budgets:
     scored = {m: statistics.mean(pct(s, "test") for s in ss) for (m, bb), ss in cells_of.items()
-              if bb == b and all(s.get("budget", {}).get("within_tolerance", False) for s in ss)}
+              if bb == b and (among is None or m in among)
+              and all(s.get("budget", {}).get("within_tolerance", False) for s in ss)}
     if scored:
       top = max(scored.values())
       best[b] = ({m for m, acc in scored.items() if acc >= top - 1e-9}, top)
@@ -128,6 +132,10 @@ def model_section(results, dataset: str, model: str) -> list[str]:
   lines.append("Best per budget (mean test accuracy, cells within the budget in every seed): " + "; ".join(
       f"{100 * b:g} %: {' = '.join(sorted(METHOD_NAMES[m] for m in best[b][0]))} ({best[b][1]:.2f})"
       for b in budgets if b in best) + ".\n")
+  structured = best_methods(cells_of, budgets, STRUCTURED)
+  lines.append("Among the group penalties only (ℓ0 and ℓ1 act on single weights): "
+               + "; ".join(f"{100 * b:g} %: {' = '.join(sorted(METHOD_NAMES[m] for m in structured[b][0]))} "
+                           f"({structured[b][1]:.2f})" for b in budgets if b in structured) + ".\n")
   lines += [f"MobilePrune ({kind}) minus the best other method within the budget at {100 * b:g} % non-zero: "
             f"{diff:+.2f} pt.\n"
             for kind, b, diff in mobileprune_margins(cells_of, budgets)]
