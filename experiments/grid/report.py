@@ -133,9 +133,10 @@ def model_section(results, dataset: str, model: str) -> list[str]:
       f"{100 * b:g} %: {' = '.join(sorted(METHOD_NAMES[m] for m in best[b][0]))} ({best[b][1]:.2f})"
       for b in budgets if b in best) + ".\n")
   structured = best_methods(cells_of, budgets, STRUCTURED)
-  lines.append("Among the group penalties only (ℓ0 and ℓ1 act on single weights): "
-               + "; ".join(f"{100 * b:g} %: {' = '.join(sorted(METHOD_NAMES[m] for m in structured[b][0]))} "
-                           f"({structured[b][1]:.2f})" for b in budgets if b in structured) + ".\n")
+  if structured:
+    lines.append("Among the group penalties only (ℓ0 and ℓ1 act on single weights): "
+                 + "; ".join(f"{100 * b:g} %: {' = '.join(sorted(METHOD_NAMES[m] for m in structured[b][0]))} "
+                             f"({structured[b][1]:.2f})" for b in budgets if b in structured) + ".\n")
   lines += [f"MobilePrune ({kind}) minus the best other method within the budget at {100 * b:g} % non-zero: "
             f"{diff:+.2f} pt.\n"
             for kind, b, diff in mobileprune_margins(cells_of, budgets)]
@@ -166,7 +167,7 @@ def model_section(results, dataset: str, model: str) -> list[str]:
       if any(t != "–" for t in row):
         lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(row) + " |")
     lines.append("")
-  lines += ["**Minutes per cell** (wall clock, mean over seeds; two or three grid runners shared 2 CPU cores)\n", header, rule]
+  lines += ["**Minutes per cell** (wall clock, mean over seeds; two to four processes shared 2 CPU cores)\n", header, rule]
   for method in cells_lib.METHODS:
     row = [mean_std([s["_seconds"] / 60 for s in cells_of.get((method, b), []) if s["_seconds"]], "{:.1f}")
            for b in budgets]
