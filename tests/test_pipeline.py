@@ -186,6 +186,14 @@ def test_budget_grid_configs_validate(arg, method):
     assert cfg.budget.nonzero == float(arg.split(",")[-1])
 
 
+def test_the_mobilenet_grid_cell_builds_a_10_class_model_on_padded_fashion_mnist():
+  # validate() leaves model_kwargs to the model's constructor: build it and feed the padded 32×32×1 images
+  cfg = config_lib.load_config(f"{CONFIGS / 'budget_grid.py'}:mobilenet_v2,mobileprune,fashion_mnist_idx,0.01")
+  model = models.create(cfg.model, seed=0, **cfg.model_kwargs)
+  x = np.pad(np.ones((2, 28, 28, 1), np.float32), ((0, 0), (2, 2), (2, 2), (0, 0)))  # 28 → cfg.pad_to
+  assert cfg.pad_to == x.shape[1] == 32 and model(jnp.asarray(x)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("name", ["wisdm", "uci_har", "pamap2"])
 def test_har_paper_configs_have_both_modes(name):
   path = CONFIGS / f"paper_mobileprune_{name}_har.py"

@@ -90,27 +90,23 @@ def best_methods(cells_of, budgets, among=None) -> dict[float, tuple[set[str], f
 
 def mobileprune_margins(cells_of, budgets) -> list[tuple[str, float, float]]:
   """(solver, budget, MobilePrune's mean test accuracy minus the best other method's) at 1 %; the others count
-  only where they met the budget in every seed."""
-  out = []
-  for method, kind in (("mobileprune", "prox-SGD"), ("mobileprune_palm", "PALM")):
-    for b in [b for b in budgets if b == 0.01]:
-      ours = cells_of.get((method, b))
-      others = [statistics.mean(pct(s, "test") for s in ss) for (m, bb), ss in cells_of.items()
-                if bb == b and not m.startswith("mobileprune")
-                and all(s.get("budget", {}).get("within_tolerance", False) for s in ss)]
-      if ours and others:
-        out.append((kind, b, statistics.mean(pct(s, "test") for s in ours) - max(others)))
-  return out
+  only where they met the budget in every seed (``best_methods``)."""
+  others = best_methods(cells_of, [b for b in budgets if b == 0.01],
+                        among=[m for m in cells_lib.METHODS if not m.startswith("mobileprune")])
+  return [(kind, b, statistics.mean(pct(s, "test") for s in cells_of[(method, b)]) - acc)
+          for method, kind in (("mobileprune", "prox-SGD"), ("mobileprune_palm", "PALM"))
+          for b, (_, acc) in others.items() if (method, b) in cells_of]
 
 
 def collapsed_cells(cells_of, classes: int) -> list[tuple[str, float, int, int]]:
   """(method, budget, seeds at chance, seeds) for the cells whose test accuracy is within 1 point of chance."""
   out = []
-  for (method, b), ss in sorted(cells_of.items(), key=lambda kv: (kv[0][1] or 0, cells_lib.METHODS.index(kv[0][0])
-                                                                   if kv[0][0] in cells_lib.METHODS else -1)):
-    n = sum(pct(s, "test") <= 100 / classes + 1 for s in ss)
-    if b is not None and n:
-      out.append((method, b, n, len(ss)))
+  for b in cells_lib.BUDGETS:
+    for method in cells_lib.METHODS:
+      ss = cells_of.get((method, b), [])
+      n = sum(pct(s, "test") <= 100 / classes + 1 for s in ss)
+      if n:
+        out.append((method, b, n, len(ss)))
   return out
 
 
