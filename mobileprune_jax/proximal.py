@@ -13,6 +13,12 @@ under which the group prox is exact (``regularisers.base``). Scaling the loss by
 and D by c (ε aside), so x⁺ is the prox of R/c: the iteration minimises L + λR, and sparsity
 drops as the loss scale grows, as it should. (The plain chain compares s·λ with Adam's
 normalised step instead, so its sparsity ignores the loss scale.)
+
+**Wrappers inside the base that make no step** — ``optax.MultiSteps`` while it accumulates (or
+skips), ``optax.apply_if_finite`` on a non-finite gradient — emit a zero update; the prox is then
+not applied either (prox_{s·R}(p) ≠ p for ℓ1 and the group terms: it would shrink once per
+micro-batch) and the step count does not advance, so ``with_prox(MultiSteps(base, k), R)`` equals
+``MultiSteps(with_prox(base, R), k)``.
 """
 
 from __future__ import annotations
@@ -59,6 +65,24 @@ def _learning_rate(state: Any) -> jax.Array:
   for plateau in _instances(state, ReduceLROnPlateauState):
     rate = rate * plateau.scale
   return rate
+
+
+def _base_stepped(old: Any, new: Any) -> jax.Array | None:
+  """Whether the base made a step, or None when it holds no wrapper that can skip one.
+
+  A step is made unless a ``MultiSteps`` in the base kept its gradient_step (accumulating or skipping)
+  or an ``apply_if_finite`` saw a non-finite gradient.
+  """
+  multi = list(zip(_instances(old, optax.MultiStepsState), _instances(new, optax.MultiStepsState)))
+  finite = [s.last_finite for s in _instances(new, optax.ApplyIfFiniteState)]
+  if not multi and not finite:
+    return None
+  stepped = jnp.asarray(True)
+  for before, after in multi:
+    stepped &= after.gradient_step != before.gradient_step
+  for last_finite in finite:
+    stepped &= jnp.asarray(last_finite, bool)
+  return stepped
 
 
 def _adam_steps(state: Any, rate: jax.Array, b2: float, eps: float) -> Any:
@@ -116,7 +140,14 @@ def with_prox(base: optax.GradientTransformation, regulariser: Regulariser, *,
     updates, base_state = base.update(updates, state.base, params, **extra_args)
     rate = _learning_rate(base_state) if learning_rate is None else evaluate(learning_rate, state.count)
     step = _adam_steps(base_state, rate, b2, eps) if metric == "adam" else rate
-    updates = proximal_updates(regulariser, updates, params, step, state.count, penalty_multiplier)
-    return updates, WithProxState(base=base_state, count=optax.safe_increment(state.count))
+    prox = lambda u: proximal_updates(regulariser, u, params, step, state.count, penalty_multiplier)
+    stepped = _base_stepped(state.base, base_state)
+    if stepped is None:
+      return prox(updates), WithProxState(base=base_state, count=optax.safe_increment(state.count))
+    proxed = jax.eval_shape(prox, updates)  # a skipped step passes the base's (zero) update in the prox's dtypes
+    keep = lambda u: jax.tree.map(lambda x, like: jnp.asarray(x, like.dtype), u, proxed)
+    updates = jax.lax.cond(stepped, prox, keep, updates)
+    count = jnp.where(stepped, optax.safe_increment(state.count), state.count)
+    return updates, WithProxState(base=base_state, count=count)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -28,7 +28,8 @@ chain does not minimise L + λR (the sparsity ignores the loss scale) — use ``
 
 Coefficients are ``ArrayLike`` (floats, arrays, schedules of the step count) and every factory
 works under ``optax.inject_hyperparams`` (coefficients and learning rate injectable),
-``optax.MultiSteps``, ``optax.masked``, ``optax.apply_if_finite`` and ``jax.vmap`` over
+``optax.MultiSteps``, ``optax.masked``, ``optax.apply_if_finite`` (around the whole chain: a prox
+chained after them cannot see a skipped step; ``with_prox`` can, in either order) and ``jax.vmap`` over
 coefficients. Every update also takes the extra argument ``penalty_multiplier`` (an array:
 multiplies every coefficient, no recompilation; the budget controller's knob).
 

@@ -162,6 +162,43 @@ def test_multi_steps_applies_the_prox_to_the_mean_gradient_every_k_steps(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_with_prox_around_multi_steps_applies_the_prox_once_per_real_step(name):
+  # the prox must not be applied on the accumulating micro-steps (prox(p) ≠ p for ℓ1 and group terms)
+  params, g1, g2 = _params(), _grads(1), _grads(2)
+  first = next(iter(COEFS[name]))
+  sched = optax.linear_schedule(COEFS[name][first], 3 * COEFS[name][first], 1)  # count 0 → c, count 1 → 3c
+  reg = getattr(regularisers, name)(**{**COEFS[name], first: sched})
+  tx = transforms.with_prox(optax.MultiSteps(optax.inject_hyperparams(optax.sgd)(learning_rate=0.5), 2), reg)
+  update = jax.jit(tx.update)
+  state = tx.init(params)
+  u, state = update(g1, state, params)
+  assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(u)) and int(state.count) == 0
+  u, state = update(g2, state, params)
+  mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
+  _close(optax.apply_updates(params, u), reference(name, _sgd_point(params, mean, 0.5), 0.5, COEFS[name]))
+  assert int(state.count) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_with_prox_around_apply_if_finite_skips_the_prox_and_the_count_on_a_non_finite_step(name):
+  params, grads = _params(), _grads()
+  first = next(iter(COEFS[name]))
+  sched = optax.linear_schedule(COEFS[name][first], 3 * COEFS[name][first], 1)
+  reg = getattr(regularisers, name)(**{**COEFS[name], first: sched})
+  tx = transforms.with_prox(optax.apply_if_finite(optax.inject_hyperparams(optax.sgd)(learning_rate=0.5), 3), reg)
+  update = jax.jit(tx.update)
+  state = tx.init(params)
+  bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads)
+  u, state = update(bad, state, params)
+  assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(u)) and int(state.count) == 0
+  u, state = update(grads, state, params)
+  _close(optax.apply_updates(params, u), reference(name, _sgd_point(params, grads, 0.5), 0.5, COEFS[name]))
+  u, state = update(grads, state, params)  # the second real step reads the schedule at count 1
+  tripled = {**COEFS[name], first: 3 * COEFS[name][first]}
+  _close(optax.apply_updates(params, u), reference(name, _sgd_point(params, grads, 0.5), 0.5, tripled))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_masked_regularises_only_the_masked_leaves(name):
   params, grads = _params(), _grads()
   mask = {"conv": {"kernel": False, "bias": False}, "fc": {"kernel": True, "bias": True}, "norm": {"scale": True, "bias": True}}
