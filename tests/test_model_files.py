@@ -107,6 +107,24 @@ def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path):
     surgery.load(tmp_path / "m")
 
 
+@pytest.mark.parametrize("cuts,kwargs,reason", [
+    ({"conv1/bias": [[0, [1.5]]]}, {}, r"malformed 'cuts' \(an index must be an integer, got 1.5\)"),
+    ({"conv1/bias": [[0, [True]]]}, {}, r"malformed 'cuts' \(an index must be an integer, got True\)"),
+    ({"conv1/bias": [[0.0, [1]]]}, {}, r"malformed 'cuts' \(an index must be an integer, got 0.0\)"),
+    (None, {"seed": 2**80}, "cannot be built from kwargs"),
+])
+def test_crafted_cut_indices_and_kwargs_are_one_model_file_error(tmp_path, cuts, kwargs, reason):
+  # int(1.5) and int(True) would have kept channel 1 and loaded a 1-channel model (then failed on the weights)
+  new, report = _shrunk_lenet5()
+  surgery.save(tmp_path / "m", new, factory="lenet5", kwargs={"seed": 3}, cuts=report.cuts)
+  spec = json.loads((tmp_path / "m" / "architecture.json").read_text())
+  spec["cuts"] = spec["cuts"] if cuts is None else cuts
+  spec["kwargs"].update(kwargs)
+  (tmp_path / "m" / "architecture.json").write_text(json.dumps(spec))
+  with pytest.raises(surgery.ModelFileError, match=reason):
+    surgery.load(tmp_path / "m")
+
+
 class TinyNet(nnx.Module):
   def __init__(self, width: int, rngs: nnx.Rngs):
     self.fc1 = nnx.Linear(4, width, rngs=rngs)

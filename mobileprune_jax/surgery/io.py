@@ -75,7 +75,7 @@ def build(model: str, kwargs: Mapping[str, Any], cuts: Cuts | None = None,
     module = _factory(model, factories)(**kwargs)
   except ModelFileError:
     raise
-  except (TypeError, ValueError) as e:
+  except (TypeError, ValueError, OverflowError) as e:
     raise ModelFileError(f"model {model!r} cannot be built from kwargs {dict(kwargs)}: {e}") from None
   if not isinstance(module, nnx.Module):
     raise ModelFileError(f"the factory of {model!r} returned {type(module).__name__}, not an nnx.Module")
@@ -144,7 +144,7 @@ def read_spec(directory: str | pathlib.Path) -> dict[str, Any]:
   if not isinstance(spec.get("model"), str):
     raise ModelFileError(f"{path}: 'model' must be a registered model name, got {spec.get('model')!r}")
   try:
-    spec["cuts"] = {str(p): [(int(axis), [int(i) for i in keep]) for axis, keep in axes]
+    spec["cuts"] = {str(p): [(_json_int(axis), [_json_int(i) for i in keep]) for axis, keep in axes]
                     for p, axes in (spec.get("cuts") or {}).items()}
   except (TypeError, ValueError, AttributeError) as e:
     raise ModelFileError(f"{path}: malformed 'cuts' ({e})") from None
@@ -152,6 +152,13 @@ def read_spec(directory: str | pathlib.Path) -> dict[str, Any]:
     if any(axis < 0 or any(i < 0 for i in keep) or len(set(keep)) != len(keep) for axis, keep in axes):
       raise ModelFileError(f"{path}: cuts of {p!r} must be distinct non-negative indices")
   return spec
+
+
+def _json_int(value: Any) -> int:
+  """A JSON integer (``int(1.5)`` or ``int(True)`` would silently give an index)."""
+  if type(value) is not int:
+    raise TypeError(f"an index must be an integer, got {value!r}")
+  return value
 
 
 def build_original(directory: str | pathlib.Path, factories: Mapping[str, Factory] | None = None) -> nnx.Module:
