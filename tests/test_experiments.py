@@ -85,8 +85,11 @@ def test_the_runner_runs_a_dense_and_a_budget_cell(tmp_path):
   dense = cells.Cell("mnist_subset", "lenet300", "dense", None, 0)
   cell = cells.Cell("mnist_subset", "lenet300", "l1", 0.05, 0)
   assert run.run_cell(dense, tmp_path, tiny + ["pretrain.epochs=2"]) == "done"
-  status = run.run_cell(cell, tmp_path, tiny)
+  lines = []
+  status = run.run_cell(cell, tmp_path, tiny, log=lines.append)
   s = cells.summary(cell.workdir(tmp_path))
+  epochs = [line for line in lines if " epoch " in line]  # progress: one line per epoch (1 prune + 1 retrain)
+  assert len(epochs) == 2 and epochs[0].startswith("[prune/1] epoch 1/1"), lines
   assert status in ("done", "missed budget") and s["budget"]["target"] == {"nonzero": 0.05}
   assert s["base_accuracy"] == cells.summary(dense.workdir(tmp_path))["pruned_accuracy"]
   info = json.loads((cell.workdir(tmp_path) / "cell.json").read_text())

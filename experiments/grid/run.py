@@ -10,15 +10,17 @@ import argparse
 import json
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from experiments.grid import cells as cells_lib
 
 
-def run_cell(cell: cells_lib.Cell, runs: pathlib.Path, extra: Sequence[str] = ()) -> str:
+def run_cell(cell: cells_lib.Cell, runs: pathlib.Path, extra: Sequence[str] = (),
+             log: Callable[[str], None] = lambda message: None) -> str:
   """Runs (or resumes) one cell; returns 'done', 'missed budget', 'diverged', 'busy' or 'no data'.
 
-  ``extra``: config overrides ``KEY=VALUE`` added to every cell (recorded in its ``cell.json``).
+  ``extra``: config overrides ``KEY=VALUE`` added to every cell (recorded in its ``cell.json``);
+  ``log``: receives the pipeline's lines (resume point, one per epoch, the summary).
   """
   import jax
 
@@ -38,7 +40,7 @@ def run_cell(cell: cells_lib.Cell, runs: pathlib.Path, extra: Sequence[str] = ()
     (wd / "cell.json").write_text(json.dumps({"config": config, "init_from": cfg.init_from and "dense cell",
                                               "commit": _commit()}) + "\n")
   try:
-    pipeline.run(cfg, wd, resume=(wd / "checkpoints").exists(), log=lambda m: None)
+    pipeline.run(cfg, wd, resume=(wd / "checkpoints").exists(), log=log)
     return "done"
   except pipeline.BudgetNotReachedError:
     return "missed budget"
@@ -83,6 +85,7 @@ def main() -> None:
   parser.add_argument("--seeds", nargs="+", type=int, default=None)
   parser.add_argument("--hours", type=float, default=None, help="start no new cell after this many hours")
   parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every cell")
+  parser.add_argument("--quiet", action="store_true", help="one line per finished cell, no per-epoch lines")
   args = parser.parse_args()
   _persistent_compilation_cache(args.runs / ".jax_cache")
   start, skipped_data = time.time(), set()
@@ -96,8 +99,11 @@ def main() -> None:
       return
     if cell.budget is not None and not (cell.dense().workdir(args.runs) / "summary.json").exists():
       continue  # its dense run was not made (no data, or diverged)
-    t0 = time.time()
-    status = run_cell(cell, args.runs, args.set)
+    t0, name = time.time(), f"{cell.config_arg} seed {cell.seed}"
+    if not args.quiet:
+      print(f"cell {i + 1}/{len(todo)}: {name}", flush=True)
+    log = (lambda m: None) if args.quiet else (lambda m, name=name: print("\n".join(f"  {name}: {line}" for line in m.splitlines()), flush=True))
+    status = run_cell(cell, args.runs, args.set, log=log)
     if status == "no data":
       skipped_data.add(cell.dataset)
     print(json.dumps({"cell": cell.config_arg, "seed": cell.seed, "status": status,
