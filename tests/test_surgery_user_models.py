@@ -552,3 +552,37 @@ def test_a_network_whose_output_reads_nothing_keeps_one_channel_per_layer_readin
   # one placeholder channel per layer (a layer cannot have width 0), reading one placeholder input
   expected = (9 * 1 + 1) + (9 * 1 * 1 + 1) + (49 * 1 + 1) + (1 * 10 + 10)
   _shrink(m, x, expected)
+
+
+# ------------------------------------------- models with several inputs (tuple / dict) ---
+
+
+class TwoTower(nnx.Module):
+  """Token ids and dense features, summed into one hidden layer: ``model(tokens, features, scale=...)``."""
+
+  def __init__(self, rngs):
+    self.embed = nnx.Embed(20, 6, rngs=rngs)
+    self.tokens = nnx.Linear(6, 8, rngs=rngs)
+    self.features = nnx.Linear(3, 8, rngs=rngs)
+    self.head = nnx.Linear(8, 4, rngs=rngs)
+
+  def __call__(self, tokens, features, scale=1.0):
+    h = self.tokens(self.embed(tokens).mean(1)) + self.features(features)
+    return self.head(nnx.relu(h)) * scale
+
+
+def test_a_model_with_several_inputs_takes_a_tuple_or_a_dict():
+  m = TwoTower(rngs=nnx.Rngs(0))
+  _kill_filters(m.tokens, [2, 5])
+  _kill_filters(m.features, [2, 5])  # hidden units 2 and 5 are exactly 0 for every input
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 20, size=(3, 7)), jnp.int32)
+  features = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3)), jnp.float32)
+  expected = 20 * 6 + (6 * 6 + 6) + (3 * 6 + 6) + (6 * 4 + 4)
+  for sample in ((tokens, features), {"tokens": tokens, "features": features, "scale": 2.0}):
+    new, report = surgery.shrink_with_report(m, sample)
+    assert report.max_abs_diff <= TOL and _params(new) == expected, report
+    np.testing.assert_allclose(new(tokens, features, scale=2.0), m(tokens, features, scale=2.0), atol=TOL)
+  with pytest.raises(ValueError, match="same batch axis"):
+    surgery.shrink(m, (tokens, features[:2]))
+  with pytest.raises(ValueError, match="holds no array"):
+    surgery.shrink(m, ())

@@ -1,7 +1,8 @@
 """Channel dependency analysis: trace a model's forward pass once and build its channel graph.
 
 ``trace(model, sample_input)`` traces the forward pass in inference mode with
-``jax.make_jaxpr`` on a batch of one and interprets the jaxpr abstractly (``tracer``,
+``jax.make_jaxpr`` on a batch of one (``sample_input``: an array is the model's one argument, a tuple
+its positional arguments, a dict its keyword arguments — ``call_arguments``) and interprets the jaxpr abstractly (``tracer``,
 ``producers``): every conv / dense / ``LinearGeneral`` / depthwise layer, every channel node,
 which nodes must be cut together (residual adds, attention heads, depthwise filters), which
 vectors are attached to which channels (biases, BatchNorm), and which channels must stay
@@ -10,6 +11,7 @@ vectors are attached to which channels (biases, BatchNorm), and which channels m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -21,7 +23,7 @@ from mobileprune_jax import groups
 from mobileprune_jax.surgery.graph import NO_NODE, Graph, Layer
 from mobileprune_jax.surgery.tracer import Act, Const, Tracer, host
 
-__all__ = ["NO_NODE", "Graph", "Layer", "eval_mode", "forward_fn", "trace"]
+__all__ = ["NO_NODE", "Graph", "Layer", "call_arguments", "eval_mode", "forward_fn", "trace"]
 
 
 def eval_mode(model: nnx.Module) -> nnx.Module:
@@ -31,8 +33,45 @@ def eval_mode(model: nnx.Module) -> nnx.Module:
   return copy
 
 
+def call_arguments(sample_input: Any) -> tuple[list[jax.Array], Callable[[list[jax.Array]], tuple[tuple, dict]]]:
+  """The input arrays of ``sample_input`` and ``rebuild(arrays) -> (args, kwargs)`` for ``model(*args, **kwargs)``.
+
+  An array (or anything ``jnp.asarray`` takes) is the model's one argument, a tuple its positional
+  arguments, a dict its keyword arguments (nested pytrees inside them are fine). Every array needs
+  the same non-empty batch axis; other leaves (Python numbers, strings, None) are passed as they are.
+
+  Raises:
+    ValueError: no input, an array without a batch axis, or arrays with different batch sizes.
+  """
+  if sample_input is None:
+    raise ValueError("surgery needs a sample input (an array with a batch axis) to trace the model")
+  if isinstance(sample_input, tuple):
+    call = (tuple(sample_input), {})
+  elif isinstance(sample_input, dict):
+    call = ((), dict(sample_input))
+  else:
+    call = ((jnp.asarray(sample_input),), {})
+  leaves, treedef = jax.tree.flatten(call)
+  is_array = [isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves]
+  arrays = [jnp.asarray(leaf) for leaf, a in zip(leaves, is_array) if a]
+  if not arrays:
+    raise ValueError("sample_input holds no array: pass a batch (an array, a tuple of positional or a dict of "
+                     "keyword arguments)")
+  batches = {x.shape[0] if x.ndim else 0 for x in arrays}
+  if 0 in batches:
+    raise ValueError(f"sample_input must have a non-empty batch axis, got shape(s) {[x.shape for x in arrays]}")
+  if len(batches) > 1:
+    raise ValueError(f"every array of sample_input needs the same batch axis, got shapes {[x.shape for x in arrays]}")
+
+  def rebuild(new_arrays: list[jax.Array]) -> tuple[tuple, dict]:
+    it = iter(new_arrays)
+    return jax.tree.unflatten(treedef, [next(it) if a else leaf for leaf, a in zip(leaves, is_array)])
+
+  return arrays, rebuild
+
+
 def forward_fn(model: nnx.Module):
-  """(graphdef, state leaves, paths, f) with f(leaves, x) = model(x) in inference mode."""
+  """(graphdef, state leaves, paths, f) with f(leaves, *args, **kwargs) = model(*args, **kwargs) in inference mode."""
   model = eval_mode(model)
   graphdef, state = nnx.split(model)
   flat = jax.tree.flatten_with_path(state)
@@ -40,28 +79,29 @@ def forward_fn(model: nnx.Module):
   leaves = [leaf for _, leaf in flat[0]]
   treedef = flat[1]
 
-  def f(leaves, x):
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(x)
+  def f(leaves, *args, **kwargs):
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(*args, **kwargs)
 
   return graphdef, leaves, paths, f
 
 
 def trace(model: nnx.Module, sample_input: Any) -> Graph:
   """Traces ``model`` on one example of ``sample_input`` and returns its channel graph."""
-  if sample_input is None:
-    raise ValueError("surgery needs a sample input (an array with a batch axis) to trace the model")
-  x = jnp.asarray(sample_input)
-  if x.ndim < 1 or x.shape[0] < 1:
-    raise ValueError(f"sample_input must have a non-empty batch axis, got shape {x.shape}")
-  x = x[:1]
+  inputs, rebuild = call_arguments(sample_input)
+  inputs = [x[:1] for x in inputs]
   _, leaves, paths, f = forward_fn(model)
-  closed = jax.make_jaxpr(f)(leaves, x)
+
+  def call(leaves, inputs):
+    args, kwargs = rebuild(inputs)
+    return f(leaves, *args, **kwargs)
+
+  closed = jax.make_jaxpr(call)(leaves, inputs)
   tracer = Tracer(paths)
   args = []
   for path, leaf in zip(paths, leaves):
     value = host(leaf)
     args.append(Const(value, {path: np.arange(value.size, dtype=np.int64).reshape(value.shape)}))
-  args.append(Act.unknown(tuple(x.shape)))
+  args.extend(Act.unknown(tuple(x.shape)) for x in inputs)
   outs = tracer.run(closed.jaxpr, closed.consts, args)
   output_shapes = []
   for o in outs:

@@ -268,17 +268,30 @@ def count_params(model: nnx.Module) -> int:
   return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+def _random_like(x: jax.Array, rng: np.random.Generator) -> jax.Array:
+  """Normal noise for a float input; for an integer or boolean one (token ids, masks) the sample's own
+  values reshuffled, so that indices stay valid."""
+  if jnp.issubdtype(x.dtype, jnp.inexact):
+    return jnp.asarray(rng.normal(size=x.shape), x.dtype)
+  return jnp.asarray(rng.permutation(np.asarray(x).ravel()).reshape(x.shape), x.dtype)
+
+
 def max_output_diff(a: nnx.Module, b: nnx.Module, sample_input: Any, n: int = 4, seed: int = 0) -> float:
   """max |a(x) − b(x)| in inference mode over the sample input and random inputs of its shape.
 
   NaN if either output has a NaN where the other does not agree (NaN is never "equal"), inf
   if the outputs' shapes differ.
   """
-  x0 = jnp.asarray(sample_input)
+  x0, rebuild = depgraph.call_arguments(sample_input)
   rng = np.random.default_rng(seed)
-  xs = [x0] + [jnp.asarray(rng.normal(size=x0.shape), x0.dtype) for _ in range(n)]
+  xs = [x0] + [[_random_like(x, rng) for x in x0] for _ in range(n)]
   fa, fb = depgraph.eval_mode(a), depgraph.eval_mode(b)
-  forward = nnx.jit(lambda model, x: model(x))
+
+  def call(model, x):
+    args, kwargs = rebuild(x)
+    return model(*args, **kwargs)
+
+  forward = nnx.jit(call)
   worst = 0.0
   for x in xs:
     ya, yb = jax.tree.leaves(forward(fa, x)), jax.tree.leaves(forward(fb, x))
@@ -326,7 +339,8 @@ def shrink(model: nnx.Module, sample_input: Any) -> nnx.Module:
     model: an NNX module built from Conv, Linear, BatchNorm, activations, pooling, reshape,
       add and concatenate (any structure: the analysis reads the traced forward pass).
     sample_input: a batch of inputs of the shape the model takes (only its shape and
-      first example are used to trace; parity is checked on it and on random inputs).
+      first example are used to trace; parity is checked on it and on random inputs): an array
+      for ``model(x)``, a tuple of arrays for ``model(*args)``, a dict for ``model(**kwargs)``.
 
   Returns:
     The shrunk model (a new module; ``model`` is not modified).
