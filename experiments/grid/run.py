@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import time
 from collections.abc import Callable, Sequence
@@ -37,8 +38,9 @@ def run_cell(cell: cells_lib.Cell, runs: pathlib.Path, extra: Sequence[str] = ()
   wd.mkdir(parents=True, exist_ok=True)
   if not (wd / "cell.json").exists():  # what made the cell: kept through resumes
     config = " ".join([cell.config_string, *(f"--config.{o}" for o in extra)])
-    (wd / "cell.json").write_text(json.dumps({"config": config, "init_from": cfg.init_from and "dense cell",
-                                              "commit": _commit()}) + "\n")
+    tmp = wd / "cell.json.tmp"  # atomic: a runner killed here leaves no half-written cell.json behind
+    tmp.write_text(json.dumps({"config": config, "init_from": cfg.init_from and "dense cell", "commit": _commit()}) + "\n")
+    os.replace(tmp, wd / "cell.json")
   try:
     pipeline.run(cfg, wd, resume=(wd / "checkpoints").exists(), log=log)
     return "done"
