@@ -133,6 +133,15 @@ def test_killed_and_resumed_runs_equal_an_uninterrupted_run(tmp_path, method):
   assert _fingerprint(work) == expected
 
 
+def test_a_workdir_that_is_a_file_is_one_error_line(tmp_path):
+  workdir = tmp_path / "w"
+  workdir.write_text("notes")
+  with pytest.raises(NotADirectoryError, match=f"workdir {workdir} exists and is not a directory"):
+    with WorkdirLock(workdir):
+      pass
+  assert workdir.read_text() == "notes"
+
+
 def test_a_live_lock_refuses_and_a_dead_ones_lock_is_taken_over(tmp_path):
   workdir = tmp_path / "w"
   with WorkdirLock(workdir):

@@ -31,6 +31,8 @@ class WorkdirLock:
     self._fd: int | None = None
 
   def __enter__(self) -> WorkdirLock:
+    if self.path.parent.exists() and not self.path.parent.is_dir():
+      raise NotADirectoryError(f"workdir {self.path.parent} exists and is not a directory")
     self.path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
