@@ -219,10 +219,13 @@ def variables_by_path(model: nnx.Module) -> dict[str, nnx.Variable]:
 
 
 def _sync_attributes(model: nnx.Module) -> None:
-  """Updates the feature counts modules keep as attributes after their arrays shrank."""
+  """Updates the feature counts modules keep as attributes after their arrays shrank.
+
+  Read from the kernel's trailing axes, so layers stacked by ``nnx.vmap`` (a leading layer axis) work too.
+  """
   for _, node in nnx.iter_graph(model):
     if isinstance(node, nnx.Conv):
-      shape = node.kernel.shape
+      shape = node.kernel.shape[-len(node.kernel_shape):]
       if node.feature_group_count > 1:  # whole groups were cut: as many groups as remain
         per_group_out = node.out_features // node.feature_group_count
         node.feature_group_count = shape[-1] // per_group_out
@@ -230,9 +233,10 @@ def _sync_attributes(model: nnx.Module) -> None:
       node.out_features = shape[-1]
       node.kernel_shape = tuple(shape)
     elif isinstance(node, nnx.Linear):
-      node.in_features, node.out_features = node.kernel.shape
+      node.in_features, node.out_features = node.kernel.shape[-2:]
     elif isinstance(node, nnx.LinearGeneral):
-      shape, n_in = node.kernel.shape, len(node.in_features)
+      n_in, n_out = len(node.in_features), len(node.out_features)
+      shape = node.kernel.shape[-(n_in + n_out):]
       node.in_features, node.out_features = tuple(shape[:n_in]), tuple(shape[n_in:])
     elif isinstance(node, (nnx.BatchNorm, nnx.LayerNorm)):
       vec = node.scale if node.scale is not None else node.bias
@@ -244,7 +248,7 @@ def _sync_attributes(model: nnx.Module) -> None:
       if node.num_kv_heads == node.num_heads:
         node.num_kv_heads = heads
       node.num_heads, node.head_dim, node.qkv_features = heads, head_dim, heads * head_dim
-      node.in_features = node.query.kernel.shape[0]
+      node.in_features = node.query.kernel.shape[-3]
       node.out_features = node.out.kernel.shape[-1]
 
 
