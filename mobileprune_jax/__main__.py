@@ -80,7 +80,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     config_lib.apply_overrides(cfg, overrides)
     pipeline.run(cfg, args.workdir, resume=args.resume)
   except (config_lib.ConfigError, DataUnavailableError, InvalidDataError, FileNotFoundError, FileExistsError,
-          pipeline.WorkdirBusyError, pipeline.CheckpointError, pipeline.ConfigMismatchError) as e:
+          NotADirectoryError, pipeline.WorkdirBusyError, pipeline.CheckpointError, pipeline.ConfigMismatchError) as e:
     print(f"error: {_one_line(e)}", file=sys.stderr)
     return 2
   except FloatingPointError as e:  # the run diverged: one line, not a traceback

@@ -139,6 +139,10 @@ def test_a_workdir_that_is_a_file_is_one_error_line(tmp_path):
   with pytest.raises(NotADirectoryError, match=f"workdir {workdir} exists and is not a directory"):
     with WorkdirLock(workdir):
       pass
+  proc = _start(workdir, ["--config.method=dense"])  # the command: bad input, one line, status 2
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 2 and [line for line in err.splitlines() if line.startswith("error:")] == [
+      f"error: workdir {workdir} exists and is not a directory"]
   assert workdir.read_text() == "notes"
 
 

@@ -39,7 +39,8 @@ def run_cell(cell: cells_lib.Cell, runs: pathlib.Path, extra: Sequence[str] = ()
   if not (wd / "cell.json").exists():  # what made the cell: kept through resumes
     config = " ".join([cell.config_string, *(f"--config.{o}" for o in extra)])
     tmp = wd / "cell.json.tmp"  # atomic: a runner killed here leaves no half-written cell.json behind
-    tmp.write_text(json.dumps({"config": config, "init_from": cfg.init_from and "dense cell", "commit": _commit()}) + "\n")
+    info = {"config": config, "init_from": cfg.init_from and "dense cell", "commit": _commit()}
+    tmp.write_text(json.dumps(info) + "\n")
     os.replace(tmp, wd / "cell.json")
   try:
     pipeline.run(cfg, wd, resume=(wd / "checkpoints").exists(), log=log)
@@ -66,6 +67,11 @@ def _commit() -> str:
   git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()
   head = git("rev-parse", "--short", "HEAD") or "unknown"
   return head + ("+changes" if git("status", "--porcelain", "mobileprune_jax", "experiments/configs") else "")
+
+
+def _prefixed(name: str) -> Callable[[str], None]:
+  """Prints each line of a pipeline message under the cell's name."""
+  return lambda message: print("\n".join(f"  {name}: {line}" for line in message.splitlines()), flush=True)
 
 
 def _persistent_compilation_cache(directory: pathlib.Path) -> None:
@@ -104,8 +110,7 @@ def main() -> None:
     t0, name = time.time(), f"{cell.config_arg} seed {cell.seed}"
     if not args.quiet:
       print(f"cell {i + 1}/{len(todo)}: {name}", flush=True)
-    log = (lambda m: None) if args.quiet else (lambda m, name=name: print("\n".join(f"  {name}: {line}" for line in m.splitlines()), flush=True))
-    status = run_cell(cell, args.runs, args.set, log=log)
+    status = run_cell(cell, args.runs, args.set, log=(lambda m: None) if args.quiet else _prefixed(name))
     if status == "no data":
       skipped_data.add(cell.dataset)
     print(json.dumps({"cell": cell.config_arg, "seed": cell.seed, "status": status,

@@ -2,8 +2,8 @@
 
 ``trace(model, sample_input)`` traces the forward pass in inference mode with
 ``jax.make_jaxpr`` on a batch of one (``sample_input``: an array is the model's one argument, a tuple
-its positional arguments, a dict its keyword arguments — ``call_arguments``) and interprets the jaxpr abstractly (``tracer``,
-``producers``): every conv / dense / ``LinearGeneral`` / depthwise layer, every channel node,
+its positional arguments, a dict its keyword arguments — ``call_arguments``) and interprets the
+jaxpr abstractly (``tracer``, ``producers``): every conv / dense / ``LinearGeneral`` / depthwise layer, every channel node,
 which nodes must be cut together (residual adds, attention heads, depthwise filters), which
 vectors are attached to which channels (biases, BatchNorm), and which channels must stay
 (the model's outputs, ops that mix channels or are not understood — each named in the notes).
