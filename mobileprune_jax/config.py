@@ -68,8 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
                                            palm_max_backtracks=100, palm_gamma=1.1))
   c.retrain = ml_collections.ConfigDict(dict(epochs=2, optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0,
                                              schedule="constant"))
+  # coupled: the group terms act on the model's coupled units (Regulariser.for_model: every reader of a residual
+  # stream channel, a depthwise chain, a flattened channel's rows, a head); False: per-layer groups (the papers')
   c.coef = ml_collections.ConfigDict(dict(l0=2e-4, neuron=2e-4, channel=1e-3, shape=1e-3, l1=1e-4, l2=1e-4,
-                                          conv_grouping="input_channel_tree"))
+                                          conv_grouping="input_channel_tree", coupled=True))
   # DEGL (spec §H): EGL selection for `select_epochs`, threshold t_th, debiased retraining
   c.degl = ml_collections.ConfigDict(dict(select_epochs=5, lr=0.05, momentum=0.9, gamma=5e-3, lam=1e-4,
                                           t_th=1e-2, retrain_epochs=3))
@@ -278,7 +280,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   counts |= {f"{s}.epochs": cfg[s].epochs for s in ("pretrain", "prune", "retrain")}
   for name, value in counts.items():
     _check(_is_int(value) and value >= 0, f"config value {name} must be a non-negative integer, got {value!r}")
-  numbers = {f"coef.{k}": v for k, v in cfg.coef.items() if k != "conv_grouping"}
+  numbers = {f"coef.{k}": v for k, v in cfg.coef.items() if k not in ("conv_grouping", "coupled")}
+  _check(isinstance(cfg.coef.coupled, bool), f"coef.coupled must be True or False, got {cfg.coef.coupled!r}")
+  _check(not (cfg.coef.coupled and cfg.coef.conv_grouping == "output_filter" and cfg.method == "mobileprune"),
+         "coef.coupled=True needs coef.conv_grouping='input_channel_tree' (units group what a kernel reads); "
+         "set coef.coupled=False for the output-filter grouping")
   numbers |= {f"degl.{k}": cfg.degl[k] for k in ("lr", "momentum", "gamma", "lam", "t_th")}
   numbers |= {f"{s}.{k}": cfg[s][k] for s in ("pretrain", "prune", "retrain") for k in ("lr", "momentum")}
   numbers |= {f"{s}.weight_decay": cfg[s].weight_decay for s in ("pretrain", "retrain")}

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -165,12 +166,15 @@ def leaf_roles(params: Any, rules: Rules | None = None) -> list[str]:
     for i in range(len(parts)):  # every ancestor knows its children (modules as well as leaves)
       children.setdefault("/".join(parts[:i]), set()).add(parts[i])
   roles = []
+  lookalikes = []  # (k, k, 1, C) kernels no rule names: depthwise, or a conv reading one channel
   for path, (_, leaf) in zip(paths, flat):
     shape = tuple(jnp.shape(leaf))
     role = next((r for pattern, r in compiled if pattern.search(path)), None)
     if role is None:
       parent = path.rpartition("/")[0]
       role = _infer_role(path, shape, children[parent], children.get(parent.rpartition("/")[0], set()))
+      if role == "conv" and len(shape) == 4 and shape[-2] == 1 and shape[-1] > 1:
+        lookalikes.append(path)
     if role is None:
       raise ValueError(
           f"cannot tell how to group parameter {path!r} of shape {shape}: it is not a "
@@ -179,6 +183,11 @@ def leaf_roles(params: Any, rules: Rules | None = None) -> list[str]:
       )
     _check_shape(path, role, shape)
     roles.append(role)
+  if len(lookalikes) > 1:  # one such kernel is a grayscale net's first conv; several are most likely depthwise
+    warnings.warn(f"{len(lookalikes)} kernels of shape (k, k, 1, C) are grouped as convs reading one channel (one "
+                  f"group for the whole layer): {', '.join(lookalikes[:3])}{', ...' if len(lookalikes) > 3 else ''}; "
+                  "if they are depthwise, use Regulariser.for_model(model, x) or rules=groups.rules_for_model(model)",
+                  stacklevel=2)
   return roles
 
 

@@ -63,3 +63,25 @@ def brute_theta(y: np.ndarray, alpha: float, beta: float, gamma: float) -> float
   z = _shrink(np.where(masks, y[None], 0.0), beta, axis=-1)
   cand = _shrink(z, gamma, axis=(-2, -1))
   return float(np.min(objective_theta(cand, y[None], alpha, beta, gamma)))
+
+
+def objective_theta_leafwise(x, y, alpha, beta_leaf, gamma):
+  """½‖x−y‖² + alpha‖x‖₀ + Σᵢ betaᵢ‖xᵢ‖ + gamma‖x‖ for x of shape (..., L, F), beta_leaf of shape (L,)."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  return (0.5 * np.sum((x - y) ** 2, (-2, -1)) + alpha * np.count_nonzero(x, (-2, -1))
+          + np.sum(np.asarray(beta_leaf, np.float64) * np.sqrt(np.sum(x * x, -1)), -1)
+          + gamma * np.sqrt(np.sum(x * x, (-2, -1))))
+
+
+def brute_theta_leafwise(y: np.ndarray, alpha: float, beta_leaf: np.ndarray, gamma: float,
+                         real: np.ndarray | None = None) -> float:
+  """min of the θ objective with one coefficient per leaf, by enumerating the supports of the ``real`` entries
+  (a boolean mask like y; entries outside it are padding fixed at 0)."""
+  y = np.asarray(y, np.float64)
+  real = np.ones(y.shape, bool) if real is None else np.asarray(real, bool)
+  masks = np.zeros((2 ** int(real.sum()),) + y.shape, bool)
+  masks[:, real] = all_supports(int(real.sum()))
+  beta = np.asarray(beta_leaf, np.float64)[:, None]
+  z = _shrink(np.where(masks, y[None], 0.0), beta, axis=-1)
+  cand = _shrink(z, gamma, axis=(-2, -1))
+  return float(np.min(objective_theta_leafwise(cand, y[None], alpha, beta_leaf, gamma)))

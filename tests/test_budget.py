@@ -58,6 +58,7 @@ def _cfg(model, **overrides):
   # the budget is reached in pruning; retraining keeps the support, so the tests skip it
   cfg.pretrain.epochs, cfg.prune.iterations, cfg.prune.epochs, cfg.retrain.epochs = 1, 1, 3, 0
   cfg.test_subset = 500  # the budget does not look at the test digits
+  cfg.coef.coupled = False  # the papers' per-layer groups (coupled units: test_coupled_mobileprune_lands_on_params)
   config_lib.apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
   return cfg
 
@@ -83,6 +84,14 @@ def test_mobileprune_lands_on_the_budget(tmp_path, model, kind, target):
   assert summary["pruned_accuracy"] > 0.5
   on_disk = json.loads((tmp_path / "summary.json").read_text())
   assert on_disk["budget"] == summary["budget"]
+
+
+def test_coupled_mobileprune_lands_on_params(tmp_path):
+  """Coupled units (the default of new configs) under the params budget of the README job."""
+  summary = pipeline.run(_cfg("lenet5", **{"budget.params": 0.05, "coef.coupled": True}), tmp_path,
+                         log=lambda *_: None)
+  assert abs(_reached(summary, "params") / 0.05 - 1) <= 0.1, summary["budget"]
+  assert summary["pruned_accuracy"] > 0.5
 
 
 @pytest.mark.parametrize("method,extra", [

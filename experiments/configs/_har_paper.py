@@ -36,7 +36,7 @@ def har_config(dataset: str, mode: str | None) -> ml_collections.ConfigDict:
   c.pretrain = dict(epochs=h["epochs"], optimizer="adam", lr=1e-4)
   if mode == "palm":
     c.mode = "palm"
-    c.coef = dict(l0=2e-4, neuron=2e-4, channel=1e-3, shape=1e-3)
+    c.coef = dict(l0=2e-4, neuron=2e-4, channel=1e-3, shape=1e-3, coupled=False)
     c.prune = dict(iterations=5, epochs=5)
     c.retrain = dict(epochs=15, optimizer="adam", lr=1e-4)
   else:

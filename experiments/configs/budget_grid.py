@@ -98,10 +98,10 @@ def get_config(arg: str = "lenet5,mobileprune,mnist_subset,0.01") -> ml_collecti
   scale = PRUNE_LR / p["prune_lr"]  # the same shrink per step at a smaller learning rate
   if method == "mobileprune_palm":
     c.mode = "palm"
-    c.coef = dict(PALM_START)
+    c.coef = dict(PALM_START, coupled=False)
   elif method in ("degl", "egl"):
     c.degl = dict(select_epochs=t * pr, retrain_epochs=t * rt, lr=p["prune_lr"], momentum=0.9,
                   gamma=DEGL_START["gamma"] * scale, lam=DEGL_START["lam"] * scale, t_th=1e-2)
   else:
-    c.coef = {k: v * scale for k, v in START[method].items()}
+    c.coef = {**{k: v * scale for k, v in START[method].items()}, "coupled": False}
   return c

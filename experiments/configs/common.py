@@ -18,10 +18,10 @@ def base(model: str, method: str) -> ml_collections.ConfigDict:
   c.pretrain = dict(epochs=6, optimizer="adam", lr=1e-3)
   c.prune = dict(iterations=3, epochs=2, lr=0.05, momentum=0.9)
   c.retrain = dict(epochs=2, optimizer="adam", lr=5e-4)
-  c.coef = dict(MOBILEPRUNE_COEF)
+  c.coef = dict(MOBILEPRUNE_COEF, coupled=False)  # the papers' per-layer groups
   if method == "group_lasso":
     c.coef = dict(l0=0.0, neuron=MOBILEPRUNE_COEF["neuron"], channel=MOBILEPRUNE_COEF["channel"],
-                  shape=MOBILEPRUNE_COEF["shape"])
+                  shape=MOBILEPRUNE_COEF["shape"], coupled=False)
   if method in ("degl", "egl", "degl_group_lasso"):
     # DEGL Table 1 (LeNet-5): gamma 5e-3, lambda 1e-4; EGL selection by prox-SGD at lr 0.05
     c.pretrain = dict(epochs=0)
@@ -44,7 +44,7 @@ def paper_mobileprune(model, dataset, *, l0, neuron, channel, shape, prune_epoch
                     schedule="cosine")
   c.prune = dict(iterations=iterations, epochs=prune_epochs, steps=prune_steps)
   c.retrain = dict(epochs=retrain_epochs, optimizer=retrain_optimizer, lr=1e-3, momentum=0.9, weight_decay=weight_decay)
-  c.coef = dict(l0=l0, neuron=neuron, channel=channel, shape=shape)
+  c.coef = dict(l0=l0, neuron=neuron, channel=channel, shape=shape, coupled=False)
   return c
 
 

@@ -26,6 +26,6 @@ def get_config():
   c.pretrain = dict(epochs=20, optimizer="adam", lr=1e-3, schedule="cosine")
   c.prune = dict(iterations=3, epochs=6, lr=0.05, momentum=0.9)
   c.retrain = dict(epochs=10, optimizer="adam", lr=5e-4, schedule="cosine")
-  c.coef = dict(l0=5e-4, neuron=5e-2, channel=0.1, shape=2e-2)
+  c.coef = dict(l0=5e-4, neuron=5e-2, channel=0.1, shape=2e-2, coupled=False)  # per-layer: the numbers below
   c.budget = dict(params=0.05, ramp=1.0)
   return c

@@ -27,7 +27,7 @@ def get_config(arg: str = "full"):
   c.pretrain = dict(epochs=8, optimizer="adam", lr=2e-3, schedule="cosine")
   c.prune = dict(iterations=2, epochs=2, lr=0.05, momentum=0.9)
   c.retrain = dict(epochs=2, optimizer="adam", lr=5e-4)
-  c.coef = dict(l0=1e-4, neuron=1e-2, channel=2e-2, shape=2e-3)
+  c.coef = dict(l0=1e-4, neuron=1e-2, channel=2e-2, shape=2e-3, coupled=False)  # per-layer, as mobilenet_v2.md
   if arg == "quick":
     c.train_subset, c.test_subset = 5_000, 2_000
     c.pretrain = dict(epochs=2, optimizer="adam", lr=2e-3, schedule="cosine")

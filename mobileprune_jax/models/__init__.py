@@ -10,7 +10,7 @@ from mobileprune_jax.models.har import HARCNN
 from mobileprune_jax.models.layers import max_pool_2x2
 from mobileprune_jax.models.lenet import LeNet5, LeNet300100
 from mobileprune_jax.models.mobilenet import MobileNetV2, mobilenet_v2
-from mobileprune_jax.models.resnet import ResNetCifar, resnet32_wide, resnet56
+from mobileprune_jax.models.resnet import ResNetCifar, resnet20, resnet32_wide, resnet56
 from mobileprune_jax.models.vgg import VGG, vgg_like_cifar, vgg_tiny_imagenet
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
@@ -20,6 +20,7 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "vgg16_tiny": lambda num_classes=200, **kw: vgg_tiny_imagenet(16, num_classes, **kw),
     "vgg19_tiny": lambda num_classes=200, **kw: vgg_tiny_imagenet(19, num_classes, **kw),
     "resnet32_wide": resnet32_wide,
+    "resnet20": resnet20,
     "resnet56": resnet56,
     "har_cnn": HARCNN,
     "mobilenet_v2": mobilenet_v2,
@@ -33,5 +34,5 @@ def create(name: str, *, seed: int = 0, **kwargs) -> nnx.Module:
   return MODELS[name](rngs=nnx.Rngs(seed), **kwargs)
 
 
-__all__ = ["MODELS", "create", "HARCNN", "LeNet5", "LeNet300100", "MobileNetV2", "mobilenet_v2", "ResNetCifar", "VGG", "max_pool_2x2",
+__all__ = ["MODELS", "create", "HARCNN", "LeNet5", "LeNet300100", "MobileNetV2", "mobilenet_v2", "ResNetCifar", "VGG", "resnet20", "max_pool_2x2",
            "resnet32_wide", "resnet56", "vgg_like_cifar", "vgg_tiny_imagenet"]

@@ -66,6 +66,12 @@ def resnet32_wide(num_classes: int = 10, *, rngs: nnx.Rngs) -> ResNetCifar:
   return ResNetCifar(5, (64, 128, 256), num_classes, shortcut="projection", rngs=rngs)
 
 
+def resnet20(num_classes: int = 10, in_channels: int = 3, *, rngs: nnx.Rngs) -> ResNetCifar:
+  """ResNet-20 (16/32/64, 3 blocks per stage) with 1×1-conv projection shortcuts: 0.27M params; its residual
+  streams are what coupled units shrink."""
+  return ResNetCifar(3, (16, 32, 64), num_classes, shortcut="projection", in_channels=in_channels, rngs=rngs)
+
+
 def resnet56(num_classes: int = 10, *, rngs: nnx.Rngs) -> ResNetCifar:
   """The standard CIFAR ResNet-56 (16/32/64, option-A shortcuts): 0.85M params, 125M MACs."""
   return ResNetCifar(9, (16, 32, 64), num_classes, shortcut="pad", rngs=rngs)

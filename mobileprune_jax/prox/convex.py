@@ -127,8 +127,9 @@ def group_shrink(y: Array, lam: Array) -> Array:
 
 
 def tree_shrink(z: Array, beta: Array, gamma: Array) -> Array:
-  """Convex two-level tree prox: leaf group shrink (beta), then root shrink (gamma)."""
-  z = group_shrink(z, jnp.broadcast_to(beta[..., None], z.shape[:-1]))
+  """Convex two-level tree prox: leaf group shrink (beta, one per tree or one per leaf), then root shrink (gamma)."""
+  leaf = beta if beta.ndim == z.ndim - 1 else beta[..., None]
+  z = group_shrink(z, jnp.broadcast_to(leaf, z.shape[:-1]))
   root = jnp.sqrt(jnp.sum(jnp.square(z), axis=(-2, -1)))
   return z * shrink_factor(root, gamma)[..., None, None]
 

@@ -61,12 +61,12 @@ def theta_bracketed(yc: Array, alpha: Array, beta: Array, gamma: Array) -> tuple
   w·g(u_S) − alpha·|S| over its entries, itself a π-type problem with a convex value, so its
   maximisers are bracketed without sorting (``leaf_outer`` / ``leaf_inner``). Where the
   inner support at w_lo equals the outer one at w_hi, that support is θ's.
-  Shapes: yc (T, L, F); coefficients (T,).
+  Shapes: yc (T, L, F); alpha, gamma (T,); beta (T,) or per leaf (T, L).
   """
   rel = 1024 * float(np.finfo(yc.dtype).eps)
   sq = jnp.square(yc)
   u_all = jnp.sum(sq, -1)
-  b = beta[:, None]
+  b = leaf_beta(beta, yc)
 
   def state(w, outer):
     take, u, count = (leaf_outer if outer else leaf_inner)(sq, u_all, w, alpha, beta, rel)
@@ -78,6 +78,22 @@ def theta_bracketed(yc: Array, alpha: Array, beta: Array, gamma: Array) -> tuple
   return tree_shrink(jnp.where(keep, yc, 0), beta, gamma), ambiguous
 
 
+def leaf_beta(beta: Array, yc: Array) -> Array:
+  """The leaf coefficient per leaf, shape (T, L): ``beta`` is one per tree (T,) or already one per leaf (T, L)."""
+  return jnp.broadcast_to(beta[:, None] if beta.ndim == 1 else beta, yc.shape[:2])
+
+
+def theta_leafwise(y: Array, alpha: Array, beta: Array, gamma: Array) -> Array:
+  """θ with one leaf coefficient per leaf: prox of alpha·‖x‖₀ + Σᵢ betaᵢ·‖xᵢ‖₂ + gamma·‖x‖₂ (coupled units).
+
+  The derivation of ``theta`` holds leaf by leaf (hᵢ(k) = (‖top-k of yᵢ‖ − betaᵢ)_+²), so it is exact
+  for any non-negative per-leaf coefficients. Internal: no checks, shapes y (T, L, F), alpha and gamma
+  (T,), beta (T, L); computed in y's dtype.
+  """
+  x_fast, ambiguous = theta_bracketed(y, alpha, beta, gamma)
+  return settle_ambiguous(x_fast, ambiguous, theta_exact, (y, alpha, beta, gamma))
+
+
 def leaf_outer(sq: Array, u_all: Array, w: Array, alpha: Array, beta: Array, rel: float):
   """A support per leaf containing every maximiser S of w·g(u_S) − alpha·|S| (no sort).
 
@@ -87,7 +103,7 @@ def leaf_outer(sq: Array, u_all: Array, w: Array, alpha: Array, beta: Array, rel
   Shapes: sq (T, L, F), u_all (T, L), w, alpha, beta (T,). Returns (take, u, count).
   """
   up = 1 + rel
-  wb, b = w[:, None], beta[:, None]
+  wb, b = w[:, None], leaf_beta(beta, sq)
   omega = wb * g_slope(u_all * up, b) * up
   _, u, _ = leaf_support(sq, omega, alpha, True)
   return leaf_support(sq, jnp.minimum(omega, wb * g_slope(u * up, b) * up), alpha, True)
@@ -102,7 +118,7 @@ def leaf_inner(sq: Array, u_all: Array, w: Array, alpha: Array, beta: Array, rel
   Shapes as ``leaf_outer``.
   """
   down = 1 - rel
-  wb, a, b = w[:, None], alpha[:, None], beta[:, None]
+  wb, a, b = w[:, None], alpha[:, None], leaf_beta(beta, sq)
   _, u_out, c_out = leaf_outer(sq, u_all, w, alpha, beta, rel)
   value, cost = wb * g(u_out, b), a * c_out
   q_ref = value - cost - rel * (value + cost)
@@ -140,7 +156,7 @@ def g_slope(u: Array, beta: Array) -> Array:
 def theta_exact(yc: Array, alpha: Array, beta: Array, gamma: Array) -> Array:
   """θ by sorting every leaf and sweeping (``theta_swept``); shapes as ``theta_bracketed``."""
   a_sorted, s = sorted_stats(yc)
-  return theta_swept(yc, a_sorted, jnp.square(jnp.maximum(s - beta[:, None, None], 0)), alpha, beta, gamma)
+  return theta_swept(yc, a_sorted, jnp.square(jnp.maximum(s - leaf_beta(beta, yc)[..., None], 0)), alpha, beta, gamma)
 
 
 def theta_swept(yc: Array, a_sorted: Array, h: Array, alpha: Array, beta: Array, gamma: Array) -> Array:

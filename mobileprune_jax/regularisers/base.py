@@ -116,17 +116,39 @@ class Regulariser:
     coefficients: name -> coefficient (float, array, or schedule of the step count).
     rules_by_role: role -> ``LeafRule``; leaves of other roles are left as they are.
     rules: optional ``(regex, role)`` overrides of the roles (see ``groups``).
+    unit_prox: the prox of the penalty on a model's coupled units (``for_model``); None: nothing to couple
+      (element-wise penalties).
+    unit_side: "reader" (units of what a kernel entry reads: MobilePrune, group lasso, ℓ1-SGL) or "writer"
+      (what it writes: DEGL/EGL).
   """
 
   name: str
   coefficients: Mapping[str, Coefficient]
   rules_by_role: Mapping[str, LeafRule]
   rules: groups.Rules | None = None
+  unit_prox: Callable | None = None
+  unit_side: str = "reader"
 
   def __post_init__(self):
     groups._validate_rules(self.rules)
     for key, value in self.coefficients.items():
       check_coefficient(self.name, key, value)
+
+  def for_model(self, model: Any, sample_input: Any, *, graph: Any = None) -> Regulariser:
+    """This penalty with ``model``'s coupled units as its groups: the units surgery removes.
+
+    One trace of ``model`` on ``sample_input`` (or ``graph``, a trace already made) gives the channel sets
+    surgery removes together; every kernel entry joins the unit of the channel it reads (the writer side for
+    DEGL/EGL), so a zero unit is a channel the rebuilt model drops (``regularisers.coupled``, spec §K).
+    Element-wise penalties (ℓ0, ℓ1, ℓ2) come back unchanged except for the model's depthwise rules.
+    """
+    from mobileprune_jax.regularisers.coupled import couple  # coupled builds on this class
+
+    return couple(self, model, sample_input, graph)
+
+  def blocks(self, blocks: Sequence[Sequence[str]]) -> list[list[str]]:
+    """PALM blocks (lists of leaf paths) whose prox this penalty can take one at a time (per-layer: as given)."""
+    return [list(b) for b in blocks]
 
   def roles(self, params: Any) -> list[str]:
     """The role of every leaf of ``params`` (``jax.tree.leaves`` order)."""
@@ -140,12 +162,17 @@ class Regulariser:
     """prox_{s·m·R}(params): ``step_size`` is a scalar or a pytree like ``params`` (diagonal metric)."""
     leaves, treedef = jax.tree.flatten(params)
     steps = step_leaves(step_size, params, self.name)
-    new = self.prox_leaves(self.roles(params), leaves, steps, count=count, multiplier=multiplier)
+    new = self.prox_leaves(self.roles(params), leaves, steps, count=count, multiplier=multiplier,
+                           paths=groups.leaf_paths(params))
     return jax.tree.unflatten(treedef, new)
 
   def prox_leaves(self, roles: Sequence[str], leaves: Sequence[Array], step_size: ArrayLike | Sequence[Array], *,
-                  count: ArrayLike = 0, multiplier: ArrayLike = 1.0) -> list[Array]:
-    """The prox on a list of leaves with known roles (e.g. one PALM block); ``step_size`` scalar or per leaf."""
+                  count: ArrayLike = 0, multiplier: ArrayLike = 1.0,
+                  paths: Sequence[str] | None = None) -> list[Array]:
+    """The prox on a list of leaves with known roles (e.g. one PALM block); ``step_size`` scalar or per leaf.
+
+    ``paths``: the leaves' paths (needed by coupled units, ignored by per-layer groups).
+    """
     steps = step_size if isinstance(step_size, (list, tuple)) else [step_size] * len(leaves)
     coefs = self.coefficients_at(count, multiplier)
     out: list[Array | None] = [None] * len(leaves)
@@ -219,7 +246,8 @@ def proximal_updates(regulariser: Regulariser, updates: Any, params: Any, step: 
   roles = regulariser.roles(params)
   steps = step_leaves(step, params, regulariser.name)
   moved = [(p + u).astype(p.dtype) for p, u in zip(flat_p, flat_u)]
-  target = regulariser.prox_leaves(roles, moved, steps, count=count, multiplier=multiplier)
+  target = regulariser.prox_leaves(roles, moved, steps, count=count, multiplier=multiplier,
+                                   paths=groups.leaf_paths(params))
   new_u = [u if role not in regulariser.rules_by_role else (t - p).astype(u.dtype)
            for role, u, p, t in zip(roles, flat_u, flat_p, target)]
   return jax.tree.unflatten(treedef, new_u)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 
 from mobileprune_jax import groups, prox
+from mobileprune_jax.regularisers import coupled
 from mobileprune_jax.regularisers.base import (
   BIAS,
   CHANNEL_TREES,
@@ -98,7 +99,7 @@ def sparse_group(name: str, sparse: Coefficient = 0.0, neuron: Coefficient = 0.0
       "heads_out": flat_rule(HEADS_OUT, "channel"),
       "bias": flat_rule(BIAS, "neuron"),
   }
-  return Regulariser(name, coefs, table, rules)
+  return Regulariser(name, coefs, table, rules, unit_prox=coupled.sparse_group_units(sparse_name) if trees else None)
 
 
 def group_lasso(neuron: Coefficient = 0.0, channel: Coefficient = 0.0, shape: Coefficient = 0.0,
@@ -134,4 +135,5 @@ def elastic_group_lasso(gamma: Coefficient, lam: Coefficient, rules: groups.Rule
     return prox.group_soft_threshold(g / shrink, t / shrink[..., 0])
 
   rule = LeafRule(FILTERS, egl)
-  return Regulariser("elastic_group_lasso", {"gamma": gamma, "lam": lam}, {r: rule for r in KERNEL_ROLES}, rules)
+  return Regulariser("elastic_group_lasso", {"gamma": gamma, "lam": lam}, {r: rule for r in KERNEL_ROLES}, rules,
+                     unit_prox=coupled.egl_units, unit_side="writer")

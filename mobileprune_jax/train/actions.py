@@ -16,32 +16,39 @@ from mobileprune_jax.surgery import depgraph
 from mobileprune_jax.surgery.shrink import variables_by_path
 
 
-def degl_threshold(model: nnx.Module, sample_input, t_th: float, exclude: str) -> dict[str, Any]:
+def degl_threshold(model: nnx.Module, sample_input, t_th: float, exclude: str, coupled: bool = False) -> dict[str, Any]:
   """DEGL's rule: remove unit/filter m iff max_k |w^{m,k}| < t_th (its incoming weights).
 
   The unit is removed as a whole: its incoming weights and bias, and the weights of every
   layer that reads it (found by the dependency graph), are set to 0, so that surgery can
-  cut it exactly. Units tied to others by a residual add are left alone.
+  cut it exactly. Per layer (``coupled=False``), units tied to others by a residual add are left
+  alone; with ``coupled=True`` the rule acts on each coupled set (writer units: every producer's
+  filter of a residual-stream channel, a depthwise chain's expand and depthwise filters), which goes
+  iff the largest incoming weight of all its filters is < t_th.
   """
   graph = depgraph.trace(model, sample_input)
   variables = variables_by_path(model)
   dead_nodes: set[int] = set()
-  group_size: dict[int, int] = {}
+  members: dict[int, list[int]] = {}
   for node in range(len(graph.parent)):
-    root = graph.find(node)
-    group_size[root] = group_size.get(root, 0) + 1
-  removed = 0
+    members.setdefault(graph.find(node), []).append(node)
+  largest: dict[int, float] = {}  # root -> largest incoming |w| over its filters
+  blocked: set[int] = {graph.find(n) for n in graph.pinned}
   for layer in graph.layers:
     if layer.kernel_path == exclude or not layer.sliceable:
+      blocked.update(graph.find(int(n)) for n in layer.out_nodes)
       continue
     kernel = np.asarray(variables[layer.kernel_path].get_value())
-    small = np.max(np.abs(layer.by_output(kernel)), axis=0) < t_th
-    for f in np.flatnonzero(small):
-      node = int(layer.out_nodes[f])
-      if node in graph.pinned or group_size[graph.find(node)] > 1:
-        continue
-      dead_nodes.add(node)
-      removed += 1
+    peak = np.max(np.abs(layer.by_output(kernel)), axis=0)
+    for f, node in enumerate(layer.out_nodes.tolist()):
+      root = graph.find(node)
+      largest[root] = max(largest.get(root, 0.0), float(peak[f]))
+  for root, peak in largest.items():
+    if root in blocked or peak >= t_th or (len(members[root]) > 1 and not coupled):
+      continue
+    dead_nodes.update(members[root])
+  removed = sum(1 for layer in graph.layers if layer.sliceable
+                for n in layer.out_nodes.tolist() if n in dead_nodes and layer.groups == 1)
   for layer in graph.layers:
     if not layer.sliceable:
       continue
@@ -56,7 +63,7 @@ def degl_threshold(model: nnx.Module, sample_input, t_th: float, exclude: str) -
         b = np.asarray(bias.get_value()).copy()
         b.reshape(-1)[out_dead] = 0
         bias.set_value(jnp.asarray(b))
-    if in_dead.any():
+    if in_dead.any() and (layer.groups == 1 or layer.kind == "depthwise"):  # a grouped conv's group is its outputs
       kernel = layer.zero_inputs(kernel, in_dead)
     var.set_value(jnp.asarray(kernel))
   return {"degl_removed_units": removed, "t_th": t_th}

@@ -44,7 +44,8 @@ from mobileprune_jax.train.steps import evaluate
 # keys that do not change what a run computes: they may differ between a run and its resume
 _FREE_KEYS = ("progress", "checkpoint_every_steps", "checkpoint_keep", "data_parallel", "export")
 _LATER_KEYS = {"val_fraction": 0.0, "augment_shift": 0, "init_from": "", "degl.selection": "prox",
-               "degl.plateau_patience": 0, "degl.plateau_factor": 0.1}
+               "degl.plateau_patience": 0, "degl.plateau_factor": 0.1,
+               "coef.coupled": False}  # per-layer groups: the fingerprint runs had before coupled units
 
 
 def config_fingerprint(cfg: ml_collections.ConfigDict) -> str:
@@ -84,7 +85,7 @@ class Run:
     self.sample = jnp.asarray(self.ds.test_x[:2])
     structure = analysis.analyze(self.model, self.sample)  # traced once; the phases reuse it
     self.phases = build_phases(cfg, structure.kernel_paths, self.sample, self.batches.steps_per_epoch,
-                               model_rules=structure.rules)
+                               model_rules=structure.rules, model=self.model, graph=structure.graph)
     self.targets = budget.targets(cfg)
     b = cfg.budget
     self.controller = budget.Controller(self.targets, budget.DenseSize.of(self.model, self.sample), self.sample,

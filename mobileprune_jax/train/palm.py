@@ -9,7 +9,9 @@ after the earlier blocks were updated):
         accept if loss(W⁺) ≤ loss(W) + ⟨g, W_l⁺ − W_l⟩ + L/2·‖W_l⁺ − W_l‖²   else L ← γ·L
 
 A block is a layer's kernel and bias; the prox is the regulariser's (``Regulariser.prox_leaves``) at
-step s (π on dense kernels, θ on conv kernels for MobilePrune). There is no learning rate.
+step s (π on dense kernels, θ on conv kernels for MobilePrune). With coupled units
+(``Regulariser.for_model``) the layers a unit spans form one block (``Regulariser.blocks``): the
+penalty is then separable across blocks, so each block's prox is exact. There is no learning rate.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ def make_palm_step(model: nnx.Module, regulariser: Regulariser, kernel_paths: Se
   flat, treedef = jax.tree.flatten_with_path(params)
   paths = [groups.path_to_str(p) for p, _ in flat]
   roles = regulariser.roles(params)
-  blocks = layer_blocks(paths, kernel_paths)
+  index = {p: i for i, p in enumerate(paths)}
+  blocks = [[index[p] for p in block] for block in
+            regulariser.blocks([[paths[i] for i in block] for block in layer_blocks(paths, kernel_paths)])]
 
   def loss_of(leaves, rest, x, y):
     m = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves), rest)
@@ -62,6 +66,7 @@ def make_palm_step(model: nnx.Module, regulariser: Regulariser, kernel_paths: Se
     l_values = []
     for block in blocks:
       block_roles = [roles[i] for i in block]
+      block_paths = [paths[i] for i in block]
 
       def block_loss(bl, leaves=leaves, block=block):
         full = list(leaves)
@@ -72,10 +77,11 @@ def make_palm_step(model: nnx.Module, regulariser: Regulariser, kernel_paths: Se
       current = [leaves[i] for i in block]
       f0, g = jax.value_and_grad(block_loss)(current)
 
-      def candidate(lip, current=current, g=g, f0=f0, block_roles=block_roles, block_loss=block_loss):
+      def candidate(lip, current=current, g=g, f0=f0, block_roles=block_roles, block_loss=block_loss,
+                    block_paths=block_paths):
         s = 1.0 / (gamma * lip)
         moved = [c - s * gi for c, gi in zip(current, g)]
-        new = regulariser.prox_leaves(block_roles, moved, s, multiplier=multiplier)
+        new = regulariser.prox_leaves(block_roles, moved, s, multiplier=multiplier, paths=block_paths)
         d = [n - c for n, c in zip(new, current)]
         bound = f0 + sum(jnp.vdot(gi, di) for gi, di in zip(g, d)) + 0.5 * lip * sum(jnp.vdot(di, di) for di in d)
         return new, block_loss(new) <= bound

@@ -175,8 +175,16 @@ def _degl_sgd(d: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Gradi
                                                           accumulation_size=steps_per_epoch))
 
 
+def _coupler(cfg: ml_collections.ConfigDict, model: nnx.Module | None, sample_input,
+             graph: Any) -> Callable[[regularisers.Regulariser], regularisers.Regulariser]:
+  """``reg ↦ reg.for_model(model)`` when ``cfg.coef.coupled`` and a model is given, else the identity."""
+  if not cfg.coef.coupled or model is None:
+    return lambda reg: reg
+  return lambda reg: reg.for_model(model, sample_input, graph=graph)
+
+
 def _degl_phases(cfg: ml_collections.ConfigDict, rules, sample_input, last_kernel: str,
-                 steps_per_epoch: int) -> list[Phase]:
+                 steps_per_epoch: int, couple=lambda reg: reg) -> list[Phase]:
   """EGL selection (exact prox, or the paper's subgradient) → threshold → debiased / full-cost retraining.
 
   The default (exact prox, constant rate) keeps the plain chains it always had (its checkpoints resume);
@@ -184,7 +192,7 @@ def _degl_phases(cfg: ml_collections.ConfigDict, rules, sample_input, last_kerne
   """
   d = cfg.degl
   lam = 0.0 if cfg.method == "degl_group_lasso" else d.lam
-  egl_reg = regularisers.elastic_group_lasso(d.gamma, lam, rules)
+  egl_reg = couple(regularisers.elastic_group_lasso(d.gamma, lam, rules))
   ridge = regularisers.l2(lam * (d.rt_scale if d.rt_scale is not None else 1.0))  # every kernel, classifier too
   if d.selection == "subgradient":
     select = lambda: optax.chain(regularisers.elastic_group_lasso_subgradient(d.gamma, lam, rules),
@@ -198,7 +206,8 @@ def _degl_phases(cfg: ml_collections.ConfigDict, rules, sample_input, last_kerne
   else:
     debias = lambda: optax.chain(optax.sgd(d.lr, momentum=d.momentum or None), ridge.as_transform(d.lr))
   phases = [optax_phase("select", d.select_epochs, select,
-                        on_end=lambda m: actions.degl_threshold(m, sample_input, d.t_th, last_kernel),
+                        on_end=lambda m: actions.degl_threshold(m, sample_input, d.t_th, last_kernel,
+                                                                coupled=getattr(egl_reg, "units", None) is not None),
                         controlled=True, regulariser=egl_reg, step_size=d.lr, lands=True)]
   if cfg.method == "egl":
     # retrained with the full cost; the support can only shrink, so under a budget the controller keeps watching
@@ -211,7 +220,8 @@ def _degl_phases(cfg: ml_collections.ConfigDict, rules, sample_input, last_kerne
 
 
 def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | nnx.Module, sample_input,
-                 steps_per_epoch: int = 1, model_rules: Sequence[tuple[str, str]] = ()) -> list[Phase]:
+                 steps_per_epoch: int = 1, model_rules: Sequence[tuple[str, str]] = (), model: nnx.Module | None = None,
+                 graph: Any = None) -> list[Phase]:
   """The phases of ``cfg.method`` (spec §B for MobilePrune and baselines, §H for DEGL).
 
   Args:
@@ -221,8 +231,11 @@ def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | n
     sample_input: a batch of inputs (the threshold actions trace the model with it).
     steps_per_epoch: mini-batches per epoch (sets the length of learning-rate schedules).
     model_rules: roles the parameter shapes cannot tell (``groups.rules_for_model``: depthwise kernels).
+    model, graph: the model and its trace (``analysis.analyze``); with ``cfg.coef.coupled`` the penalties act on
+      its coupled units (``Regulariser.for_model``). Without a model, per-layer groups.
   """
   if isinstance(kernel_paths, nnx.Module):
+    model = model if model is not None else kernel_paths
     from mobileprune_jax import groups
     from mobileprune_jax.surgery import depgraph
 
@@ -243,9 +256,11 @@ def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | n
     if rt.epochs:
       phases.append(_retrain_phase("retrain/1", rt, steps_per_epoch))
     return phases
+  couple = _coupler(cfg, model, sample_input, graph)
   if cfg.method in ("degl", "egl", "degl_group_lasso"):
-    return phases + _degl_phases(cfg, rules, sample_input, last_kernel, steps_per_epoch)
+    return phases + _degl_phases(cfg, rules, sample_input, last_kernel, steps_per_epoch, couple)
   reg = regulariser(cfg, rules=list(model_rules) or None)
+  reg = couple(reg) if reg is not None else None
   for t in range(1, pr.iterations + 1):
     if cfg.mode == "palm" and cfg.method != "l2":
       phases.append(palm_phase(f"prune/{t}", pr.epochs, pr.steps, reg, kernel_paths, pr.palm_gamma,

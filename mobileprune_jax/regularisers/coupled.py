@@ -1,0 +1,229 @@
+"""Regularisers on a model's coupled units (spec §K): what ``Regulariser.for_model`` returns.
+
+The units (``mobileprune_jax.units``) partition the traced kernels' entries into two-level trees:
+a removable unit is the root, its members' shape groups the leaves; entries that read (or, for
+DEGL, write) a channel surgery must keep form fixed trees without a unit term. The penalty is a sum
+over trees, so its prox is computed tree by tree, exactly:
+
+* group lasso / ℓ1-SGL: (soft threshold at s·l1, then) leaf shrink at s·shape on conv taps, then one
+  block soft threshold of the whole unit at s·w_u·λ_u — one factor for all its slices;
+* ℓ0-SGL (MobilePrune): θ with the unit as root and leaves of different sizes and coefficients
+  (``prox.tree_l0.theta_leafwise``; zero padding never enters a support);
+* EGL (DEGL): y/(1 + 2μ), then the block soft threshold of the unit at s·gamma·√|u|/(1 + 2μ).
+
+λ_u is ``channel`` when a conv reads the unit and ``neuron`` otherwise; w_u = √(number of slices the
+unit joins), so a unit of k equally strong slices costs what its k per-layer groups cost, and a unit of
+one slice is exactly the papers' group. Leaves: ``shape`` on conv taps, no leaf term on dense rows
+(the papers' dense groups have one level). Leaves of parameters outside the units (biases, kernels
+the trace does not see) keep the per-layer rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mobileprune_jax import groups
+from mobileprune_jax import units as units_lib
+from mobileprune_jax.prox.bracketing import shrink_factor
+from mobileprune_jax.prox.convex import tree_shrink
+from mobileprune_jax.prox.tree_l0 import theta_leafwise
+from mobileprune_jax.prox.validation import compute_dtype
+from mobileprune_jax.regularisers.base import ELEMENTS, Regulariser
+
+Array = jax.Array
+
+__all__ = ["CoupledRegulariser", "TreeMeta", "couple", "sparse_group_units", "egl_units"]
+
+
+class TreeMeta(NamedTuple):
+  """Per-tree constants of one bucket (see ``units.Bucket``)."""
+
+  leaf_tap: Array  # (U, L) 1.0 on conv taps
+  channel: Array  # (U,) bool
+  weight: Array  # (U,)
+  size: Array  # (U,)
+
+
+# (trees (U, L, F), step per tree (U,), coefficients, meta) -> prox of the trees
+UnitProx = Callable[[Array, Array, Mapping[str, Array], TreeMeta], Array]
+
+
+def sparse_group_units(sparse: str | None) -> UnitProx:
+  """The prox of sparse·‖x‖_{0|1} + Σ leaf terms + the unit term on trees (``sparse``: None, "l1" or "l0")."""
+
+  def prox(trees, s, c, meta):
+    beta = s[:, None] * c["shape"] * meta.leaf_tap
+    gamma = s * meta.weight * jnp.where(meta.channel, c["channel"], c["neuron"])
+    if sparse == "l0":
+      return _theta(trees, s * c["l0"], beta, gamma)
+    if sparse == "l1":
+      a = (s * c["l1"])[:, None, None]
+      trees = jnp.sign(trees) * jnp.maximum(jnp.abs(trees) - a, 0)
+    return tree_shrink(trees, beta, gamma)
+
+  return prox
+
+
+def egl_units(trees: Array, s: Array, c: Mapping[str, Array], meta: TreeMeta) -> Array:
+  """EGL on writer units: ridge, then one block soft threshold per unit at s·gamma·√|u| (fixed trees: ridge only)."""
+  shrink = 1 + 2 * s * c["lam"]
+  y = trees / shrink[:, None, None]
+  t = s * c["gamma"] * jnp.sqrt(meta.size) * meta.weight / shrink
+  norm = jnp.sqrt(jnp.sum(jnp.square(y), axis=(1, 2)))
+  return y * shrink_factor(norm, t)[:, None, None]
+
+
+_theta = jax.jit(theta_leafwise)
+
+
+@dataclasses.dataclass(frozen=True)
+class CoupledRegulariser(Regulariser):
+  """A ``Regulariser`` whose kernel groups are one model's coupled units (``Regulariser.for_model``).
+
+  Its prox needs the leaves' paths (``prox`` and the optax transforms pass them); the params must be the
+  model's ``nnx.Param`` state (or any pytree with the same kernel paths and shapes).
+  """
+
+  units: units_lib.Units | None = None
+  _compiled: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+  def prox_leaves(self, roles: Sequence[str], leaves: Sequence[Array], step_size: Any, *, count: Any = 0,
+                  multiplier: Any = 1.0, paths: Sequence[str] | None = None) -> list[Array]:
+    if paths is None:
+      raise ValueError(f"{self.name} on coupled units: prox_leaves needs the leaves' paths (paths=...)")
+    steps = list(step_size) if isinstance(step_size, (list, tuple)) else [step_size] * len(leaves)
+    where = {p: i for i, p in enumerate(paths)}
+    covered = set(self.units.paths)
+    out = list(leaves)
+    rest = [i for i, p in enumerate(paths) if p not in covered]
+    if rest:
+      done = super().prox_leaves([roles[i] for i in rest], [leaves[i] for i in rest], [steps[i] for i in rest],
+                                 count=count, multiplier=multiplier)
+      for i, v in zip(rest, done):
+        out[i] = v
+    present = self._present(where)
+    if not present:
+      return out
+    ks = sorted(present)
+    values = [leaves[where[self.units.paths[k]]] for k in ks]
+    new = self._prox_units(ks, values, [steps[where[self.units.paths[k]]] for k in ks], count, multiplier)
+    for k, v in zip(ks, new):
+      out[where[self.units.paths[k]]] = v
+    return out
+
+  def blocks(self, blocks: Sequence[Sequence[str]]) -> list[list[str]]:
+    """PALM blocks (lists of leaf paths) merged so that no coupled unit spans two blocks."""
+    comp_of = {p: c for c, paths in enumerate(self.units.components) for p in paths}
+    merged: dict[Any, list[str]] = {}
+    for i, block in enumerate(blocks):
+      comps = {comp_of[p] for p in block if p in comp_of}
+      key = min(comps) if comps else ("own", i)
+      merged.setdefault(key, []).extend(block)
+    return list(merged.values())
+
+  def _present(self, where: Mapping[str, int]) -> set[int]:
+    """Indices (into ``units.paths``) of the covered kernels given; whole components only."""
+    present = set()
+    for comp in self.units.components:
+      given = [p in where for p in comp]
+      if any(given) and not all(given):
+        missing = [p for p, g in zip(comp, given) if not g]
+        raise ValueError(f"{self.name} on coupled units: the leaves given hold part of a coupled set of kernels "
+                         f"(missing {missing[:3]}); a block must hold whole units (Regulariser.blocks)")
+      if all(given):
+        present.update(self.units.paths.index(p) for p in comp)
+    return present
+
+  def _prox_units(self, ks: list[int], values: list[Array], steps: list[Any], count, multiplier) -> list[Array]:
+    units = self.units
+    for k, v in zip(ks, values):
+      if tuple(v.shape) != units.shapes[k]:
+        raise ValueError(f"{self.name} on coupled units: {units.paths[k]} has shape {tuple(v.shape)}, the units "
+                         f"were built for {units.shapes[k]} (Regulariser.for_model of another model?)")
+    uniform = all(st is steps[0] for st in steps) and jnp.ndim(steps[0]) == 0
+    key = (tuple(ks), uniform, tuple(str(jnp.result_type(v)) for v in values))
+    if key not in self._compiled:
+      self._compiled[key] = jax.jit(self._units_fn(ks, uniform))
+    coefs = self.coefficients_at(count, multiplier)
+    return self._compiled[key](list(values), steps[0] if uniform else list(steps), coefs)
+
+  def _units_fn(self, ks: list[int], uniform: bool) -> Callable:
+    """f(values, step(s), coefs) -> new values for the covered kernels ``ks`` (index arrays built once, here)."""
+    units = self.units
+    old_off = np.asarray(units.offsets)
+    new_off = np.concatenate([[0], np.cumsum([math.prod(units.shapes[k]) for k in ks])]).astype(np.int64)
+    total = int(new_off[-1])
+    small = np.int32 if total < 2**31 - 1 else np.int64
+    remap = np.full(units.size + 1, total, small)  # old flat position -> position among the given kernels
+    for j, k in enumerate(ks):
+      remap[old_off[k]:old_off[k + 1]] = np.arange(new_off[j], new_off[j + 1])
+    given = set(ks)
+    comp_ids = [c for c, comp in enumerate(units.components) if units.paths.index(comp[0]) in given]
+    plans = []
+    for bucket in units.buckets:
+      rows = np.isin(bucket.component, comp_ids)
+      if rows.any():
+        plans.append((remap[bucket.index[rows]], bucket.leaf_tap[rows], bucket.channel[rows], bucket.weight[rows],
+                      bucket.size[rows]))
+    positions = np.concatenate([plan[0].ravel() for plan in plans])
+    gather = np.empty(total, small)
+    real_pos = positions < total
+    gather[positions[real_pos]] = np.flatnonzero(real_pos)  # a partition: every position exactly once
+
+    def apply(values, steps, coefs):
+      dt = compute_dtype(jnp.result_type(*values))
+      flat = jnp.concatenate([v.astype(dt).ravel() for v in values] + [jnp.zeros((1,), dt)])
+      inv = None if uniform else _inverse_steps(steps, values, dt)
+      c = {name: jnp.asarray(v, dt) for name, v in coefs.items()}
+      outputs = []
+      for idx, leaf_tap, channel, weight, size in plans:
+        meta = TreeMeta(jnp.asarray(leaf_tap, dt), jnp.asarray(channel), jnp.asarray(weight, dt),
+                        jnp.asarray(size, dt))
+        s = (jnp.broadcast_to(jnp.asarray(steps, dt), meta.size.shape) if uniform
+             else meta.size / jnp.sum(inv[idx], axis=(1, 2)))
+        outputs.append(jnp.where(idx < total, self.unit_prox(flat[idx], s, c, meta), 0).ravel())
+      result = jnp.concatenate(outputs)[gather]
+      return [result[new_off[j]:new_off[j + 1]].reshape(v.shape).astype(v.dtype) for j, v in enumerate(values)]
+
+    return apply
+
+
+def _inverse_steps(steps: list[Any], values: list[Array], dt) -> Array:
+  """1/s per entry of the given kernels (flat, with a 0 for padding)."""
+  parts = [jnp.broadcast_to(1 / jnp.asarray(s, dt), v.shape).ravel() for s, v in zip(steps, values)]
+  return jnp.concatenate(parts + [jnp.zeros((1,), dt)])
+
+
+def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -> Regulariser:
+  """``reg`` on ``model``'s coupled units (see ``Regulariser.for_model``)."""
+  from flax import nnx
+
+  from mobileprune_jax.nnx_only import require_nnx
+  from mobileprune_jax.surgery import depgraph
+
+  require_nnx(model, f"{reg.name}.for_model", "Regulariser.for_model(model, sample_input) takes a flax.nnx model")
+  rules = list(reg.rules or []) + groups.rules_for_model(model)
+  if reg.unit_prox is None:
+    if any(rule.layout.group_ndim for rule in reg.rules_by_role.values() if rule.layout is not ELEMENTS):
+      raise ValueError(f"{reg.name}: these groups have no coupled form (conv_grouping='output_filter' groups what a "
+                       "filter writes; units follow what it reads): use the default conv_grouping")
+    return dataclasses.replace(reg, rules=rules)  # element-wise penalties: nothing to couple
+  if graph is None:
+    graph = depgraph.trace(model, sample_input)
+  params = nnx.state(model, nnx.Param)
+  paths = groups.leaf_paths(params)
+  shapes = {p: tuple(np.shape(x)) for p, x in zip(paths, jax.tree.leaves(params))}
+  roles = dict(zip(paths, groups.leaf_roles(params, rules)))
+  covered = [layer.kernel_path for layer in graph.layers
+             if roles.get(layer.kernel_path) in reg.rules_by_role and roles[layer.kernel_path] != "bias"]
+  units = units_lib.units_from_graph(graph, shapes, covered, reg.unit_side)
+  fields = {f.name: getattr(reg, f.name) for f in dataclasses.fields(reg)}
+  fields["rules"] = rules
+  return CoupledRegulariser(**fields, units=units)

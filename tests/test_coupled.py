@@ -1,0 +1,429 @@
+"""Coupled units (``Regulariser.for_model``): hand-written units, exact operators, and training that shrinks streams.
+
+References are independent of the library's analysis: units are written down from the architecture
+(which kernel slices read which channel), θ on heterogeneous trees is checked by enumerating supports,
+and group lasso's single factor per unit is computed by hand.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from brute_force import brute_theta_leafwise, objective_theta_leafwise
+from flax import nnx
+
+from mobileprune_jax import models, regularisers, surgery, transforms
+from mobileprune_jax.prox import tree_l0
+from mobileprune_jax.surgery.shrink import variables_by_path
+from mobileprune_jax.train import palm
+
+# ------------------------------------------------------------------------------------ models ---
+
+
+class ConvBN(nnx.Module):
+  def __init__(self, cin, cout, k, stride, rngs):
+    self.conv = nnx.Conv(cin, cout, (k, k), strides=stride, use_bias=False, rngs=rngs)
+    self.bn = nnx.BatchNorm(cout, rngs=rngs)
+
+  def __call__(self, x):
+    return self.bn(self.conv(x))
+
+
+class Block(nnx.Module):
+  def __init__(self, cin, cout, stride, rngs):
+    self.conv1, self.conv2 = ConvBN(cin, cout, 3, stride, rngs), ConvBN(cout, cout, 3, 1, rngs)
+    self.proj = ConvBN(cin, cout, 1, stride, rngs) if (stride != 1 or cin != cout) else None
+
+  def __call__(self, x):
+    short = self.proj(x) if self.proj is not None else x
+    return nnx.relu(self.conv2(nnx.relu(self.conv1(x))) + short)
+
+
+class TwoStageResNet(nnx.Module):
+  """stem → 2 identity blocks (8 ch) → 1 projection block (12 ch) → mean → fc: 4 kernels read each first-stream channel."""
+
+  def __init__(self, rngs, width=8, width2=12, classes=4):
+    self.stem = ConvBN(3, width, 3, 1, rngs)
+    self.b1, self.b2 = Block(width, width, 1, rngs), Block(width, width, 1, rngs)
+    self.b3 = Block(width, width2, 2, rngs)
+    self.fc = nnx.Linear(width2, classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.stem(x))
+    return self.fc(jnp.mean(self.b3(self.b2(self.b1(x))), axis=(1, 2)))
+
+
+class PlainResNet(nnx.Module):
+  """No BatchNorm (PALM differentiates the training-mode forward): stem → identity block → projection block → fc."""
+
+  def __init__(self, rngs):
+    conv = lambda cin, cout, k, stride=1: nnx.Conv(cin, cout, (k, k), strides=stride, rngs=rngs)
+    self.stem, self.a1, self.a2 = conv(3, 4, 3), conv(4, 4, 3), conv(4, 4, 3)
+    self.b1, self.b2, self.proj = conv(4, 6, 3, 2), conv(6, 6, 3), conv(4, 6, 1, 2)
+    self.fc = nnx.Linear(6, 4, rngs=rngs)
+
+  def __call__(self, x, train: bool = False):
+    x = nnx.relu(self.stem(x))
+    x = nnx.relu(x + self.a2(nnx.relu(self.a1(x))))
+    x = nnx.relu(self.proj(x) + self.b2(nnx.relu(self.b1(x))))
+    return self.fc(jnp.mean(x, axis=(1, 2)))
+
+
+class InvertedResidual(nnx.Module):
+  def __init__(self, c, hidden, rngs):
+    self.expand = nnx.Conv(c, hidden, (1, 1), use_bias=False, rngs=rngs)
+    self.dw = nnx.Conv(hidden, hidden, (3, 3), feature_group_count=hidden, use_bias=False, rngs=rngs)
+    self.project = nnx.Conv(hidden, c, (1, 1), use_bias=False, rngs=rngs)
+
+  def __call__(self, x):
+    return x + self.project(jax.nn.relu6(self.dw(jax.nn.relu6(self.expand(x)))))
+
+
+class MobileBlockNet(nnx.Module):
+  def __init__(self, rngs):
+    self.stem = nnx.Conv(3, 4, (3, 3), use_bias=False, rngs=rngs)
+    self.block = InvertedResidual(4, 12, rngs)
+    self.fc = nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.fc(jnp.mean(self.block(self.stem(x)), axis=(1, 2)))
+
+
+class AttentionNet(nnx.Module):
+  def __init__(self, rngs):
+    self.attn = nnx.MultiHeadAttention(num_heads=2, in_features=6, qkv_features=8, decode=False, rngs=rngs)
+    self.fc = nnx.Linear(6, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.fc(jnp.mean(self.attn(x), axis=1))
+
+
+# ----------------------------------------------------------------------------------- helpers ---
+
+
+def _entries(shape, select):
+  """Flat indices of the entries ``select`` picks from a kernel of ``shape`` (written by hand per test)."""
+  return np.sort(np.asarray(np.arange(int(np.prod(shape))).reshape(shape)[select]).ravel())
+
+
+def _unit_set(units):
+  return {frozenset((p, int(i)) for p, idx in u.items() for i in idx) for u in units}
+
+
+def _shape(model, path):
+  return dict(zip(*_paths_leaves(model)))[path].shape
+
+
+def _paths_leaves(model):
+  from mobileprune_jax.groups import leaf_paths
+
+  params = nnx.state(model, nnx.Param)
+  return leaf_paths(params), jax.tree.leaves(params)
+
+
+def _hand_units(model, spec):
+  """spec: list of units, each a list of (path, numpy index expression); expands to {path: flat indices}."""
+  out = []
+  for unit in spec:
+    d = {}
+    for path, select in unit:
+      d.setdefault(path, []).append(_entries(_shape(model, path), select))
+    out.append({p: np.sort(np.concatenate(v)) for p, v in d.items()})
+  return out
+
+
+# ---------------------------------------------------------------- θ on heterogeneous trees ---
+
+
+def test_theta_leafwise_matches_brute_force_on_heterogeneous_trees():
+  """Leaves of different sizes (zero padded) and different leaf coefficients: exact against enumeration."""
+  rng = np.random.default_rng(0)
+  worst, cases = -np.inf, {"zero": 0, "partial": 0, "full": 0}
+  for _ in range(150):
+    n_leaves = int(rng.integers(1, 4))
+    widths = rng.integers(1, 4, size=n_leaves)
+    real = np.arange(widths.max())[None, :] < widths[:, None]
+    if real.sum() > 10:
+      continue
+    y = np.where(real, rng.normal(size=real.shape) * rng.choice([0.3, 1.0, 3.0]), 0.0).astype(np.float32)
+    alpha = float(rng.choice([0.0, 0.05, 0.3]) * rng.random())
+    beta = (rng.random(n_leaves) * rng.choice([0.0, 0.3, 1.0]) * (rng.random(n_leaves) < 0.7)).astype(np.float32)
+    gamma = float(rng.random() * rng.choice([0.0, 0.5, 2.0]))
+    x = np.asarray(jax.jit(tree_l0.theta_leafwise)(jnp.asarray(y[None]), jnp.asarray([alpha], jnp.float32),
+                                                   jnp.asarray(beta[None]), jnp.asarray([gamma], jnp.float32)))[0]
+    assert np.all(x[~real] == 0)
+    nz = np.count_nonzero(x)
+    cases["zero" if nz == 0 else "full" if nz == real.sum() else "partial"] += 1
+    gap = objective_theta_leafwise(x, y, alpha, beta, gamma) - brute_theta_leafwise(y, alpha, beta, gamma, real)
+    worst = max(worst, gap)
+  assert worst < 1e-5, worst
+  assert min(cases.values()) >= 10, cases
+
+
+# ------------------------------------------------------------------------- hand-written units ---
+
+
+def test_two_stage_residual_net_units_are_every_reader_of_a_channel():
+  m = TwoStageResNet(nnx.Rngs(0))
+  x = jnp.ones((2, 8, 8, 3))
+  reg = regularisers.group_lasso(neuron=0.1, channel=0.1).for_model(m, x)
+  c1, c2, b3c1, b3p = "b1/conv1/conv/kernel", "b2/conv1/conv/kernel", "b3/conv1/conv/kernel", "b3/proj/conv/kernel"
+  spec = []
+  for c in range(8):  # first stream: b1.conv1, b2.conv1, b3.conv1 and the projection read it
+    spec.append([(c1, np.s_[:, :, c, :]), (c2, np.s_[:, :, c, :]), (b3c1, np.s_[:, :, c, :]), (b3p, np.s_[:, :, c, :])])
+  for name in ("b1", "b2"):  # inner channels: read by the block's conv2 only
+    spec += [[(f"{name}/conv2/conv/kernel", np.s_[:, :, c, :])] for c in range(8)]
+  spec += [[("b3/conv2/conv/kernel", np.s_[:, :, c, :])] for c in range(12)]
+  spec += [[("fc/kernel", np.s_[c, :])] for c in range(12)]  # second stream: read by the classifier only
+  assert _unit_set(reg.units.units) == _unit_set(_hand_units(m, spec))
+  # the stem reads the image: its entries are fixed trees (one per tap), in no unit
+  assert "stem/conv/kernel" in reg.units.paths
+  assert all("stem/conv/kernel" not in u for u in reg.units.units)
+
+
+def test_group_lasso_shrinks_each_unit_by_one_factor():
+  m = TwoStageResNet(nnx.Rngs(1))
+  x = jnp.ones((2, 8, 8, 3))
+  lam, step = 0.2, 0.7
+  reg = regularisers.group_lasso(neuron=lam, channel=lam).for_model(m, x)
+  paths, leaves = _paths_leaves(m)
+  before = dict(zip(paths, [np.asarray(v, np.float64) for v in leaves]))
+  after = dict(zip(paths, [np.asarray(v, np.float64) for v in jax.tree.leaves(reg.prox(nnx.state(m, nnx.Param), step))]))
+  for unit in reg.units.units:
+    y = np.concatenate([before[p].ravel()[i] for p, i in unit.items()])
+    z = np.concatenate([after[p].ravel()[i] for p, i in unit.items()])
+    expected = max(0.0, 1 - step * lam * np.sqrt(_slices(unit, before)) / np.linalg.norm(y))
+    np.testing.assert_allclose(z, expected * y, rtol=2e-5, atol=1e-7)
+  np.testing.assert_array_equal(after["stem/conv/kernel"], before["stem/conv/kernel"])  # fixed: no unit term
+
+
+def _slices(unit, before):
+  """Slices a unit joins, counted by hand: one per conv input channel (taps × filters), one per dense row."""
+  n = 0
+  for path, idx in unit.items():
+    shape = before[path].shape
+    if len(shape) == 2:
+      n += len(idx) // shape[-1]  # dense rows
+    elif shape[-2] == 1:
+      n += len(idx) // int(np.prod(shape[:-2]))  # a depthwise filter: its taps
+    else:
+      n += len(idx) // (int(np.prod(shape[:-2])) * shape[-1])  # conv input channel: taps × filters
+  return n
+
+
+def test_group_lasso_zeroes_a_whole_stream_channel_and_surgery_removes_it():
+  m = TwoStageResNet(nnx.Rngs(2))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 3)), jnp.float32)
+  reg = regularisers.group_lasso(channel=1.0).for_model(m, x)
+  variables = variables_by_path(m)
+  for c in (2, 5):  # make first-stream channels 2 and 5 weak in every reader
+    for path in ("b1/conv1/conv/kernel", "b2/conv1/conv/kernel", "b3/conv1/conv/kernel", "b3/proj/conv/kernel"):
+      k = np.asarray(variables[path].get_value()).copy()
+      k[:, :, c, :] *= 1e-3
+      variables[path].set_value(jnp.asarray(k))
+  nnx.update(m, reg.prox(nnx.state(m, nnx.Param), 0.01))  # threshold 0.01·√4: only the weak units go
+  k = np.asarray(m.b3.proj.conv.kernel.get_value())
+  assert np.all(k[:, :, [2, 5], :] == 0) and np.all(np.any(k[:, :, [0, 1, 3, 4, 6, 7], :] != 0, axis=(0, 1, 3)))
+  small, report = surgery.shrink_with_report(m, x)
+  assert small.stem.conv.kernel.shape[-1] == 6 and small.b3.proj.conv.kernel.shape[-2] == 6
+  assert report.max_abs_diff < 1e-4
+
+
+def test_mobilenet_block_units_join_the_depthwise_filter_and_the_project_row():
+  m = MobileBlockNet(nnx.Rngs(0))
+  x = jnp.ones((2, 6, 6, 3))
+  reader = regularisers.l0_sparse_group_lasso(1e-3, neuron=0.1, channel=0.1, shape=0.01).for_model(m, x)
+  spec = [[("block/dw/kernel", np.s_[:, :, 0, c]), ("block/project/kernel", np.s_[:, :, c, :])] for c in range(12)]
+  spec += [[("block/expand/kernel", np.s_[:, :, c, :])] for c in range(4)]  # the stream: expand reads it ...
+  spec += [[("fc/kernel", np.s_[c, :])] for c in range(4)]  # ... and, after the add, the classifier: one set
+  spec = spec[:12] + [spec[12 + c] + spec[16 + c] for c in range(4)]
+  assert _unit_set(reader.units.units) == _unit_set(_hand_units(m, spec))
+  writer = regularisers.elastic_group_lasso(1e-3, 1e-4).for_model(m, x)
+  spec = [[("block/expand/kernel", np.s_[:, :, :, c]), ("block/dw/kernel", np.s_[:, :, :, c])] for c in range(12)]
+  spec += [[("stem/kernel", np.s_[:, :, :, c]), ("block/project/kernel", np.s_[:, :, :, c])] for c in range(4)]
+  assert _unit_set(writer.units.units) == _unit_set(_hand_units(m, spec))
+
+
+def test_lenet5_flattened_channel_is_its_sixteen_dense_rows():
+  m = models.create("lenet5")
+  x = jnp.ones((2, 28, 28, 1))
+  reg = regularisers.l0_sparse_group_lasso(1e-4, neuron=0.1, channel=0.1, shape=0.01).for_model(m, x)
+  conv2 = [[("conv2/kernel", np.s_[:, :, c, :])] for c in range(20)]
+  rows = [[("fc1/kernel", np.s_[[(h * 4 + w) * 50 + c for h in range(4) for w in range(4)], :])] for c in range(50)]
+  neurons = [[("fc2/kernel", np.s_[j, :])] for j in range(500)]
+  assert _unit_set(reg.units.units) == _unit_set(_hand_units(m, conv2 + rows + neurons))
+
+
+def test_attention_head_unit_is_its_out_projection_rows():
+  m = AttentionNet(nnx.Rngs(0))
+  x = jnp.ones((2, 5, 6))
+  reg = regularisers.group_lasso(neuron=0.1, channel=0.1).for_model(m, x)
+  heads = [[("attn/out/kernel", np.s_[h, :, :])] for h in range(2)]
+  stream = [[("fc/kernel", np.s_[c, :])] for c in range(6)]
+  assert _unit_set(reg.units.units) == _unit_set(_hand_units(m, heads + stream))
+  writer = regularisers.elastic_group_lasso(1e-3, 0.0).for_model(m, x)
+  qkv = [[(f"attn/{n}/kernel", np.s_[:, h, :]) for n in ("query", "key", "value")] for h in range(2)]
+  assert _unit_set(writer.units.units) == _unit_set(_hand_units(m, qkv + [[("attn/out/kernel", np.s_[:, :, c])]
+                                                                          for c in range(6)]))
+
+
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("lenet300", {}, (2, 28, 28, 1)), ("lenet5", {}, (2, 28, 28, 1)),
+    ("resnet20", {"in_channels": 1}, (2, 16, 16, 1)),
+    ("mobilenet_v2", {"width": 0.35, "num_classes": 10, "in_channels": 1}, (2, 32, 32, 1)),
+    ("har_cnn", {"in_channels": 3, "num_classes": 6, "window": 40, "kernel": 5}, (2, 40, 3)),
+    ("vgg_like", {"width": 0.125}, (2, 32, 32, 3))])
+@pytest.mark.parametrize("side", ["reader", "writer"])
+def test_units_partition_every_traced_kernel_of_the_zoo(name, kwargs, shape, side):
+  m = models.create(name, **kwargs)
+  x = jnp.ones(shape)
+  reg = (regularisers.group_lasso(channel=0.1) if side == "reader" else regularisers.elastic_group_lasso(0.1, 0.0))
+  units = reg.for_model(m, x).units
+  paths, leaves = _paths_leaves(m)
+  sizes = dict(zip(paths, [int(np.prod(v.shape)) for v in leaves]))
+  traced = [layer.kernel_path for layer in surgery.trace(m, x).layers]
+  assert sorted(units.paths) == sorted(set(traced))
+  counts = np.zeros(units.size, np.int64)
+  for b in units.buckets:
+    idx = b.index[b.index < units.size]
+    np.add.at(counts, idx, 1)
+    assert np.all(b.size == np.sum(b.index < units.size, axis=(1, 2)))
+  assert np.all(counts == 1)  # every entry of every traced kernel in exactly one tree
+  assert units.size == sum(sizes[p] for p in units.paths)
+  seen = np.concatenate([np.concatenate([i + units.offsets[units.paths.index(p)] for p, i in u.items()])
+                         for u in units.units])
+  assert len(seen) == len(np.unique(seen))  # removable units do not overlap
+
+
+# --------------------------------------------------------------------- exactness through paths ---
+
+
+def test_l0_sgl_on_a_unit_equals_theta_on_the_hand_assembled_tree():
+  m = TwoStageResNet(nnx.Rngs(3))
+  x = jnp.ones((2, 8, 8, 3))
+  l0, neuron, channel, shape, step = 2e-3, 0.05, 0.3, 0.05, 0.5
+  reg = regularisers.l0_sparse_group_lasso(l0, neuron=neuron, channel=channel, shape=shape).for_model(m, x)
+  paths, leaves = _paths_leaves(m)
+  p = dict(zip(paths, [np.asarray(v) for v in leaves]))
+  after = dict(zip(paths, [np.asarray(v) for v in jax.tree.leaves(reg.prox(nnx.state(m, nnx.Param), step))]))
+  readers = ["b1/conv1/conv/kernel", "b2/conv1/conv/kernel", "b3/conv1/conv/kernel", "b3/proj/conv/kernel"]
+  c = 5
+  leaves_ = [p[r][h, w, c, :] for r in readers for h in range(p[r].shape[0]) for w in range(p[r].shape[1])]
+  width = max(len(v) for v in leaves_)
+  tree = np.stack([np.pad(v, (0, width - len(v))) for v in leaves_])[None]
+  beta = np.full((1, len(leaves_)), step * shape, np.float32)
+  x_tree = np.asarray(jax.jit(tree_l0.theta_leafwise)(jnp.asarray(tree), jnp.asarray([step * l0], jnp.float32),
+                                                      jnp.asarray(beta), jnp.asarray([step * channel * 2.0],
+                                                                                     jnp.float32)))[0]
+  got = [after[r][h, w, c, :] for r in readers for h in range(p[r].shape[0]) for w in range(p[r].shape[1])]
+  for v, ref in zip(got, x_tree):
+    np.testing.assert_allclose(v, ref[:len(v)], rtol=1e-5, atol=1e-7)
+
+
+def test_adam_metric_takes_one_step_per_unit():
+  """Per-coordinate steps: the unit's step is 1/mean(1/s) over its entries (the metric made constant on the unit)."""
+  m = MobileBlockNet(nnx.Rngs(4))
+  x = jnp.ones((2, 6, 6, 3))
+  lam = 0.05
+  reg = regularisers.group_lasso(channel=lam, neuron=lam).for_model(m, x)
+  params = nnx.state(m, nnx.Param)
+  rng = np.random.default_rng(0)
+  steps = jax.tree.map(lambda v: jnp.asarray(rng.uniform(0.1, 1.0, v.shape), jnp.float32), params)
+  paths = _paths_leaves(m)[0]
+  y = dict(zip(paths, [np.asarray(v, np.float64) for v in jax.tree.leaves(params)]))
+  s = dict(zip(paths, [np.asarray(v, np.float64) for v in jax.tree.leaves(steps)]))
+  out = dict(zip(paths, [np.asarray(v, np.float64) for v in jax.tree.leaves(reg.prox(params, steps))]))
+  for unit in reg.units.units:
+    yu = np.concatenate([y[p].ravel()[i] for p, i in unit.items()])
+    su = 1 / np.mean(np.concatenate([1 / s[p].ravel()[i] for p, i in unit.items()]))
+    w = np.sqrt(_slices(unit, y))
+    np.testing.assert_allclose(np.concatenate([out[p].ravel()[i] for p, i in unit.items()]),
+                               max(0, 1 - su * lam * w / np.linalg.norm(yu)) * yu, rtol=1e-4, atol=1e-7)
+
+
+# -------------------------------------------------------------------------- training & PALM ---
+
+
+def _train(model, reg, x, y, steps=300, lr=0.05):
+  tx = transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=0.9), reg)
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, opt, x, y):
+    def loss(model):
+      logits = model(x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    grads = nnx.grad(loss)(model)
+    opt.update(model, grads)
+
+  for _ in range(steps):
+    step(model, opt, x, y)
+
+
+def _zero_kernel_entries(model):
+  return sum(int(np.sum(np.asarray(v) == 0)) for p, v in zip(*_paths_leaves(model)) if p.endswith("kernel"))
+
+
+def test_training_with_coupled_groups_removes_stream_channels_and_leaves_no_zero():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(32, 8, 8, 3)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 4, size=32))
+  m = TwoStageResNet(nnx.Rngs(5))
+  m.train()
+  reg = regularisers.group_lasso(neuron=1.0, channel=1.0).for_model(m, x[:2])
+  _train(m, reg, x, y, steps=150)
+  m.eval()
+  small = surgery.shrink(m, x[:4])
+  assert small.stem.conv.kernel.shape[-1] < 8  # first-stream channels removed
+  assert _zero_kernel_entries(m) > 0 and _zero_kernel_entries(small) == 0
+
+
+def test_palm_merges_layers_a_unit_spans_into_one_block_and_runs():
+  m = PlainResNet(nnx.Rngs(6))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 3)), jnp.float32)
+  y = jnp.asarray([0, 1, 2, 3])
+  reg = regularisers.l0_sparse_group_lasso(1e-3, neuron=0.05, channel=0.05, shape=0.01).for_model(m, x[:2])
+  kernels = [layer.kernel_path for layer in surgery.trace(m, x).layers]
+  blocks = reg.blocks([[k] for k in kernels])
+  by_kernel = {k: i for i, b in enumerate(blocks) for k in b}
+  first_stream = ["a1/kernel", "b1/kernel", "proj/kernel"]
+  assert len({by_kernel[k] for k in first_stream}) == 1
+  assert by_kernel["a2/kernel"] != by_kernel["a1/kernel"]
+  assert sorted(k for b in blocks for k in b) == sorted(kernels)
+  with pytest.raises(ValueError, match="whole units"):
+    reg.prox_leaves(["conv"], [jnp.zeros((3, 3, 4, 4))], 0.1, paths=["a1/kernel"])
+  step = palm.make_palm_step(m, reg, kernels, max_backtracks=20)
+  before = dict(zip(*_paths_leaves(m)))
+  loss, lip = step(m, x, y, 1.0)
+  after = dict(zip(*_paths_leaves(m)))
+  assert np.isfinite(float(loss)) and float(lip) >= 1.0
+  assert any(not np.array_equal(before[k], after[k]) for k in first_stream)
+
+
+def test_for_model_errors_and_element_wise_penalties():
+  m = MobileBlockNet(nnx.Rngs(0))
+  x = jnp.ones((2, 6, 6, 3))
+  with pytest.raises(ValueError, match="no coupled form"):
+    regularisers.group_lasso(channel=0.1, conv_grouping="output_filter").for_model(m, x)
+  l1 = regularisers.l1(0.1).for_model(m, x)
+  assert ("^block/dw/kernel$", "depthwise") in list(l1.rules)
+  reg = regularisers.group_lasso(channel=0.1).for_model(m, x)
+  other = MobileBlockNet(nnx.Rngs(0))
+  other.block.project = nnx.Conv(12, 5, (1, 1), use_bias=False, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="built for"):
+    reg.prox(nnx.state(other, nnx.Param), 0.1)
+
+
+def test_depthwise_looking_kernels_without_rules_warn_naming_them():
+  two = {"a": {"kernel": jnp.zeros((3, 3, 1, 4))}, "b": {"kernel": jnp.zeros((3, 3, 1, 4))}}
+  with pytest.warns(UserWarning, match="a/kernel"):
+    regularisers.group_lasso(channel=0.1).roles(two)
+  import warnings
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # a grayscale net's single first conv: no warning
+    regularisers.group_lasso(channel=0.1).roles({"a": {"kernel": jnp.zeros((5, 5, 1, 4))}})
+    m = MobileBlockNet(nnx.Rngs(0))
+    regularisers.group_lasso(channel=0.1).for_model(m, jnp.ones((2, 6, 6, 3))).roles(nnx.state(m, nnx.Param))
