@@ -427,3 +427,37 @@ def test_depthwise_looking_kernels_without_rules_warn_naming_them():
     regularisers.group_lasso(channel=0.1).roles({"a": {"kernel": jnp.zeros((5, 5, 1, 4))}})
     m = MobileBlockNet(nnx.Rngs(0))
     regularisers.group_lasso(channel=0.1).for_model(m, jnp.ones((2, 6, 6, 3))).roles(nnx.state(m, nnx.Param))
+
+
+def test_egl_writer_units_shrink_by_one_factor_with_sqrt_size():
+  m = MobileBlockNet(nnx.Rngs(5))
+  x = jnp.ones((2, 6, 6, 3))
+  gamma, lam, step = 0.05, 0.1, 0.5
+  reg = regularisers.elastic_group_lasso(gamma, lam).for_model(m, x)
+  paths, leaves = _paths_leaves(m)
+  y = dict(zip(paths, [np.asarray(v, np.float64) for v in leaves]))
+  out = dict(zip(paths, [np.asarray(v, np.float64) for v in jax.tree.leaves(reg.prox(nnx.state(m, nnx.Param), step))]))
+  for unit in reg.units.units:
+    yu = np.concatenate([y[p].ravel()[i] for p, i in unit.items()]) / (1 + 2 * step * lam)
+    t = step * gamma * np.sqrt(yu.size) / (1 + 2 * step * lam)
+    np.testing.assert_allclose(np.concatenate([out[p].ravel()[i] for p, i in unit.items()]),
+                               max(0, 1 - t / np.linalg.norm(yu)) * yu, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(out["fc/kernel"], y["fc/kernel"] / (1 + 2 * step * lam), rtol=1e-5)  # fixed: ridge
+
+
+def test_degl_threshold_on_coupled_sets_removes_a_depthwise_chain():
+  from mobileprune_jax.train import actions
+
+  m = MobileBlockNet(nnx.Rngs(6))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 3)), jnp.float32)
+  for path, select in (("block/expand/kernel", np.s_[..., 3]), ("block/dw/kernel", np.s_[..., 3])):
+    var = variables_by_path(m)[path]
+    k = np.asarray(var.get_value()).copy()
+    k[select] *= 1e-4  # channel 3: both filters below the threshold
+    var.set_value(jnp.asarray(k))
+  per_layer = nnx.clone(m)
+  assert actions.degl_threshold(per_layer, x, 1e-2, "fc/kernel")["degl_removed_units"] == 0  # coupled: left alone
+  assert actions.degl_threshold(m, x, 1e-2, "fc/kernel", coupled=True)["degl_removed_units"] == 1
+  small, report = surgery.shrink_with_report(m, x)
+  assert small.block.dw.kernel.shape[-1] == 11 and small.block.project.kernel.shape[-2] == 11
+  assert report.max_abs_diff < 1e-4
