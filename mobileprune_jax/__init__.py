@@ -5,6 +5,9 @@ Modules, in the order data flows through them:
 * ``prox``: exact proximal operators on arrays (ℓ0, ℓ1, ℓ2, group lasso, ℓ1-SGL,
   MobilePrune's π and θ).
 * ``groups``: which parameter leaves are regularised and how they form groups.
+* ``units``: given a traced model, the coupled units surgery removes together
+  (``Regulariser.for_model`` builds its groups from them).
+* ``regularisers``: penalties over pytrees with their exact prox.
 * ``transforms``: the operators as ``optax.GradientTransformation``s.
 """
 

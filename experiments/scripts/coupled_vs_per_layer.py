@@ -29,10 +29,21 @@ CASES = {
                (28, 28, 1)),
     "resnet20": ("ResNet-20 (projection shortcuts), Fashion-MNIST 32×32, quick schedule",
                  "experiments/configs/resnet20_fashion_mnist.py:quick", [], (32, 32, 1)),
+    "resnet20_20pct": ("ResNet-20 at 20 % of the parameters: 5,000 training images, 2 pruning epochs at lr 0.05",
+                       "experiments/configs/resnet20_fashion_mnist.py:quick",
+                       ["--config.train_subset=5000", "--config.prune.epochs=2", "--config.prune.lr=0.05",
+                        "--config.budget.params=0.2"], (32, 32, 1)),
     "mobilenet_v2": ("MobileNetV2 ×0.35, Fashion-MNIST 32×32, quick schedule",
                      "experiments/configs/mobilenet_v2_fashion_mnist.py:quick", ["--config.budget.params=0.25"],
                      (32, 32, 1)),
 }
+
+
+def _commit() -> str:
+  sys.path.insert(0, str(pathlib.Path(__file__).parent))
+  from report_run import _commit as commit
+
+  return commit()
 
 
 def run(config: str, workdir: pathlib.Path, coupled: bool, extra: list[str]) -> None:
@@ -42,6 +53,8 @@ def run(config: str, workdir: pathlib.Path, coupled: bool, extra: list[str]) -> 
          f"--config.coef.coupled={coupled}", "--config.export.tflite=True", "--config.progress=False", *extra]
   if (workdir / "checkpoints").exists():
     cmd.append("--resume")
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "made_at.txt").write_text(_commit() + "\n")  # the commit the run (last) ran on
   print("running:", " ".join(cmd), file=sys.stderr, flush=True)
   subprocess.run(cmd, check=True, stdout=sys.stderr)
 
@@ -75,9 +88,10 @@ def zero_entries(workdir: pathlib.Path) -> int:
 
 def row(label: str, workdir: pathlib.Path) -> list[str]:
   s = json.loads((workdir / "summary.json").read_text())
+  made = (workdir / "made_at.txt").read_text().strip() if (workdir / "made_at.txt").exists() else "?"
   pct = lambda a, b: f"{100 * a / b:.2f} %"
   lat = (f"{s['latency_dense_ms']:.3f} → {s['latency_pruned_ms']:.3f} ms" if "latency_dense_ms" in s else "–")
-  return [label, f"{100 * s['base_accuracy']:.2f} → {100 * s['pruned_accuracy']:.2f}",
+  return [f"{label} ({made})", f"{100 * s['base_accuracy']:.2f} → {100 * s['pruned_accuracy']:.2f}",
           pct(s["nonzero_params"], s["params_total"]), f"{s['params_remaining']:,} ({pct(s['params_remaining'], s['params_total'])})",
           pct(s["macs_pruned"], s["macs_dense"]), f"{zero_entries(workdir):,}", lat]
 
@@ -88,12 +102,9 @@ def main() -> None:
   parser.add_argument("--cases", default="lenet5,resnet20,mobilenet_v2")
   parser.add_argument("--report-only", action="store_true", help="only write the table from finished runs")
   args = parser.parse_args()
-  sys.path.insert(0, str(pathlib.Path(__file__).parent))
-  from report_run import _commit
-
   out = ["# Per-layer vs coupled groups at the same parameter budget", "",
          f"Made by `python experiments/scripts/coupled_vs_per_layer.py --root {args.root} --cases {args.cases}` at "
-         f"commit {_commit()}. One seed per cell; the budget is `budget.params` of the config; latencies are LiteRT "
+         f"commit {_commit()}; each row names the commit its run was made at. One seed per cell; the budget is `budget.params` of the config; latencies are LiteRT "
          "medians at batch 1, 1 thread, on this shared 2-core machine (±40 % between runs).", ""]
   for case in args.cases.split(","):
     title, config, extra, input_shape = CASES[case]

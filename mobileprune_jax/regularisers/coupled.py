@@ -33,6 +33,7 @@ from mobileprune_jax import groups
 from mobileprune_jax import units as units_lib
 from mobileprune_jax.prox.bracketing import shrink_factor
 from mobileprune_jax.prox.convex import tree_shrink
+from mobileprune_jax.prox.group_l0 import pi
 from mobileprune_jax.prox.tree_l0 import theta_leafwise
 from mobileprune_jax.prox.validation import compute_dtype
 from mobileprune_jax.regularisers.base import ELEMENTS, Regulariser
@@ -49,6 +50,7 @@ class TreeMeta(NamedTuple):
   channel: Array  # (U,) bool
   weight: Array  # (U,)
   size: Array  # (U,)
+  flat: bool = False  # static: no tree has a leaf term (dense rows only), or every tree is one leaf
 
 
 # (trees (U, L, F), step per tree (U,), coefficients, meta) -> prox of the trees
@@ -61,6 +63,10 @@ def sparse_group_units(sparse: str | None) -> UnitProx:
   def prox(trees, s, c, meta):
     beta = s[:, None] * c["shape"] * meta.leaf_tap
     gamma = s * meta.weight * jnp.where(meta.channel, c["channel"], c["neuron"])
+    if sparse == "l0" and meta.flat:  # one group level: θ is π on the whole tree (spec §C.2's sanity identities)
+      n_leaves = trees.shape[1]
+      lam = gamma + (beta[:, 0] if n_leaves == 1 else 0)
+      return pi(trees.reshape(trees.shape[0], -1), lam, s * c["l0"]).reshape(trees.shape)
     if sparse == "l0":
       return _theta(trees, s * c["l0"], beta, gamma)
     if sparse == "l1":
@@ -185,7 +191,7 @@ class CoupledRegulariser(Regulariser):
       outputs = []
       for idx, leaf_tap, channel, weight, size in plans:
         meta = TreeMeta(jnp.asarray(leaf_tap, dt), jnp.asarray(channel), jnp.asarray(weight, dt),
-                        jnp.asarray(size, dt))
+                        jnp.asarray(size, dt), flat=idx.shape[1] == 1 or not leaf_tap.any())
         s = (jnp.broadcast_to(jnp.asarray(steps, dt), meta.size.shape) if uniform
              else meta.size / jnp.sum(inv[idx], axis=(1, 2)))
         outputs.append(jnp.where(idx < total, self.unit_prox(flat[idx], s, c, meta), 0).ravel())
