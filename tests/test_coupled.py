@@ -461,3 +461,27 @@ def test_degl_threshold_on_coupled_sets_removes_a_depthwise_chain():
   small, report = surgery.shrink_with_report(m, x)
   assert small.block.dw.kernel.shape[-1] == 11 and small.block.project.kernel.shape[-2] == 11
   assert report.max_abs_diff < 1e-4
+
+
+def test_single_level_units_take_pi_and_agree_with_theta():
+  """LeNet-5's flattened-channel units (16 dense rows, no leaf term) go through π; θ on the same tree reaches the
+  same objective (float32 near-ties may pick supports one entry apart)."""
+  m = models.create("lenet5", seed=1)
+  x = jnp.ones((2, 28, 28, 1))
+  l0, neuron, step = 2e-3, 0.05, 0.5
+  reg = regularisers.l0_sparse_group_lasso(l0, neuron=neuron, channel=0.02, shape=0.01).for_model(m, x)
+  paths, leaves = _paths_leaves(m)
+  p = dict(zip(paths, [np.asarray(v) for v in leaves]))
+  after = dict(zip(paths, [np.asarray(v) for v in jax.tree.leaves(reg.prox(nnx.state(m, nnx.Param), step))]))
+  theta = jax.jit(tree_l0.theta_leafwise)
+  units = [(p["fc1/kernel"][[(h * 4 + w) * 50 + c for h in range(4) for w in range(4)]],
+            after["fc1/kernel"][[(h * 4 + w) * 50 + c for h in range(4) for w in range(4)]], 4.0) for c in range(50)]
+  units += [(p["fc2/kernel"][j][None], after["fc2/kernel"][j][None], 1.0) for j in range(0, 500, 25)]
+  a = step * l0
+  for y, got, weight in units:  # dense readers only: the neuron coefficient, weight √(rows)
+    g = step * neuron * weight
+    ref = np.asarray(theta(jnp.asarray(y[None]), jnp.asarray([a], jnp.float32), jnp.zeros((1, len(y)), jnp.float32),
+                           jnp.asarray([g], jnp.float32)))[0]
+    obj = lambda z, y=y, g=g: (0.5 * np.sum((z - y.astype(np.float64)) ** 2) + a * np.count_nonzero(z)
+                               + g * np.sqrt(np.sum(z.astype(np.float64) ** 2)))
+    assert obj(got.astype(np.float64)) <= obj(ref.astype(np.float64)) + 1e-6

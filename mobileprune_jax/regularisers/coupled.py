@@ -178,6 +178,7 @@ class CoupledRegulariser(Regulariser):
       if rows.any():
         plans.append((remap[bucket.index[rows]], bucket.leaf_tap[rows], bucket.channel[rows], bucket.weight[rows],
                       bucket.size[rows]))
+    plans = _merge_trees(plans, total)
     positions = np.concatenate([plan[0].ravel() for plan in plans])
     gather = np.empty(total, small)
     real_pos = positions < total
@@ -199,6 +200,25 @@ class CoupledRegulariser(Regulariser):
       return [result[new_off[j]:new_off[j + 1]].reshape(v.shape).astype(v.dtype) for j, v in enumerate(values)]
 
     return apply
+
+
+def _merge_trees(plans: list[tuple], pad: int) -> list[tuple]:
+  """Buckets of two-level trees with leaf terms, merged by the power of two above their leaf count (zero leaves and
+  zero-padded widths: exact, zeros never enter a support), so θ compiles a few times, not once per bucket."""
+  keep, groups = [], {}
+  for plan in plans:
+    idx, leaf_tap = plan[0], plan[1]
+    if idx.shape[1] == 1 or not leaf_tap.any():
+      keep.append(plan)
+    else:
+      groups.setdefault(1 << (idx.shape[1] - 1).bit_length(), []).append(plan)
+  for n_leaves, members in sorted(groups.items()):
+    width = max(m[0].shape[2] for m in members)
+    idx = np.concatenate([np.pad(m[0], ((0, 0), (0, n_leaves - m[0].shape[1]), (0, width - m[0].shape[2])),
+                                 constant_values=pad) for m in members])
+    tap = np.concatenate([np.pad(m[1], ((0, 0), (0, n_leaves - m[1].shape[1]))) for m in members])
+    keep.append((idx, tap, *(np.concatenate([m[k] for m in members]) for k in (2, 3, 4))))
+  return keep
 
 
 def _inverse_steps(steps: list[Any], values: list[Array], dt) -> Array:
