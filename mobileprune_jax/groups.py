@@ -9,7 +9,8 @@ Every leaf of a parameter pytree gets a *role*, inferred from its path and shape
   (heads, head_dim) biases too): each entry is its own group.
 * ``"depthwise"``: a depthwise conv kernel (*spatial, 1, C) (``feature_group_count`` = C): the
   group of channel c is its own filter, the taps are its shape groups. Its shape alone cannot tell
-  it from a conv with one input channel: ``rules_for_model(model)`` finds these kernels. The
+  it from a conv with one input channel: ``rules_for_model(model)`` finds these kernels (a tree with
+  two or more such kernels and no rule for them gets one warning naming them). The
   channel c it reads is produced by the layer before (MobileNet's expand) and read by the one
   after (project): surgery cuts all three together, so a zero filter removes the whole chain.
 * ``"heads_in"`` / ``"heads_out"``: attention kernels (in, heads, head_dim) of ``query``,
@@ -37,7 +38,8 @@ kernel (*spatial, in, out)):
 * element group (bias): each entry alone.
 
 Works on linen parameter dicts and on ``flax.nnx`` State alike: NNX's trailing
-``.value`` attribute is dropped from the path.
+``.value`` attribute is dropped from the path. Groups that follow the model's couplings (every reader of a
+residual-stream channel as one unit) come from ``Regulariser.for_model`` (``mobileprune_jax.units``).
 """
 
 from __future__ import annotations
