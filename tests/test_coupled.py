@@ -485,3 +485,26 @@ def test_single_level_units_take_pi_and_agree_with_theta():
     obj = lambda z, y=y, g=g: (0.5 * np.sum((z - y.astype(np.float64)) ** 2) + a * np.count_nonzero(z)
                                + g * np.sqrt(np.sum(z.astype(np.float64) ** 2)))
     assert obj(got.astype(np.float64)) <= obj(ref.astype(np.float64)) + 1e-6
+
+
+def test_blocks_spanning_two_components_join_them():
+  """A block holding kernels of two coupled sets merges every block of either set (hand-made blocks)."""
+  m = PlainResNet(nnx.Rngs(7))
+  reg = regularisers.group_lasso(channel=0.1).for_model(m, jnp.ones((2, 8, 8, 3)))
+  merged = reg.blocks([["a1/kernel"], ["a2/kernel", "b2/kernel"], ["b1/kernel"], ["proj/kernel"], ["fc/bias"]])
+  # a1, b1, proj read the first stream; a2 and b2 are inner readers, joined here by hand into one block
+  assert merged == [["a1/kernel", "b1/kernel", "proj/kernel"], ["a2/kernel", "b2/kernel"], ["fc/bias"]]
+
+
+def test_old_per_layer_configs_keep_their_fingerprint():
+  """coef.coupled=False is the behaviour before the key existed: a workdir started then still resumes."""
+  from mobileprune_jax import config as config_lib
+  from mobileprune_jax.train.loop import config_fingerprint
+
+  cfg = config_lib.load_config("experiments/configs/quick.py")
+  cfg.coef.coupled = False
+  old = cfg.to_dict()
+  del old["coef"]["coupled"]
+  assert config_fingerprint(cfg) == config_fingerprint(config_lib.ml_collections.ConfigDict(old))
+  cfg.coef.coupled = True
+  assert config_fingerprint(cfg) != config_fingerprint(config_lib.ml_collections.ConfigDict(old))

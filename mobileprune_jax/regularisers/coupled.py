@@ -28,15 +28,18 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from mobileprune_jax import groups
 from mobileprune_jax import units as units_lib
+from mobileprune_jax.nnx_only import require_nnx
 from mobileprune_jax.prox.bracketing import shrink_factor
 from mobileprune_jax.prox.convex import tree_shrink
 from mobileprune_jax.prox.group_l0 import pi
 from mobileprune_jax.prox.tree_l0 import theta_leafwise
 from mobileprune_jax.prox.validation import compute_dtype
 from mobileprune_jax.regularisers.base import ELEMENTS, Regulariser
+from mobileprune_jax.surgery import depgraph
 
 Array = jax.Array
 
@@ -125,13 +128,25 @@ class CoupledRegulariser(Regulariser):
     return out
 
   def blocks(self, blocks: Sequence[Sequence[str]]) -> list[list[str]]:
-    """PALM blocks (lists of leaf paths) merged so that no coupled unit spans two blocks."""
+    """PALM blocks (lists of leaf paths) merged so that no coupled unit spans two blocks (in first-seen order)."""
     comp_of = {p: c for c, paths in enumerate(self.units.components) for p in paths}
-    merged: dict[Any, list[str]] = {}
+    owner = list(range(len(blocks)))  # union-find over blocks: blocks sharing a component are one
+
+    def find(i):
+      while owner[i] != i:
+        owner[i] = owner[owner[i]]
+        i = owner[i]
+      return i
+
+    first: dict[int, int] = {}
     for i, block in enumerate(blocks):
-      comps = {comp_of[p] for p in block if p in comp_of}
-      key = min(comps) if comps else ("own", i)
-      merged.setdefault(key, []).extend(block)
+      for c in {comp_of[p] for p in block if p in comp_of}:
+        j = first.setdefault(c, i)
+        a, b = find(i), find(j)
+        owner[max(a, b)] = min(a, b)
+    merged: dict[int, list[str]] = {}
+    for i, block in enumerate(blocks):
+      merged.setdefault(find(i), []).extend(block)
     return list(merged.values())
 
   def _present(self, where: Mapping[str, int]) -> set[int]:
@@ -229,11 +244,6 @@ def _inverse_steps(steps: list[Any], values: list[Array], dt) -> Array:
 
 def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -> Regulariser:
   """``reg`` on ``model``'s coupled units (see ``Regulariser.for_model``)."""
-  from flax import nnx
-
-  from mobileprune_jax.nnx_only import require_nnx
-  from mobileprune_jax.surgery import depgraph
-
   require_nnx(model, f"{reg.name}.for_model", "Regulariser.for_model(model, sample_input) takes a flax.nnx model")
   rules = list(reg.rules or []) + groups.rules_for_model(model)
   if reg.unit_prox is None:
