@@ -11,8 +11,17 @@ Modules, in the order data flows through them:
 * ``transforms``: the operators as ``optax.GradientTransformation``s.
 """
 
-from mobileprune_jax import groups, prox, transforms
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
 __all__ = ["groups", "prox", "transforms", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+  """Imports ``groups``, ``prox`` and ``transforms`` on first use, so ``python -m mobileprune_jax`` starts (and
+  answers Ctrl-C) before JAX is loaded."""
+  if name in ("groups", "prox", "transforms"):
+    return importlib.import_module(f"mobileprune_jax.{name}")
+  raise AttributeError(f"module 'mobileprune_jax' has no attribute {name!r}")

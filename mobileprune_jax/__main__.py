@@ -8,12 +8,19 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
 
-def demo(args: argparse.Namespace) -> None:
+def demo(args: argparse.Namespace) -> int:
   """Prunes LeNet-300-100 on the embedded MNIST subset with prox-SGD and prints its sparsity."""
+  for name in ("epochs", "l0", "neuron"):
+    value = getattr(args, name)
+    if not (value > 0 if name == "epochs" else value >= 0) or value != value:
+      print(f"error: --{name} must be {'a positive integer' if name == 'epochs' else 'a non-negative number'}, "
+            f"got {value}", file=sys.stderr)
+      return 2
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -65,12 +72,14 @@ def demo(args: argparse.Namespace) -> None:
     k = getattr(model, name).kernel[...]
     alive = int(jnp.sum(jnp.any(k != 0, axis=1)))
     print(f"  {name}: {alive}/{k.shape[0]} input neurons alive, {int(jnp.count_nonzero(k)):,}/{k.size:,} weights")
+  return 0
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
   """Runs a config. Bad input (config, data, model kwargs), a busy workdir or unusable checkpoints are
   one ``error:`` line and exit status 2, before any training; a diverging run is one line and status 3;
-  a run that finished outside its budget's tolerance is one line and status 4 (its outputs are written)."""
+  a run that finished outside its budget's tolerance is one line and status 4 (its outputs are written);
+  Ctrl-C / SIGTERM is one line saying where the run stopped, status 130 / 143 (see ``main``)."""
   from mobileprune_jax import config as config_lib
   from mobileprune_jax.data import DataUnavailableError, InvalidDataError
   from mobileprune_jax.train import pipeline
@@ -80,7 +89,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     config_lib.apply_overrides(cfg, overrides)
     pipeline.run(cfg, args.workdir, resume=args.resume)
   except (config_lib.ConfigError, DataUnavailableError, InvalidDataError, FileNotFoundError, FileExistsError,
-          NotADirectoryError, pipeline.WorkdirBusyError, pipeline.CheckpointError, pipeline.ConfigMismatchError) as e:
+          NotADirectoryError, pipeline.WorkdirBusyError, pipeline.WorkdirError, pipeline.CheckpointError,
+          pipeline.ConfigMismatchError) as e:
     print(f"error: {_one_line(e)}", file=sys.stderr)
     return 2
   except FloatingPointError as e:  # the run diverged: one line, not a traceback
@@ -101,6 +111,9 @@ def _one_line(error: BaseException) -> str:
 
 def benchmark(args: argparse.Namespace) -> int:
   """Exports the dense and the shrunk model of a finished run and prints LiteRT latency and sizes."""
+  if args.repeats < 1:
+    print(f"error: --repeats must be a positive integer, got {args.repeats}", file=sys.stderr)
+    return 2
   from mobileprune_jax import export, surgery
 
   try:
@@ -112,7 +125,50 @@ def benchmark(args: argparse.Namespace) -> int:
   return 0
 
 
+def _stop(signum: int, frame) -> None:
+  """Ctrl-C / SIGTERM: one line saying where the run stopped, then exit at once with 128 + the signal's number.
+
+  Every checkpoint on disk is complete at any instant (atomic writes; a kill anywhere resumes exactly), so
+  stopping here loses at most the steps since the newest checkpoint, which ``--resume`` redoes identically.
+  Exiting without unwinding avoids tracebacks from wherever the signal landed (an import, XLA, a callback)."""
+  import os
+
+  what = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+  loop = sys.modules.get("mobileprune_jax.train.loop")
+  where = loop.stop_active_run() if loop is not None else None
+  if where is None and _COMMAND and _COMMAND[0] == "run":
+    where = "before training started; nothing was changed (run the command again)"
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except Exception:  # noqa: BLE001 - interrupted in the middle of a write: nothing more to save
+      pass
+  os.write(2, (f"{what} {where}\n" if where else f"{what}\n").encode())
+  os._exit(128 + signum)
+
+
+_COMMAND: list[str] = []
+
+
 def main(argv: list[str] | None = None) -> int:
+  """The command line; returns the exit status (see the README's table of exit statuses).
+
+  Ctrl-C (SIGINT) and SIGTERM print one line instead of a traceback (for ``run``: where the run stopped and
+  that ``--resume`` continues it) and exit with 128 + the signal's number (130, 143), as a shell reports a
+  process stopped by that signal. A signal the parent ignores (``nohup``) stays ignored.
+  """
+  handlers = {}
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    if signal.getsignal(sig) is not signal.SIG_IGN:
+      handlers[sig] = signal.signal(sig, _stop)
+  try:
+    return _main(argv)
+  finally:
+    for sig, previous in handlers.items():
+      signal.signal(sig, previous)
+
+
+def _main(argv: list[str] | None) -> int:
   parser = argparse.ArgumentParser(prog="python -m mobileprune_jax", description="mobileprune_jax command line")
   sub = parser.add_subparsers(dest="command", required=True)
   r = sub.add_parser("run", help="train, prune, retrain, shrink and measure a config",
@@ -131,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--neuron", type=float, default=4e-2)
   p.set_defaults(fn=demo)
   args, rest = parser.parse_known_args(argv)
+  _COMMAND[:] = [args.command]
   if args.command == "run":
     bad = [a for a in rest if not a.startswith("--config.")]
     if bad:

@@ -143,15 +143,27 @@ def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   path = pathlib.Path(text)
   if not path.is_file():
     raise ConfigError(f"config file {str(path)!r} does not exist")
-  module = import_file(path)
-  if not hasattr(module, "get_config"):
+  if path.suffix != ".py":
+    raise ConfigError(f"config file {str(path)!r} is not a Python file (.py with get_config())")
+  try:
+    module = import_file(path)
+  except SyntaxError as e:
+    raise ConfigError(f"config file {str(path)!r} is not valid Python: {e.msg} (line {e.lineno})") from None
+  except Exception as e:  # noqa: BLE001 - whatever the file's own code raised, in one line
+    raise ConfigError(f"config file {str(path)!r} failed to import: {_raised(e)}") from None
+  if not callable(getattr(module, "get_config", None)):
     raise ConfigError(f"config file {str(path)!r} has no get_config()")
+  call = f"get_config({arg!r})" if arg is not None else "get_config()"
   try:
     new = module.get_config(arg) if arg is not None else module.get_config()
-  except TypeError as e:
-    raise ConfigError(f"config file {str(path)!r}: get_config({arg!r}) failed: {e}") from e
   except (KeyError, ValueError) as e:
-    raise ConfigError(f"config file {str(path)!r}: bad argument {arg!r}: {e}") from e
+    if arg is None:
+      raise ConfigError(f"config file {str(path)!r}: {call} raised {_raised(e)}") from None
+    raise ConfigError(f"config file {str(path)!r}: bad argument {arg!r}: {e}") from None
+  except Exception as e:  # noqa: BLE001
+    raise ConfigError(f"config file {str(path)!r}: {call} raised {_raised(e)}") from None
+  if not isinstance(new, (ml_collections.ConfigDict, dict)):
+    raise ConfigError(f"config file {str(path)!r}: {call} returned {type(new).__name__}, not a ConfigDict")
   cfg = base_config()
   try:
     cfg.update(new)
@@ -160,6 +172,11 @@ def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   except TypeError as e:
     raise ConfigError(f"config file {str(path)!r}: {_type_message(e)}") from None
   return cfg
+
+
+def _raised(error: BaseException) -> str:
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _key_of(error: KeyError) -> str:

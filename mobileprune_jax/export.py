@@ -129,6 +129,8 @@ def parity(path: str | pathlib.Path, model: nnx.Module, sample_input: Any, n_ran
 def latency_ms(path: str | pathlib.Path, sample_input: Any, threads: int | None = 1, warmup: int = 20,
                repeats: int = 200) -> float:
   """Median wall time (ms) of one ``invoke`` at the file's batch size, after warm-up."""
+  if repeats < 1 or warmup < 0:
+    raise ValueError(f"latency_ms needs repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
   interpreter = _interpreter(path, threads)
   inp = interpreter.get_input_details()[0]
   interpreter.set_tensor(inp["index"], np.asarray(sample_input, inp["dtype"]))
@@ -166,33 +168,78 @@ def compare(dense: nnx.Module, pruned: nnx.Module, sample_input: Any, directory:
 def benchmark_workdir(workdir: str | pathlib.Path, repeats: int = 200) -> dict[str, Any]:
   """Exports the dense and the shrunk model of a finished run and times both in LiteRT.
 
-  Writes ``<workdir>/tflite/{dense,pruned}.tflite`` and ``<workdir>/benchmark.json``.
+  Writes ``<workdir>/tflite/{dense,pruned}.tflite`` and ``<workdir>/benchmark.json``. Every check below
+  happens before anything is exported.
+
+  Raises:
+    ValueError: ``repeats`` < 1, a workdir that is not a finished run's directory, an unreadable
+      ``summary.json``, an input shape the model does not take, or a model holding NaN / inf.
+    FileNotFoundError: no ``summary.json`` or ``model/``.
+    surgery.ModelFileError: a damaged model directory.
   """
   import json
 
   from mobileprune_jax import surgery
 
+  if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+    raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
   workdir = pathlib.Path(workdir)
+  if not workdir.exists():
+    raise FileNotFoundError(f"workdir {workdir} does not exist")
+  if not workdir.is_dir():
+    raise ValueError(f"workdir {workdir} is not a directory (pass the --workdir of a finished run)")
+  summary_path = workdir / "summary.json"
+  if not summary_path.is_file():
+    raise FileNotFoundError(f"{workdir} has no summary.json: not a finished run (finish it with run --resume)")
   try:
-    summary = json.loads((workdir / "summary.json").read_text())
+    summary = json.loads(summary_path.read_text())
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"{workdir / 'summary.json'} is not readable JSON ({e})") from None
+    raise ValueError(f"{summary_path} is not readable JSON ({e})") from None
   if not isinstance(summary, dict):
-    raise ValueError(f"{workdir / 'summary.json'} is not a run summary")
+    raise ValueError(f"{summary_path} is not a run summary")
   dense = surgery.build_original(workdir / "model")
   pruned = surgery.load(workdir / "model")
-  shape = summary.get("input_shape")
-  if shape is None:  # summaries written before input_shape was recorded: ask the data set
-    from mobileprune_jax import data
-
-    shape = data.load(summary["dataset"]).input_shape
-  if not (isinstance(shape, (list, tuple)) and shape and all(isinstance(d, int) and 0 < d <= 4096 for d in shape)):
-    raise ValueError(f"{workdir / 'summary.json'}: input_shape must be a list of positive sizes, got {shape!r}")
+  _check_finite_weights(pruned, workdir / "model")
+  shape = _input_shape(summary, summary_path)
   x = np.zeros((1, *shape), np.float32)
+  for name, model in (("dense", dense), ("shrunk", pruned)):
+    try:
+      jax.eval_shape(_forward(model), x)
+    except Exception as e:  # noqa: BLE001 - XLA / flax shape errors of many types
+      first = " ".join(str(e).split("\n")[0].split())[:200]
+      raise ValueError(f"{summary_path}: input_shape {list(shape)} does not fit the {name} model ({first})") from None
   result = compare(dense, pruned, x, workdir / "tflite", repeats=repeats)
   result["macs_dense"], result["macs_pruned_compacted"] = summary.get("macs_dense"), summary.get("macs_pruned")
   (workdir / "benchmark.json").write_text(json.dumps(result, indent=1))
   return result
+
+
+def _input_shape(summary: dict[str, Any], summary_path: pathlib.Path) -> tuple[int, ...]:
+  """The per-example input shape a summary records (older summaries: the data set's)."""
+  shape = summary.get("input_shape")
+  if shape is None:  # summaries written before input_shape was recorded: ask the data set
+    from mobileprune_jax import data
+
+    name = summary.get("dataset")
+    if not isinstance(name, str):
+      raise ValueError(f"{summary_path} has neither 'input_shape' nor 'dataset': not a run summary")
+    try:
+      shape = data.load(name).input_shape
+    except (data.DataUnavailableError, data.InvalidDataError, ValueError, OSError) as e:
+      raise ValueError(f"{summary_path} has no 'input_shape' and data set {name!r} cannot be loaded to find it "
+                       f"({' '.join(str(e).split())[:160]}); add \"input_shape\": [...] to it") from None
+  if not (isinstance(shape, (list, tuple)) and shape and
+          all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 4096 for d in shape)):
+    raise ValueError(f"{summary_path}: input_shape must be a list of positive sizes, got {shape!r}")
+  return tuple(shape)
+
+
+def _check_finite_weights(model: nnx.Module, directory: pathlib.Path) -> None:
+  bad = sum(int(np.size(a) - np.count_nonzero(np.isfinite(a))) for a in jax.tree.leaves(nnx.state(model))
+            if np.issubdtype(np.asarray(a).dtype, np.floating))
+  if bad:
+    raise ValueError(f"{directory}: the model holds {bad} NaN/inf weights (a diverged or damaged model); "
+                     "nothing was exported")
 
 
 def format_benchmark(r: dict[str, Any]) -> str:

@@ -76,10 +76,16 @@ def write(path: str | pathlib.Path, arrays: Mapping[str, Any], metadata: Mapping
   head += b" " * (-len(head) % 8)  # safetensors aligns the data to 8 bytes
   blob = struct.pack("<Q", len(head)) + head + b"".join(chunks)
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  with open(tmp, "wb") as f:
-    f.write(blob)
-    f.flush()
-    os.fsync(f.fileno())
+  try:
+    with open(tmp, "wb") as f:
+      f.write(blob)
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as e:  # e.g. a full disk or "File too large": name the file (write errors carry no name)
+    tmp.unlink(missing_ok=True)
+    if e.filename is None:
+      raise OSError(e.errno, f"{e.strerror or e} while writing {path} ({len(blob):,} bytes)") from None
+    raise
   if before_commit is not None:
     before_commit()
   os.replace(tmp, path)
@@ -155,6 +161,9 @@ def read(path: str | pathlib.Path, expected_sha256: str | None = None) -> tuple[
       raise TensorFileError(f"{path}: checksum mismatch in array {name!r} (flipped or damaged bytes)")
     arrays[name] = np.frombuffer(chunk, dtype=dtype).reshape(shape).copy()
   extra = {k: v for k, v in meta.items() if not k.startswith("sha256:") and k != "format"}
+  for key, value in extra.items():
+    if not isinstance(value, str):
+      raise TensorFileError(f"{path}: metadata entry {key!r} is a JSON {type(value).__name__}, not a string")
   return arrays, extra
 
 

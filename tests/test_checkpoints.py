@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -77,6 +78,27 @@ def _rewrite(path, arrays=None, **meta_changes):
   tensorfile.write(path, old_arrays if arrays is None else arrays(old_arrays), meta)
 
 
+def _forge_metadata(path, **changes):
+  """Replaces metadata entries with any JSON values and recomputes the header checksum (a forged, not a damaged,
+  file: every checksum matches)."""
+  blob = path.read_bytes()
+  (n,) = struct.unpack("<Q", blob[:8])
+  header = json.loads(blob[8 : 8 + n])
+  header["__metadata__"].update(changes)
+  header["__metadata__"]["sha256:__header__"] = tensorfile._header_digest(header)
+  head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+  head += b" " * (-len(head) % 8)
+  path.write_bytes(struct.pack("<Q", len(head)) + head + blob[8 + n :])
+
+
+def _nan_in_model(path):
+  def poison(arrays):
+    kernel = arrays["model/fc2/kernel"].copy()
+    kernel[0, 0] = np.nan
+    return {**arrays, "model/fc2/kernel": kernel}
+  _rewrite(path, arrays=poison)
+
+
 def _phase_99(path):
   _, meta = tensorfile.read(path)
   state = json.loads(meta["run_state"])
@@ -129,6 +151,11 @@ CASES = {
     "unreadable run state": (lambda p: _rewrite(p, run_state="{not json"), "run state is not readable"),
     "negative budget multiplier": (_negative_multiplier, "run state multiplier = -1.0 is not a positive number"),
     "items not a list": (lambda p: _rewrite(p, items='{"model": 1}'), "metadata 'items' is not a list of names"),
+    "items a JSON array (forged)": (lambda p: _forge_metadata(p, items=["model"]),
+                                    "metadata entry 'items' is a JSON list, not a string"),
+    "config a JSON object (forged)": (lambda p: _forge_metadata(p, config={"seed": 0}),
+                                      "metadata entry 'config' is a JSON dict, not a string"),
+    "NaN in a model array (forged)": (_nan_in_model, "model/fc2/kernel holds 1 non-finite values"),
 }
 
 

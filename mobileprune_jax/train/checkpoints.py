@@ -5,7 +5,9 @@
 SHA-256 of every array (``tensorfile``). A save is atomic and refuses non-finite arrays (NaN
 anywhere, ±inf in the model), so every file on disk is finite and rotation (keep the newest ``keep``) never deletes the last
 finite one. ``restore_latest`` walks from the newest file to the oldest: a damaged or
-inconsistent file is reported in one line and the next older one is tried.
+inconsistent file (or one holding non-finite values, e.g. forged with matching checksums) is reported in one
+line and the next older one is tried. Entries named like a checkpoint that are not regular files are
+ignored with a warning.
 """
 
 from __future__ import annotations
@@ -52,10 +54,21 @@ class Checkpoints:
     self.warn = warn
 
   def paths(self) -> list[pathlib.Path]:
-    """Checkpoint files, oldest first."""
+    """Checkpoint files, oldest first (entries named like one that are not regular files are left alone)."""
+    return [p for p in self._named() if p.is_file() and not p.is_symlink()]
+
+  def _named(self) -> list[pathlib.Path]:
     if not self.directory.is_dir():
       return []
     return sorted(p for p in self.directory.iterdir() if _NAME.match(p.name))
+
+  def warn_about_strangers(self) -> None:
+    """One warning per entry named like a checkpoint that is not a regular file (ignored; never deleted)."""
+    for p in self._named():
+      if not p.is_file() or p.is_symlink():
+        kind = "a symbolic link" if p.is_symlink() else "a directory" if p.is_dir() else "not a regular file"
+        self.warn(f"warning: ignoring {p}: it is {kind}, not a checkpoint (remove it; new checkpoints are numbered "
+                  "after it)")
 
   def exists(self) -> bool:
     return bool(self.paths())
@@ -64,7 +77,8 @@ class Checkpoints:
     """Deletes temporary files left by a save that was killed (call while holding the workdir lock)."""
     if self.directory.is_dir():
       for p in self.directory.glob(".ckpt-*.tmp-*"):
-        p.unlink(missing_ok=True)
+        if p.is_file() or p.is_symlink():
+          p.unlink(missing_ok=True)
 
   def save(self, state: RunState, items: Mapping[str, Any], fingerprint: str) -> pathlib.Path:
     """Writes a new checkpoint of ``items`` (name → pytree of arrays) and ``state``.
@@ -76,20 +90,15 @@ class Checkpoints:
     arrays: dict[str, np.ndarray] = {}
     for name, tree in items.items():
       arrays |= tree_arrays.to_arrays(tree, prefix=f"{name}/")
-    for name, value in arrays.items():
-      if value.dtype.kind != "f":
-        continue
-      bad = ~np.isfinite(value) if name.startswith("model/") else np.isnan(value)
-      if bad.any():
-        raise NonFiniteError(f"{name} holds {int(np.sum(bad))} non-finite values")
+    _check_finite(arrays)
     self.directory.mkdir(parents=True, exist_ok=True)
-    existing = self.paths()
+    existing = self._named()  # numbered after anything named like a checkpoint: never onto a stranger's name
     index = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
     path = self.directory / f"ckpt-{index:08d}.safetensors"
     tensorfile.write(path, arrays, {"run_state": state.to_json(), "config": fingerprint,
                                     "items": json.dumps(sorted(items))},
                      before_commit=lambda: kill_point("checkpoint_write"))
-    for old in self.paths()[: -self.keep]:
+    for old in self.paths()[: -self.keep]:  # regular files only
       old.unlink(missing_ok=True)
     return path
 
@@ -118,15 +127,27 @@ class Checkpoints:
           raise StateError(f"metadata 'items' is not a list of names: {meta['items'][:80]!r}")
         if meta["config"] != fingerprint:
           raise ConfigMismatchError(_config_difference(meta["config"], fingerprint, self.directory.parent))
+        _check_finite(arrays)
         load(state, arrays, items)
         return state, path
-      except (tensorfile.TensorFileError, StateError, tree_arrays.StateMismatchError, json.JSONDecodeError) as e:
+      except (tensorfile.TensorFileError, StateError, tree_arrays.StateMismatchError, json.JSONDecodeError,
+              NonFiniteError) as e:
         message = str(e) if str(path) in str(e) else f"{path}: {e}"
         errors.append(message)
         self.warn(f"warning: skipping a damaged checkpoint: {message}")
     if paths:
       raise CheckpointError(f"no usable checkpoint in {self.directory} ({len(paths)} tried; newest: {errors[0]})")
     return None
+
+
+def _check_finite(arrays: Mapping[str, np.ndarray]) -> None:
+  """Raises ``NonFiniteError`` for NaN anywhere or ±inf in the model (optimizer state may hold ±inf sentinels)."""
+  for name, value in arrays.items():
+    if value.dtype.kind != "f":
+      continue
+    bad = ~np.isfinite(value) if name.startswith("model/") else np.isnan(value)
+    if bad.any():
+      raise NonFiniteError(f"{name} holds {int(np.sum(bad))} non-finite values")
 
 
 class ConfigMismatchError(ValueError):

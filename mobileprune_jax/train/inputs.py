@@ -85,6 +85,21 @@ def create_model(cfg: ml_collections.ConfigDict, ds: data_lib.Dataset) -> tuple[
   return model, spec
 
 
+def check_classes(cfg: ml_collections.ConfigDict, ds: data_lib.Dataset, output_shapes: list[tuple[int, ...]]) -> None:
+  """Checks that the model has an output for every label of the data.
+
+  Raises:
+    ConfigError: the model's last axis (e.g. ``model_kwargs.num_classes``) is smaller than the data's labels.
+  """
+  if len(output_shapes) != 1 or not output_shapes[0]:
+    return  # not a classifier with one output: nothing to compare
+  outputs = output_shapes[0][-1]
+  labels = [int(y.max()) for y in (ds.train_y, ds.test_y, ds.val_y) if y is not None and len(y)]
+  if labels and max(labels) >= outputs:
+    raise ConfigError(f"model {cfg.model!r} has {outputs} outputs but {ds.name}'s labels go up to {max(labels)} "
+                      f"({ds.num_classes} classes); drop model_kwargs.num_classes or set it to {ds.num_classes}")
+
+
 def load_initial_weights(cfg: ml_collections.ConfigDict, model: nnx.Module) -> None:
   """Sets ``model``'s weights from the model directory ``cfg.init_from`` (a dense model of the same shape).
 

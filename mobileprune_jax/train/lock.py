@@ -22,6 +22,35 @@ class WorkdirBusyError(RuntimeError):
   """Another live run holds the workdir; the message names its pid."""
 
 
+class WorkdirError(ValueError):
+  """A workdir the run cannot use (not a directory, not writable); the message is one line."""
+
+
+def check_workdir(workdir: str | pathlib.Path) -> None:
+  """Checks, before any work, that the run can write ``workdir`` and its ``checkpoints/``.
+
+  Raises:
+    WorkdirError: the workdir or ``checkpoints/`` is not a directory, or cannot be written (a read-only
+      directory or file system; the nearest existing parent when the workdir does not exist yet).
+  """
+  workdir = pathlib.Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise WorkdirError(f"workdir {workdir} exists and is not a directory")
+  if (workdir / "checkpoints").exists() and not (workdir / "checkpoints").is_dir():
+    raise WorkdirError(f"{workdir / 'checkpoints'} exists and is not a directory (the run keeps its checkpoints "
+                       "there: move it away)")
+  existing = workdir
+  while not existing.exists() and existing != existing.parent:
+    existing = existing.parent
+  if not existing.is_dir():
+    raise WorkdirError(f"cannot create workdir {workdir}: {existing} is not a directory")
+  for path in (existing, workdir / "checkpoints"):
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+      what = "workdir" if path == workdir else ("checkpoint directory" if path.name == "checkpoints" and
+                                                 path.parent == workdir else f"parent of workdir {workdir}")
+      raise WorkdirError(f"cannot write the {what} {path} (permission denied or a read-only file system)")
+
+
 class WorkdirLock:
   """Context manager: holds ``<workdir>/.lock`` for the life of a run."""
 
@@ -51,6 +80,14 @@ class WorkdirLock:
     os.fsync(fd)
     self._fd = fd
     return self
+
+  def release_for_exit(self) -> None:
+    """Empties the lock file (a clean release, nothing to take over); the kernel drops the ``flock`` at exit."""
+    if self._fd is not None:
+      try:
+        os.ftruncate(self._fd, 0)
+      except OSError:
+        pass
 
   def __exit__(self, *exc) -> None:
     if self._fd is not None:

@@ -16,6 +16,7 @@ parameters are never saved. Wall-clock times go to ``timing.jsonl`` only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from mobileprune_jax import data as data_lib
 from mobileprune_jax.train import budget, inputs, report
 from mobileprune_jax.train.checkpoints import Checkpoints, NonFiniteError
 from mobileprune_jax.train.faults import kill_point
-from mobileprune_jax.train.lock import WorkdirLock
+from mobileprune_jax.train.lock import WorkdirLock, check_workdir
 from mobileprune_jax.train.phases import Phase, Stepper, build_phases
 from mobileprune_jax.train.state import RunState, StateError
 from mobileprune_jax.train.steps import evaluate
@@ -65,10 +66,41 @@ def config_fingerprint(cfg: ml_collections.ConfigDict) -> str:
   return json.dumps(d, sort_keys=True)
 
 
+_ACTIVE: list[tuple[Run, WorkdirLock]] = []  # the run holding its workdir lock in this process, if any
+
+
+@contextlib.contextmanager
+def _active(run: Run, lock: WorkdirLock):
+  _ACTIVE.append((run, lock))
+  try:
+    yield
+  finally:
+    _ACTIVE.remove((run, lock))
+
+
+def stop_active_run() -> str | None:
+  """For a signal handler about to end the process: releases the active run's workdir lock cleanly and returns
+  where the run stopped (``Run.stopped_at``); None when no run holds a workdir. Every checkpoint on disk is
+  complete at any instant (atomic writes), so the process may then exit at once, like a kill."""
+  if not _ACTIVE:
+    return None
+  run, lock = _ACTIVE[-1]
+  lock.release_for_exit()
+  return run.stopped_at()
+
+
+class RunInterrupted(KeyboardInterrupt):
+  """Ctrl-C (or SIGTERM) stopped a run; the message says where and how to resume. A ``KeyboardInterrupt``, so
+  notebooks and ``except Exception`` treat it as one."""
+
+
 def _write_atomic(path: pathlib.Path, text: str) -> None:
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  try:
+    tmp.write_text(text)
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
 
 
 class Run:
@@ -84,6 +116,7 @@ class Run:
     self.batches = inputs.plan_batches(cfg, self.ds)
     self.sample = jnp.asarray(self.ds.test_x[:2])
     structure = analysis.analyze(self.model, self.sample)  # traced once; the phases reuse it
+    inputs.check_classes(cfg, self.ds, structure.graph.output_shapes)
     self.phases = build_phases(cfg, structure.kernel_paths, self.sample, self.batches.steps_per_epoch,
                                model_rules=structure.rules, model=self.model, graph=structure.graph)
     self.targets = budget.targets(cfg)
@@ -126,7 +159,7 @@ class Run:
       path = self.ckpt.save(self.state, items, self.fingerprint)
     except NonFiniteError as e:
       self._diverged(str(e))
-    self.last_saved = f"{path.name} (phase {self.state.phase}, epoch {self.state.epoch}, step {self.state.step})"
+    self.last_saved = f"{path.name} at {self.where()}"
     kill_point("saved")
 
   def _diverged(self, what: str) -> None:
@@ -142,18 +175,39 @@ class Run:
 
   def record(self, entry: dict[str, Any]) -> None:
     self.state.log.append(entry)
-    with open(self.workdir / "log.jsonl", "a") as f:
-      f.write(json.dumps(entry) + "\n")
+    _append(self.workdir / "log.jsonl", json.dumps(entry) + "\n")
 
   def timing(self, event: dict[str, Any]) -> None:
-    with open(self.workdir / "timing.jsonl", "a") as f:
-      f.write(json.dumps({**event, "time": round(time.time(), 3)}) + "\n")
+    _append(self.workdir / "timing.jsonl", json.dumps({**event, "time": round(time.time(), 3)}) + "\n")
 
   # ------------------------------------------------------------------------- run ---
 
+  def where(self) -> str:
+    """The run's position, for a one-line interruption message."""
+    state = self.state
+    if state.phase >= len(self.phases):
+      return "finishing (shrink, export, summary)"
+    phase = self.phases[state.phase]
+    if state.epoch >= self._epochs(phase):
+      return f"the end of {phase.name}"
+    return f"{phase.name} epoch {state.epoch + 1} step {state.step}"
+
+  def stopped_at(self) -> str:
+    """Where the run stopped and how to go on, e.g. ``at prune/1 epoch 3 step 40 (newest checkpoint: …); resume
+    with --resume``."""
+    saved = f"newest checkpoint: {self.last_saved}" if self.last_saved != "none" else "no checkpoint yet"
+    return f"at {self.where()} ({saved}); resume with --resume"
+
   def execute(self, resume: bool) -> dict[str, Any]:
-    with WorkdirLock(self.workdir, warn=self.log):
+    try:
+      return self._execute(resume)
+    except KeyboardInterrupt:  # Ctrl-C in a notebook or script: one message, the checkpoints stay intact
+      raise RunInterrupted(f"interrupted {self.stopped_at()}") from None
+
+  def _execute(self, resume: bool) -> dict[str, Any]:
+    with WorkdirLock(self.workdir, warn=self.log) as lock, _active(self, lock):
       self.ckpt.remove_partial_writes()
+      self.ckpt.warn_about_strangers()
       if not resume and self.ckpt.exists():
         raise FileExistsError(f"{self.workdir} already has checkpoints: pass --resume to continue, or use a new "
                               "workdir")
@@ -161,7 +215,7 @@ class Run:
       restored = self.ckpt.restore_latest(self.fingerprint, self._load) if resume else None
       if restored is not None:
         self.state, path = restored
-        self.last_saved = path.name
+        self.last_saved = f"{path.name} at {self.where()}"
         where = self.phases[self.state.phase].name if self.state.phase < len(self.phases) else "finishing"
         self.log(f"resuming at phase {self.state.phase} ({where}), epoch {self.state.epoch}, step {self.state.step} "
                  f"from {path.name}")
@@ -314,6 +368,16 @@ class Run:
     return evaluate(self.model, x, y, self.cfg.eval_batch_size, self.batches.placement)
 
 
+def _append(path: pathlib.Path, text: str) -> None:
+  try:
+    with open(path, "a") as f:
+      f.write(text)
+  except OSError as e:  # a full disk or "File too large" names no file by itself
+    if e.filename is None:
+      raise OSError(e.errno, f"{e.strerror or e} while appending to {path}") from None
+    raise
+
+
 def _nonzero_fraction(model: nnx.Module) -> float:
   params = nnx.state(model, nnx.Param)
   return metrics.count_nonzero(params) / max(metrics.count_params(params), 1)
@@ -339,6 +403,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, resume: boo
     FileExistsError: the workdir has checkpoints and ``resume`` is False.
     CheckpointError: ``resume`` and no checkpoint in the workdir is usable.
     ConfigMismatchError: ``resume`` with a config other than the one the workdir was started with.
+    WorkdirError: the workdir (or its ``checkpoints/``) is not a directory or cannot be written.
     FloatingPointError: the run diverged (nothing non-finite was saved).
+    RunInterrupted: Ctrl-C stopped the run (every checkpoint on disk is intact; resume continues it).
   """
-  return Run(cfg, pathlib.Path(workdir), log).execute(resume)
+  check_workdir(workdir)
+  try:
+    prepared = Run(cfg, pathlib.Path(workdir), log)
+  except KeyboardInterrupt:
+    raise RunInterrupted("interrupted before training started; nothing was changed (run the command again)") from None
+  return prepared.execute(resume)

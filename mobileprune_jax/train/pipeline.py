@@ -19,8 +19,8 @@ from mobileprune_jax.train.actions import degl_threshold, magnitude_threshold
 from mobileprune_jax.train.budget import BudgetNotReachedError
 from mobileprune_jax.train.checkpoints import CheckpointError, Checkpoints, ConfigMismatchError
 from mobileprune_jax.train.inputs import create_model, load_data
-from mobileprune_jax.train.lock import WorkdirBusyError
-from mobileprune_jax.train.loop import config_fingerprint, run
+from mobileprune_jax.train.lock import WorkdirBusyError, WorkdirError
+from mobileprune_jax.train.loop import RunInterrupted, config_fingerprint, run
 from mobileprune_jax.train.phases import (
     Phase,
     Stepper,
@@ -33,7 +33,7 @@ from mobileprune_jax.train.phases import (
 from mobileprune_jax.train.report import finish, format_summary
 from mobileprune_jax.train.state import RunState
 
-__all__ = ["BudgetNotReachedError", "CheckpointError", "Checkpoints", "ConfigMismatchError", "Phase", "RunState", "Stepper",
-           "WorkdirBusyError", "build_phases", "config_fingerprint", "create_model", "degl_threshold", "finish",
-           "format_summary", "learning_rate", "load_data", "magnitude_threshold", "output_layer_rules",
-           "prox_factory", "regulariser", "run"]
+__all__ = ["BudgetNotReachedError", "CheckpointError", "Checkpoints", "ConfigMismatchError", "Phase",
+           "RunInterrupted", "RunState", "Stepper", "WorkdirBusyError", "WorkdirError", "build_phases",
+           "config_fingerprint", "create_model", "degl_threshold", "finish", "format_summary", "learning_rate",
+           "load_data", "magnitude_threshold", "output_layer_rules", "prox_factory", "regulariser", "run"]
