@@ -141,6 +141,8 @@ def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   if not pathlib.Path(text).exists() and ":" in text:
     text, _, arg = text.rpartition(":")
   path = pathlib.Path(text)
+  if path.is_dir():
+    raise ConfigError(f"config file {str(path)!r} is a directory, not a Python file with get_config()")
   if not path.is_file():
     raise ConfigError(f"config file {str(path)!r} does not exist")
   if path.suffix != ".py":

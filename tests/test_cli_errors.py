@@ -50,6 +50,10 @@ def test_a_non_python_config_file_is_one_error_line(tmp_path, capsys):
   path.write_text("model: lenet5\n")
   assert cli.main(["run", "--config", str(path), "--workdir", str(tmp_path / "w")]) == 2
   assert _errors(capsys) == [f"error: config file {str(path)!r} is not a Python file (.py with get_config())"]
+  assert cli.main(["run", "--config", str(tmp_path), "--workdir", str(tmp_path / "w")]) == 2
+  assert _errors(capsys) == [f"error: config file {str(tmp_path)!r} is a directory, not a Python file with "
+                             "get_config()"]
+  assert not (tmp_path / "w").exists()
 
 
 def test_fewer_model_outputs_than_labels_is_a_config_error_before_training(tmp_path, capsys):
