@@ -26,7 +26,7 @@ BUDGET_METHODS = ("mobileprune", "l0", "l1", "group_lasso", "l1_sgl", "degl", "e
 MODES = ("prox_sgd", "palm")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
-QUANTIZE = ("", "float16", "dynamic_int8")
+QUANTIZE = ("", "float16", "dynamic_int8", "int8")
 CONV_GROUPINGS = ("input_channel_tree", "output_filter")
 DEGL_SELECTIONS = ("prox", "subgradient")
 

@@ -75,6 +75,75 @@ def test_quantised_variants(tmp_path, quantize, shrink_factor):
   assert export.parity(q, model, x) <= export.TOLERANCE[quantize]
 
 
+@pytest.fixture(scope="module")
+def trained_lenet5():
+  """LeNet-5 after two Adam epochs on the embedded MNIST subset (≈ 96 % test accuracy)."""
+  import optax
+
+  from mobileprune_jax import data
+
+  ds = data.load("mnist_subset")
+  model = models.create("lenet5", seed=0)
+  opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, opt, x, y):
+    loss, grads = nnx.value_and_grad(
+        lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean())(model)
+    opt.update(model, grads)
+    return loss
+
+  rng = np.random.default_rng(0)
+  for _ in range(2):
+    order = rng.permutation(len(ds.train_x))
+    for i in range(0, len(order) - 99, 100):
+      step(model, opt, jnp.asarray(ds.train_x[order[i : i + 100]]), jnp.asarray(ds.train_y[order[i : i + 100]]))
+  return model, ds
+
+
+def test_static_int8_is_full_integer_and_agrees_with_float32(tmp_path, trained_lenet5):
+  from ai_edge_litert.interpreter import Interpreter
+
+  model, ds = trained_lenet5
+  calibration = (ds.train_x[i : i + 100] for i in range(0, 1000, 100))  # an iterator of training batches
+  path = export.to_tflite(model, ds.test_x[:1], tmp_path / "int8.tflite", quantize="int8",
+                          calibration_data=calibration)
+  interpreter = Interpreter(model_path=str(path))
+  interpreter.allocate_tensors()
+  inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+  assert inp["dtype"] == np.int8 and out["dtype"] == np.int8
+  weights = {d["name"]: d["dtype"] for d in interpreter.get_tensor_details() if len(d["shape"]) >= 2
+             and d["index"] not in (inp["index"], out["index"]) and d["quantization"][0] > 0}
+  assert weights and {np.dtype(t) for t in weights.values()} == {np.dtype(np.int8)}, weights
+  # run_tflite's quantisation against one done by hand from the file's scales
+  x = ds.test_x[:1]
+  (s_in, z_in), (s_out, z_out) = inp["quantization"], out["quantization"]
+  interpreter.set_tensor(inp["index"], np.clip(np.round(x / s_in) + z_in, -128, 127).astype(np.int8))
+  interpreter.invoke()
+  by_hand = (interpreter.get_tensor(out["index"]).astype(np.float32) - z_out) * s_out
+  np.testing.assert_allclose(export.run_tflite(path, x), by_hand, rtol=0, atol=1e-6)
+  # the measure that matters: agreement with float32 on the 2,000 embedded test digits
+  result = export.agreement(path, model, ds.test_x, ds.test_y)
+  reference = float(np.mean(np.asarray(model(jnp.asarray(ds.test_x))).argmax(-1) == ds.test_y))
+  assert result["accuracy_float32"] == pytest.approx(reference, abs=1e-9)
+  assert result["top1_agreement"] >= 0.98 and abs(result["accuracy_int8"] - reference) <= 0.01, result
+  assert path.stat().st_size < 0.3 * export.to_tflite(model, x, tmp_path / "f32.tflite").stat().st_size
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"quantize": "int8"}, "quantize='int8' needs calibration_data"),
+    ({"quantize": "dynamic_int8", "calibration_data": [np.zeros((4, 28, 28, 1))]}, "only it takes them"),
+    ({"quantize": "int8", "calibration_data": [np.zeros((4, 32, 32, 1))]}, "calibration batch 0 has shape"),
+    ({"quantize": "int8", "calibration_data": [np.full((4, 28, 28, 1), np.nan)]}, "calibration batch 0 holds NaN"),
+    ({"quantize": "int8", "calibration_data": []}, "calibration_data holds no batches"),
+    ({"quantize": "int8", "calibration_data": 3}, "calibration_data must be a sequence or iterator"),
+])
+def test_bad_calibration_data_is_refused_before_converting(tmp_path, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    export.to_tflite(models.create("lenet5"), np.zeros((1, 28, 28, 1), np.float32), tmp_path / "x.tflite", **kwargs)
+  assert not (tmp_path / "x.tflite").exists()
+
+
 def test_bad_quantize_and_missing_tensorflow(monkeypatch, tmp_path):
   model = models.create("lenet300")
   with pytest.raises(ValueError, match="quantize must be one of"):
@@ -106,12 +175,15 @@ def test_pipeline_exports_and_cli_benchmarks(tmp_path):
   config_lib.apply_overrides(cfg, ["model='lenet300'", "train_subset=600", "test_subset=200", "pretrain.epochs=1",
                                    "prune.iterations=1", "prune.epochs=1", "retrain.epochs=1", "coef.neuron=0.5",
                                    "data_parallel=False", "progress=False", "export.tflite=True",
-                                   "export.quantize='dynamic_int8'"])
+                                   "export.quantize='int8'"])
   summary = pipeline.run(cfg, tmp_path / "run", log=lambda *_: None)
   for key in ("tflite_path", "tflite_bytes_dense", "tflite_bytes_pruned", "latency_dense_ms", "latency_pruned_ms"):
     assert key in summary, key
   assert summary["tflite_bytes_pruned"] < summary["tflite_bytes_dense"]
-  assert summary["tflite_bytes_pruned_dynamic_int8"] < summary["tflite_bytes_pruned"]
+  assert summary["tflite_bytes_pruned_int8"] < 0.35 * summary["tflite_bytes_pruned"]
+  # the float32 side of the agreement is the shrunk model, whose accuracy the run measured in JAX
+  assert summary["int8_float32_accuracy"] == pytest.approx(summary["pruned_accuracy"], abs=1e-9)
+  assert summary["int8_top1_agreement"] >= 0.95 and abs(summary["int8_accuracy"] - summary["pruned_accuracy"]) <= 0.02
   assert json.loads((tmp_path / "run" / "summary.json").read_text())["latency_pruned_ms"] > 0
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   p = subprocess.run([sys.executable, "-m", "mobileprune_jax", "benchmark", "--workdir", str(tmp_path / "run"),
