@@ -87,6 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
   # optional masked retraining -- the HAR notebooks' procedure (spec §F, "har_mode=paper_code")
   c.magnitude = ml_collections.ConfigDict(dict(threshold=0.015, layers="conv"))
   c.export = ml_collections.ConfigDict(dict(tflite=False, quantize=""))
+  # surgery keeps every cut layer's width a multiple of round_to (or unchanged); the budget measures the rounded model
+  c.round_to = 1
   # prune to a budget (train/budget.py): fractions of the dense model, unset = no budget; a controller adapts one
   # multiplier on the penalty every `interval` steps of the penalised phases (0: four times per epoch), the wanted
   # size ramping down to the target over the first `ramp` of the first penalised phase
@@ -288,7 +290,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
          f"coef.conv_grouping must be one of {CONV_GROUPINGS}, got {cfg.coef.conv_grouping!r}")
   _check(cfg.export.quantize in QUANTIZE, f"export.quantize must be one of {QUANTIZE}, got {cfg.export.quantize!r}")
   _check(_is_int(cfg.seed) and 0 <= cfg.seed < 2**32, f"seed must be an integer in [0, 2**32), got {cfg.seed!r}")
-  for name in ("batch_size", "eval_batch_size", "checkpoint_keep"):
+  for name in ("batch_size", "eval_batch_size", "checkpoint_keep", "round_to"):
     _check(_is_int(cfg[name]) and cfg[name] >= 1, f"{name} must be a positive integer, got {cfg[name]!r}")
   counts = {"checkpoint_every_steps": cfg.checkpoint_every_steps, "fold": cfg.fold, "pad_to": cfg.pad_to,
             "augment_shift": cfg.augment_shift,

@@ -73,9 +73,10 @@ def fractions(nonzero: int, params: int, macs: int, dense: DenseSize) -> dict[st
   return {"nonzero": nonzero / dense.params, "params": params / dense.params, "macs": macs / max(dense.macs, 1)}
 
 
-def measure(model: nnx.Module, sample, dense: DenseSize) -> dict[str, float]:
-  """Fractions of the dense model after shrinking: {"nonzero", "params", "macs"} (as ``summary.json``)."""
-  shrunk, _ = surgery.shrink_with_report(model, sample, check=False)
+def measure(model: nnx.Module, sample, dense: DenseSize, round_to: int = 1) -> dict[str, float]:
+  """Fractions of the dense model after shrinking (widths rounded to ``round_to``): {"nonzero", "params", "macs"}
+  (as ``summary.json``)."""
+  shrunk, _ = surgery.shrink_with_report(model, sample, check=False, round_to=round_to)
   params = nnx.state(shrunk, nnx.Param)
   macs = sum(s.macs_sparse for s in metrics.layer_stats(shrunk, sample))
   return fractions(metrics.count_nonzero(params), metrics.count_params(params), macs, dense)
@@ -185,6 +186,7 @@ class Controller:
   gain: float = 0.15
   proportional: float = 3.0
   ramp: float = 0.6
+  round_to: int = 1  # the size is the shrunk model's with widths rounded to multiples of this (surgery.shrink)
   _prox_fns: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @classmethod
@@ -201,7 +203,7 @@ class Controller:
     if preview is not None:
       model = nnx.clone(model)
       preview(model)
-    measured = measure(model, self.sample, self.dense)
+    measured = measure(model, self.sample, self.dense, self.round_to)
     return {k: measured[k] for k in self.targets}
 
   def update(self, model: nnx.Module, base: float, progress: float | None = None,

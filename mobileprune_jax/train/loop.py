@@ -46,7 +46,7 @@ from mobileprune_jax.train.steps import evaluate
 _FREE_KEYS = ("progress", "checkpoint_every_steps", "checkpoint_keep", "data_parallel", "export")
 _LATER_KEYS = {"val_fraction": 0.0, "augment_shift": 0, "init_from": "", "degl.selection": "prox",
                "degl.plateau_patience": 0, "degl.plateau_factor": 0.1,
-               "coef.coupled": False}  # per-layer groups: the fingerprint runs had before coupled units
+               "coef.coupled": False, "round_to": 1}  # per-layer groups: the fingerprint runs had before coupled units
 
 
 def config_fingerprint(cfg: ml_collections.ConfigDict) -> str:
@@ -122,7 +122,8 @@ class Run:
     self.targets = budget.targets(cfg)
     b = cfg.budget
     self.controller = budget.Controller(self.targets, budget.DenseSize.of(self.model, self.sample), self.sample,
-                                        b.tolerance, b.gain, b.proportional, b.ramp) if self.targets else None
+                                        b.tolerance, b.gain, b.proportional, b.ramp,
+                                        round_to=cfg.round_to) if self.targets else None
     self.control_every = cfg.budget.interval or max(1, self.batches.steps_per_epoch // 8)
     controlled = [i for i, p in enumerate(self.phases) if p.controlled]
     self._first_controlled = controlled[0] if controlled else None

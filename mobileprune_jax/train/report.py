@@ -29,7 +29,7 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
   """Shrinks the final model, measures it, writes the shrunk model, summary.json (and TFLite files)."""
   dense, _ = inputs.create_model(cfg, ds)
   structure = analysis.analyze(model, sample)  # one trace: the shrink plan and the dense model's stats
-  shrunk, shrink_report = surgery.shrink_with_report(model, sample, graph=structure.graph)
+  shrunk, shrink_report = surgery.shrink_with_report(model, sample, graph=structure.graph, round_to=cfg.round_to)
   summary = {
       "name": cfg.name,
       "dataset": cfg.dataset,
@@ -52,6 +52,12 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
       "shrink": shrink_report.to_json(),
       "devices": jax.device_count(),
   }
+  if cfg.round_to > 1:  # the saved model has rounded widths; the exact cut is reported beside it
+    exact, _ = surgery.shrink_with_report(model, sample, check=False)  # its own trace: plans append notes to one
+    unrounded = metrics.summary(dense, exact, sample)
+    summary["round_to"] = cfg.round_to
+    summary["unrounded"] = {k: unrounded[k] for k in ("params_remaining", "nonzero_params", "macs_pruned",
+                                                      "macs_shrunk_dense", "architecture", "widths_after")}
   budget_entry = budget.summary_budget(cfg, summary, state.multiplier)
   if budget_entry is not None:
     summary["budget"] = budget_entry
