@@ -188,7 +188,7 @@ class Tracer:
     return [read(v) for v in jaxpr.outvars]
 
   def eqn(self, eqn, ins: list[Any]) -> list[Any]:
-    from mobileprune_jax.surgery import producers, reductions
+    from mobileprune_jax.surgery import linear_maps, producers, reductions
 
     name = eqn.primitive.name
     if name in _CALLS and _CALLS[name] in eqn.params:
@@ -220,7 +220,12 @@ class Tracer:
     if name == "conv_general_dilated" and isinstance(ins[0], Act) and isinstance(ins[1], Const):
       return [producers.conv(self, eqn, ins[0], ins[1])]
     if name == "dot_general" and isinstance(ins[0], Act) != isinstance(ins[1], Act):
+      k = ins[1] if isinstance(ins[0], Act) else ins[0]
+      if not k.origin and not any(eqn.params["dimension_numbers"][1]):  # a fixed matrix: resize, not a layer
+        return [linear_maps.constant_product(self, eqn, ins)]
       return [producers.dot(self, eqn, ins)]
+    if name == "gather" and isinstance(ins[0], Act) and isinstance(ins[1], Const):
+      return [linear_maps.gather(self, eqn, ins[0], ins[1])]
     if name == "dot_general":
       return [producers.dot_of_activations(self, eqn, ins[0], ins[1])]
     return self.opaque(eqn, ins)
