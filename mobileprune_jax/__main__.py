@@ -99,8 +99,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
   except pipeline.BudgetNotReachedError as e:
     print(f"error: {_one_line(e)}", file=sys.stderr)
     return 4
-  except OSError as e:  # permissions, a full disk, ...: what the system said, in one line
-    print(f"error: {_one_line(e)}", file=sys.stderr)
+  except OSError as e:  # permissions, a full disk, ...: what the system said, in one line, and where
+    where = "" if e.filename or args.workdir in str(e) else f" (writing in workdir {args.workdir})"
+    print(f"error: {_one_line(e)}{where}", file=sys.stderr)
     return 1
   return 0
 

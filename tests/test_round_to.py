@@ -119,3 +119,18 @@ def test_the_pipeline_rounds_the_saved_model_and_budgets_the_rounded_size(tmp_pa
   assert unrounded["params_remaining"] <= summary["params_remaining"] == surgery.count_params(saved)
   # the budget is reached by the rounded model: its measured fraction is the saved model's
   assert summary["budget"]["reached"]["params"] == pytest.approx(summary["params_remaining"] / summary["params_total"])
+
+
+def test_load_expanded_puts_the_saved_weights_back_and_shrinks_to_the_same_model(tmp_path):
+  model = models.create("resnet20", seed=0)
+  _kill_random_channels(model, seed=3)
+  x = np.random.default_rng(4).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  small, report = surgery.shrink_with_report(model, x)
+  surgery.save(tmp_path / "m", small, factory="resnet20", kwargs={"seed": 0}, cuts=report.cuts)
+  full = surgery.load_expanded(tmp_path / "m")
+  assert surgery.count_params(full) == report.params_before
+  assert surgery.max_output_diff(full, model, x) <= 1e-4  # the pruned network at full width
+  again = surgery.shrink(full, x)
+  assert surgery.count_params(again) == report.params_after
+  rounded = surgery.shrink(full, x, round_to=8)
+  assert surgery.max_output_diff(rounded, model, x) <= 1e-4

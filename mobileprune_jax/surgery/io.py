@@ -167,6 +167,37 @@ def build_original(directory: str | pathlib.Path, factories: Mapping[str, Factor
   return build(spec["model"], spec["kwargs"], factories=factories)
 
 
+def load_expanded(directory: str | pathlib.Path, factories: Mapping[str, Factory] | None = None) -> nnx.Module:
+  """The original architecture holding a saved model's weights at their original positions, zero where cut.
+
+  Its outputs equal the saved model's (every cut channel's weights and readers are zero), so it can be
+  shrunk again (e.g. with another ``round_to``) or trained on at full width.
+  """
+  import jax.numpy as jnp
+  import numpy as np
+
+  from mobileprune_jax.surgery.shrink import variables_by_path
+
+  small = load(directory, factories)
+  spec = read_spec(directory)
+  full = build(spec["model"], spec["kwargs"], factories=factories)
+  cuts = {path: dict(axes) for path, axes in spec["cuts"].items()}
+  small_vars = variables_by_path(small)
+  for path, var in variables_by_path(full).items():
+    if path not in small_vars:
+      continue
+    value = np.asarray(small_vars[path].get_value())
+    if path not in cuts:
+      var.set_value(jnp.asarray(value))
+      continue
+    shape = np.shape(var.get_value())
+    index = np.ix_(*[np.asarray(cuts[path].get(axis, range(n)), np.int64) for axis, n in enumerate(shape)])
+    expanded = np.zeros(shape, value.dtype)
+    expanded[index] = value
+    var.set_value(jnp.asarray(expanded))
+  return full
+
+
 def load(directory: str | pathlib.Path, factories: Mapping[str, Factory] | None = None) -> nnx.Module:
   """Rebuilds a model saved with ``save``: same module structure, same outputs.
 
