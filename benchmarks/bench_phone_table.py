@@ -82,7 +82,9 @@ def main() -> None:
   lines = ["# TFLite variants: dense vs shrunk vs rounded", "",
            f"Regenerate: `python benchmarks/bench_phone_table.py {' '.join(map(str, args.workdirs))} --round-to "
            f"{args.round_to} --repeats {args.repeats}`. LiteRT on the CPU of the machine that ran it, batch 1, "
-           "XNNPACK on; a shared machine: compare within a table.", ""]
+           "XNNPACK on; a shared machine: compare within a table. *dense* is the run's final (sparse) weights at "
+           "full width (`surgery.load_expanded`): what a phone runs without surgery. Static int8 agreement and "
+           "accuracy are on the run's test split, calibrated on its first 1,000 training examples.", ""]
   for workdir in args.workdirs:
     lines += table(workdir, args.round_to, args.repeats) + [""]
   if args.out is not None:
