@@ -105,7 +105,7 @@ def to_tflite(model: nnx.Module, sample_input: Any, path: str | pathlib.Path, qu
   if (quantize == "int8") != (calibration_data is not None):
     raise ValueError("quantize='int8' needs calibration_data (input batches), and only it takes them")
   x = np.asarray(sample_input)
-  examples = (int8.calibration_examples(calibration_data, x.shape[1:], CALIBRATION_LIMIT)
+  examples = (int8.calibration_examples(calibration_data, x.shape[1:], CALIBRATION_LIMIT, x.dtype)
               if quantize == "int8" else None)
   if examples is not None and len(examples) < len(x):
     raise ValueError(f"calibration_data holds {len(examples)} examples; the file's batch is {len(x)}")
@@ -163,7 +163,7 @@ def agreement(path: str | pathlib.Path, model: nnx.Module, x: Any, labels: Any =
   """
   runner = _Runner(path)
   batch = int(runner.input["shape"][0])
-  x = np.asarray(x, np.float32)
+  x = np.asarray(x)
   n = len(x) // batch * batch
   if n == 0:
     raise ValueError(f"agreement needs at least {batch} examples, got {len(x)}")

@@ -16,8 +16,9 @@ import numpy as np
 
 
 def calibration_examples(calibration_data: Iterable[Any], example_shape: tuple[int, ...],
-                         limit: int | None = None) -> np.ndarray:
-  """Stacks the examples of ``calibration_data`` (a sequence or iterator of input batches) as float32.
+                         limit: int | None = None, dtype: Any = np.float32) -> np.ndarray:
+  """Stacks the examples of ``calibration_data`` (a sequence or iterator of input batches) as ``dtype``
+  (the file's input dtype: float32 images, or integer token ids).
 
   Args:
     calibration_data: batches shaped ``(n, *example_shape)`` (or single examples shaped ``example_shape``).
@@ -36,14 +37,14 @@ def calibration_examples(calibration_data: Iterable[Any], example_shape: tuple[i
                      f"{type(calibration_data).__name__}") from None
   examples, count = [], 0
   for i, batch in enumerate(batches):
-    b = np.asarray(batch, np.float32)
+    b = np.asarray(batch)
     if b.shape == tuple(example_shape):
       b = b[None]
     if b.shape[1:] != tuple(example_shape) or b.shape[0] == 0:
       raise ValueError(f"calibration batch {i} has shape {b.shape}; the model takes (n, {', '.join(map(str, example_shape))})")
-    if not np.isfinite(b).all():
+    if b.dtype.kind == "f" and not np.isfinite(b).all():
       raise ValueError(f"calibration batch {i} holds NaN or inf")
-    examples.append(b)
+    examples.append(b.astype(dtype))
     count += len(b)
     if limit is not None and count >= limit:
       break

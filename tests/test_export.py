@@ -130,6 +130,22 @@ def test_static_int8_is_full_integer_and_agrees_with_float32(tmp_path, trained_l
   assert path.stat().st_size < 0.3 * export.to_tflite(model, x, tmp_path / "f32.tflite").stat().st_size
 
 
+def test_static_int8_of_a_model_taking_token_ids(tmp_path):
+  class Tokens(nnx.Module):
+    def __init__(self, rngs):
+      self.embed, self.fc = nnx.Embed(50, 16, rngs=rngs), nnx.Linear(16, 4, rngs=rngs)
+
+    def __call__(self, ids):
+      return self.fc(self.embed(ids).mean(1))
+
+  model = Tokens(nnx.Rngs(0))
+  ids = np.random.default_rng(0).integers(0, 50, size=(64, 8)).astype(np.int32)
+  path = export.to_tflite(model, ids[:1], tmp_path / "tokens.tflite", quantize="int8", calibration_data=[ids])
+  reference = np.asarray(model(jnp.asarray(ids))).argmax(-1)
+  got = np.concatenate([export.run_tflite(path, ids[i : i + 1]) for i in range(len(ids))]).argmax(-1)
+  assert np.mean(got == reference) >= 0.95
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"quantize": "int8"}, "quantize='int8' needs calibration_data"),
     ({"quantize": "dynamic_int8", "calibration_data": [np.zeros((4, 28, 28, 1))]}, "only it takes them"),
