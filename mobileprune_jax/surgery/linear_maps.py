@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from mobileprune_jax.surgery.graph import NO_NODE
@@ -62,8 +63,6 @@ def constant_product(t: Tracer, eqn, ins: list) -> Act:
 
 def gather(t: Tracer, eqn, x: Act, indices: Const) -> Act:
   """``gather`` of an activation at constant indices: every output element is one input element (or fill)."""
-  import jax.numpy as jnp
-
   for axis in eqn.params["dimension_numbers"].start_index_map:  # indexed axes must not be channel axes
     ids = np.moveaxis(x.ids, axis, 0).reshape(x.ids.shape[axis], -1)
     wild = np.moveaxis(x.wild, axis, 0).reshape(x.ids.shape[axis], -1)
