@@ -179,3 +179,15 @@ def test_file_too_large_names_the_file(tmp_path):
   assert "Traceback" not in err
   assert not [p for p in (workdir / "checkpoints").iterdir()]  # the partial temporary file was removed
   shutil.rmtree(workdir)
+
+
+def test_the_message_names_a_checkpoint_committed_just_before_the_signal(tmp_path):
+  # A signal can land after a file's rename and before the run's bookkeeping: the disk is the truth.
+  from mobileprune_jax.train import loop
+  run = loop.Run(_cfg(), tmp_path / "run", log=lambda *_: None)
+  assert run.stopped_at() == "at pretrain epoch 1 step 0 (no checkpoint yet); resume with --resume"
+  run.ckpt.directory.mkdir(parents=True)
+  (run.ckpt.directory / "ckpt-00000003.safetensors").write_bytes(b"")
+  assert "(newest checkpoint: ckpt-00000003.safetensors);" in run.stopped_at()
+  run.last_saved = "ckpt-00000003.safetensors at pretrain epoch 2 step 0"
+  assert "(newest checkpoint: ckpt-00000003.safetensors at pretrain epoch 2 step 0);" in run.stopped_at()

@@ -196,8 +196,20 @@ class Run:
   def stopped_at(self) -> str:
     """Where the run stopped and how to go on, e.g. ``at prune/1 epoch 3 step 40 (newest checkpoint: …); resume
     with --resume``."""
-    saved = f"newest checkpoint: {self.last_saved}" if self.last_saved != "none" else "no checkpoint yet"
-    return f"at {self.where()} ({saved}); resume with --resume"
+    return f"at {self.where()} ({self._newest_checkpoint()}); resume with --resume"
+
+  def _newest_checkpoint(self) -> str:
+    """What the disk holds, not only what ``save`` recorded: a signal may land between a file's commit and the
+    bookkeeping."""
+    try:
+      on_disk = self.ckpt.paths()
+    except OSError:
+      on_disk = []
+    if not on_disk:
+      return "no checkpoint yet"
+    newest = on_disk[-1].name
+    known = self.last_saved if self.last_saved.startswith(newest + " ") else newest
+    return f"newest checkpoint: {known}"
 
   def execute(self, resume: bool) -> dict[str, Any]:
     try:
