@@ -7,6 +7,8 @@ Every leaf of a parameter pytree gets a *role*, inferred from its path and shape
   (k, in, out) for 1-D convolutions).
 * ``"bias"``: a ``bias`` next to a ``kernel`` (the bias of a dense or conv layer; attention's
   (heads, head_dim) biases too): each entry is its own group.
+* ``"conv_out_in"``: a (*spatial, out, in) kernel, PyTorch's layout: ``nnx.ConvTranspose(transpose_kernel=True)``.
+  Its shape cannot tell it from a conv either: ``rules_for_model(model)`` finds these.
 * ``"depthwise"``: a depthwise conv kernel (*spatial, 1, C) (``feature_group_count`` = C): the
   group of channel c is its own filter, the taps are its shape groups. Its shape alone cannot tell
   it from a conv with one input channel: ``rules_for_model(model)`` finds these kernels (a tree with
@@ -56,7 +58,7 @@ import jax.numpy as jnp
 Array = jax.Array
 Rules = Sequence[tuple[str, str]]
 
-ROLES = ("dense", "conv", "bias", "none", "depthwise", "heads_in", "heads_out")
+ROLES = ("dense", "conv", "conv_out_in", "bias", "none", "depthwise", "heads_in", "heads_out")
 _ATTENTION_INPUTS = {"query", "key", "value"}
 _NORM_STATS = ("mean", "var")
 
@@ -142,7 +144,7 @@ def _infer_role(path: str, shape: tuple[int, ...], siblings: set[str], uncles: s
 
 
 def _check_shape(path: str, role: str, shape: tuple[int, ...]) -> None:
-  ok = {"dense": len(shape) == 2, "conv": len(shape) >= 3, "bias": len(shape) >= 1, "none": True,
+  ok = {"dense": len(shape) == 2, "conv": len(shape) >= 3, "conv_out_in": len(shape) >= 3, "bias": len(shape) >= 1, "none": True,
         "depthwise": len(shape) >= 3 and shape[-2] == 1, "heads_in": len(shape) == 3, "heads_out": len(shape) == 3}[role]
   if not ok:
     raise ValueError(f"parameter {path!r} of shape {shape} cannot have role {role!r}")
@@ -262,11 +264,12 @@ def from_head_groups(groups: Array, shape: tuple[int, ...], role: str) -> Array:
 
 
 def rules_for_model(model: Any) -> list[tuple[str, str]]:
-  """Rules for the kernels whose role their shape cannot tell: depthwise convs of an NNX model.
+  """Rules for the kernels whose role their shape cannot tell: depthwise convs and PyTorch-layout transposed convs.
 
   ``nnx.Conv`` with ``feature_group_count`` = in = out features > 1 gets ``"depthwise"``; other
   grouped convs get ``"none"`` (not penalised: the input-channel tree would mix their groups;
   surgery still cuts a whole group once its outputs are unread or its inputs dead).
+  ``nnx.ConvTranspose(transpose_kernel=True)`` (kernel (*spatial, out, in)) gets ``"conv_out_in"``.
   """
   from flax import nnx
 
@@ -275,6 +278,8 @@ def rules_for_model(model: Any) -> list[tuple[str, str]]:
     if isinstance(node, nnx.Conv) and node.feature_group_count > 1:
       depthwise = node.feature_group_count == node.in_features == node.out_features
       rules.append((f"^{re.escape(path_to_str(path))}/kernel$", "depthwise" if depthwise else "none"))
+    elif isinstance(node, nnx.ConvTranspose) and node.transpose_kernel:
+      rules.append((f"^{re.escape(path_to_str(path))}/kernel$", "conv_out_in"))
   return rules
 
 

@@ -57,6 +57,17 @@ FILTERS = Layout(groups.to_output_groups, groups.from_output_groups, 1)
 BIAS = Layout(groups.to_element_groups, groups.from_element_groups, 1)
 CHANNEL_TREES = Layout(groups.to_channel_trees, groups.from_channel_trees, 2, stack=True)
 DEPTHWISE_TREES = Layout(groups.to_depthwise_trees, groups.from_depthwise_trees, 2, stack=True)
+
+
+def out_in(layout: Layout) -> Layout:
+  """``layout`` for a (*spatial, out, in) kernel (``ConvTranspose(transpose_kernel=True)``): axes -1, -2 swapped."""
+  swap = lambda v: jnp.swapaxes(v, -1, -2)
+  return Layout(lambda v: layout.split(swap(v)), lambda g, shape: swap(layout.join(g, (*shape[:-2], shape[-1], shape[-2]))),
+                layout.group_ndim, layout.stack)
+
+
+CHANNEL_TREES_OUT_IN = out_in(CHANNEL_TREES)
+FILTERS_OUT_IN = out_in(FILTERS)
 HEADS_IN = Layout(lambda v: groups.to_head_groups(v, "heads_in"),
                   lambda g, shape: groups.from_head_groups(g, shape, "heads_in"), 1)
 HEADS_OUT = Layout(lambda v: groups.to_head_groups(v, "heads_out"),

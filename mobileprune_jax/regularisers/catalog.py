@@ -20,9 +20,11 @@ from mobileprune_jax.regularisers import coupled
 from mobileprune_jax.regularisers.base import (
   BIAS,
   CHANNEL_TREES,
+  CHANNEL_TREES_OUT_IN,
   DEPTHWISE_TREES,
   ELEMENTS,
   FILTERS,
+  FILTERS_OUT_IN,
   HEADS_IN,
   HEADS_OUT,
   ROWS,
@@ -33,7 +35,9 @@ from mobileprune_jax.regularisers.base import (
 )
 
 CONV_GROUPINGS = ("input_channel_tree", "output_filter")
-KERNEL_ROLES = ("dense", "conv", "depthwise", "heads_in", "heads_out")
+KERNEL_ROLES = ("dense", "conv", "conv_out_in", "depthwise", "heads_in", "heads_out")
+# the layout of each kernel role's output groups (DEGL's groups): one per output unit / filter
+OUTPUT_GROUPS = {role: FILTERS_OUT_IN if role == "conv_out_in" else FILTERS for role in KERNEL_ROLES}
 PENALISED_ROLES = KERNEL_ROLES + ("bias",)
 
 __all__ = ["CONV_GROUPINGS", "SPARSE_GROUP", "l0", "l1", "l2", "group_lasso", "l1_sparse_group_lasso",
@@ -94,6 +98,7 @@ def sparse_group(name: str, sparse: Coefficient = 0.0, neuron: Coefficient = 0.0
   table = {
       "dense": flat_rule(ROWS, "neuron"),
       "conv": tree_rule(CHANNEL_TREES) if trees else flat_rule(FILTERS, "channel"),
+      "conv_out_in": tree_rule(CHANNEL_TREES_OUT_IN) if trees else flat_rule(FILTERS_OUT_IN, "channel"),
       "depthwise": tree_rule(DEPTHWISE_TREES) if trees else flat_rule(FILTERS, "channel"),
       "heads_in": flat_rule(HEADS_IN, "channel"),
       "heads_out": flat_rule(HEADS_OUT, "channel"),
@@ -134,6 +139,6 @@ def elastic_group_lasso(gamma: Coefficient, lam: Coefficient, rules: groups.Rule
     t = s * c["gamma"] * jnp.sqrt(jnp.asarray(g.shape[-1], g.dtype))
     return prox.group_soft_threshold(g / shrink, t / shrink[..., 0])
 
-  rule = LeafRule(FILTERS, egl)
-  return Regulariser("elastic_group_lasso", {"gamma": gamma, "lam": lam}, {r: rule for r in KERNEL_ROLES}, rules,
+  table = {role: LeafRule(layout, egl) for role, layout in OUTPUT_GROUPS.items()}
+  return Regulariser("elastic_group_lasso", {"gamma": gamma, "lam": lam}, table, rules,
                      unit_prox=coupled.egl_units, unit_side="writer")

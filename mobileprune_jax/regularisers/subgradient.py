@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import optax
 
 from mobileprune_jax import groups
-from mobileprune_jax.regularisers.base import FILTERS, Coefficient, check_coefficient, evaluate
-from mobileprune_jax.regularisers.catalog import KERNEL_ROLES
+from mobileprune_jax.regularisers.base import Coefficient, Layout, check_coefficient, evaluate
+from mobileprune_jax.regularisers.catalog import KERNEL_ROLES, OUTPUT_GROUPS
 
 
 def elastic_group_lasso_subgradient(gamma: Coefficient, lam: Coefficient,
@@ -47,16 +47,16 @@ def elastic_group_lasso_subgradient(gamma: Coefficient, lam: Coefficient,
     l = evaluate(lam, state.count) * penalty_multiplier
     flat_u, treedef = jax.tree.flatten(updates)
     roles = groups.leaf_roles(params, rules)
-    new = [u if role not in KERNEL_ROLES else (u + _subgradient(p, g, l)).astype(u.dtype)
+    new = [u if role not in KERNEL_ROLES else (u + _subgradient(p, g, l, OUTPUT_GROUPS[role])).astype(u.dtype)
            for role, u, p in zip(roles, flat_u, jax.tree.leaves(params))]
     return jax.tree.unflatten(treedef, new), optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _subgradient(kernel: jax.Array, gamma: jax.Array, lam: jax.Array) -> jax.Array:
-  w = FILTERS.split(kernel)
+def _subgradient(kernel: jax.Array, gamma: jax.Array, lam: jax.Array, layout: Layout) -> jax.Array:
+  w = layout.split(kernel)
   norm = jnp.linalg.norm(w, axis=-1, keepdims=True)
   unit = jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), 0.0)
   sub = gamma * jnp.sqrt(jnp.asarray(w.shape[-1], w.dtype)) * unit + 2 * lam * w
-  return FILTERS.join(sub, kernel.shape)
+  return layout.join(sub, kernel.shape)

@@ -96,7 +96,7 @@ def trace(model: nnx.Module, sample_input: Any) -> Graph:
     return f(leaves, *args, **kwargs)
 
   closed = jax.make_jaxpr(call)(leaves, inputs)
-  tracer = Tracer(paths)
+  tracer = Tracer(paths, {p: tuple(np.shape(leaf)) for p, leaf in zip(paths, leaves)})
   args = []
   for path, leaf in zip(paths, leaves):
     value = host(leaf)

@@ -31,11 +31,14 @@ def conv(t: Tracer, eqn, x: Act, k: Const) -> Act:
   dn = eqn.params["dimension_numbers"]
   lhs_spec, rhs_spec, out_spec = dn.lhs_spec, dn.rhs_spec, dn.out_spec
   out_shape = tuple(eqn.outvars[0].aval.shape)
-  kernel = k.value
-  path = t.kernel_param(k)
+  kernel, path = k.value, t.kernel_param(k)
+  in_ax, out_ax = rhs_spec[1], rhs_spec[0]
+  seen = t.kernel_view(k) if path is None else None
+  if seen is not None and not {in_ax, out_ax} & seen.reversed:  # e.g. ConvTranspose(transpose_kernel=True)
+    path, kernel, in_ax, out_ax = seen.path, seen.value, seen.axis_of[in_ax], seen.axis_of[out_ax]
   groups, batch_groups = eqn.params["feature_group_count"], eqn.params["batch_group_count"]
   in_nodes, in_zero = t.input_features(x, [lhs_spec[1]])
-  n_in_channels, n_out = len(in_nodes), kernel.shape[rhs_spec[0]]
+  n_in_channels, n_out = len(in_nodes), kernel.shape[out_ax]
   spatial = math.prod(out_shape[d] for d in out_spec[2:])
   grouped = groups > 1 and batch_groups == 1 and path is not None
   if grouped:
@@ -47,7 +50,7 @@ def conv(t: Tracer, eqn, x: Act, k: Const) -> Act:
     for g in range(groups):
       t.union_all(np.concatenate([in_nodes[g * per_in:(g + 1) * per_in], out_nodes[g * per_out:(g + 1) * per_out]]))
     kind = "depthwise" if per_in == per_out == 1 else "grouped"
-    layer = Layer(kind, path, (rhs_spec[1],), (rhs_spec[0],), in_nodes, out_nodes, spatial, tuple(kernel.shape),
+    layer = Layer(kind, path, (in_ax,), (out_ax,), in_nodes, out_nodes, spatial, tuple(kernel.shape),
                   groups=groups)
     t.add_layer(layer, in_zero, kernel)
     out_zero = ~np.any(np.any(layer.io(kernel) != 0, axis=2) & ~in_zero[:, None], axis=0)
@@ -56,8 +59,8 @@ def conv(t: Tracer, eqn, x: Act, k: Const) -> Act:
   unsliceable = path is None or groups != 1 or batch_groups != 1
   why = (f"conv with feature_group_count={groups}, batch_group_count={batch_groups} and a kernel that is not a plain "
          "parameter: its channels are kept")
-  layer = Layer("conv", path or "<computed kernel>", (rhs_spec[1],), (rhs_spec[0],),
-                in_nodes if not unsliceable else np.full(kernel.shape[rhs_spec[1]], NO_NODE, np.int64), out_nodes,
+  layer = Layer("conv", path or "<computed kernel>", (in_ax,), (out_ax,),
+                in_nodes if not unsliceable else np.full(kernel.shape[in_ax], NO_NODE, np.int64), out_nodes,
                 spatial, tuple(kernel.shape), not unsliceable)
   if unsliceable:
     t.pin(in_nodes, why)
@@ -76,12 +79,15 @@ def dot(t: Tracer, eqn, ins: list) -> Act:
   x, k = ins[act_index], ins[1 - act_index]
   x_contract, k_contract = (lc, rc) if act_index == 0 else (rc, lc)
   out_shape = tuple(eqn.outvars[0].aval.shape)
-  kernel = k.value
-  path = t.kernel_param(k)
+  kernel, path = k.value, t.kernel_param(k)
   if lb or rb or not x_contract:
     return t.opaque(eqn, ins)[0]
   in_axes = tuple(k_contract)
   out_axes = tuple(d for d in range(kernel.ndim) if d not in in_axes)
+  seen = t.kernel_view(k) if path is None else None
+  if seen is not None and not seen.reversed and len(in_axes) == len(out_axes) == 1:  # e.g. x @ w.T
+    path, kernel = seen.path, seen.value
+    in_axes, out_axes = (seen.axis_of[in_axes[0]],), (seen.axis_of[out_axes[0]],)
   in_nodes, in_zero = t.input_features(x, x_contract)
   n_out = math.prod(kernel.shape[d] for d in out_axes)
   out_nodes = t.new_nodes(n_out)

@@ -246,6 +246,10 @@ def _sync_attributes(model: nnx.Module) -> None:
       node.in_features = shape[-2] * node.feature_group_count
       node.out_features = shape[-1]
       node.kernel_shape = tuple(shape)
+    elif isinstance(node, nnx.ConvTranspose):  # kernel (*spatial, in, out), or (*spatial, out, in) if transposed
+      shape = node.kernel.shape[-len(node.kernel_shape):]
+      node.in_features, node.out_features = shape[-1:-3:-1] if node.transpose_kernel else shape[-2:]
+      node.kernel_shape = tuple(shape)
     elif isinstance(node, nnx.Linear):
       node.in_features, node.out_features = node.kernel.shape[-2:]
     elif isinstance(node, nnx.LinearGeneral):

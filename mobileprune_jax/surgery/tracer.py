@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mobileprune_jax.surgery import kernels
 from mobileprune_jax.surgery.graph import NO_NODE, Layer, UnionFind
 
 # element-wise primitives, and whether f(0) == 0 for the unary ones
@@ -131,8 +132,8 @@ def uniform_nodes(ids: np.ndarray, wild: np.ndarray) -> tuple[np.ndarray, np.nda
 class Tracer:
   """Interprets a jaxpr over ``Const``/``Act`` values, building layers, nodes and groups."""
 
-  def __init__(self, param_paths: Sequence[str]):
-    self.param_paths = list(param_paths)
+  def __init__(self, param_paths: Sequence[str], param_shapes: dict[str, tuple[int, ...]] | None = None):
+    self.param_paths, self.param_shapes = list(param_paths), dict(param_shapes or {})
     self.sets = UnionFind()
     self.parent = self.sets.parent
     self.pinned: set[int] = set()
@@ -374,6 +375,10 @@ class Tracer:
     if idx.shape != k.value.shape or not np.array_equal(idx.ravel(), np.arange(idx.size)):
       return None
     return path
+
+  def kernel_view(self, k: Const) -> kernels.KernelView | None:
+    """The kernel as one parameter seen through an axis permutation / reversals, or None."""
+    return kernels.view(k.value, k.origin, self.param_shapes)
 
   def input_features(self, x: Act, axes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Node and zero flag of every feature over ``axes`` (flattened, row-major). A feature whose
