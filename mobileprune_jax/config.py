@@ -60,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_keep = 3  # newest checkpoints kept (older ones are the fallback if the newest is damaged)
   c.progress = True
 
-  # schedule: constant | cosine (to 0 over the phase) | step (×0.1 after 1/3 and 2/3 of the phase)
+  # schedule: constant | cosine (to 0 over the phase) | step (×0.1 after 1/3 and 2/3 of the phase); momentum: SGD's
+  # momentum or Adam's b1 (0: none for both)
   c.pretrain = ml_collections.ConfigDict(dict(epochs=5, optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0,
                                               schedule="constant"))
   # MobilePrune schedule (spec §B): T iterations of P pruning epochs (or steps) then R retraining epochs
@@ -90,7 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   # surgery keeps every cut layer's width a multiple of round_to (or unchanged); the budget measures the rounded model
   c.round_to = 1
   # prune to a budget (train/budget.py): fractions of the dense model, unset = no budget; a controller adapts one
-  # multiplier on the penalty every `interval` steps of the penalised phases (0: four times per epoch), the wanted
+  # multiplier on the penalty every `interval` steps of the penalised phases (0: eight times per epoch), the wanted
   # size ramping down to the target over the first `ramp` of the first penalised phase
   c.budget = ml_collections.ConfigDict(dict(tolerance=0.1, interval=0, gain=0.15, proportional=3.0, ramp=0.6))
   for kind in ("nonzero", "params", "macs"):

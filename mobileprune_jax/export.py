@@ -98,6 +98,17 @@ def to_tflite(model: nnx.Module, sample_input: Any, path: str | pathlib.Path, qu
   Raises:
     ValueError: an unknown ``quantize``, "int8" without calibration data (or calibration data
       without "int8"), or calibration batches of the wrong shape or holding NaN / inf.
+
+  Examples:
+    >>> import tempfile
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from flax import nnx
+    >>> from mobileprune_jax import export
+    >>> model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+    >>> x = jnp.ones((1, 4))
+    >>> path = export.to_tflite(model, x, tempfile.mkdtemp() + "/linear.tflite")  # checks LiteRT parity
+    >>> np.allclose(export.run_tflite(path, np.asarray(x)), model(x), atol=1e-5)
+    True
   """
   require_nnx(model, "export.to_tflite", EXPORT_ROUTE)
   if quantize not in QUANTIZE:

@@ -118,6 +118,17 @@ def with_prox(base: optax.GradientTransformation, regulariser: Regulariser, *,
   Returns:
     A transform whose update also takes ``penalty_multiplier`` (m, default 1), passed on with any
     other extra arguments to the base.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from mobileprune_jax import regularisers, transforms
+    >>> base = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    >>> tx = transforms.with_prox(base, regularisers.l0(l0=0.5))  # hard threshold at √(2·0.1·0.5) ≈ 0.32
+    >>> params = {"fc": {"kernel": jnp.array([[1.0, 0.05], [-0.2, 2.0]])}}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+    >>> optax.apply_updates(params, updates)["fc"]["kernel"].tolist()
+    [[1.0, 0.0], [0.0, 2.0]]
   """
   if metric not in METRICS:
     raise ValueError(f"with_prox: metric must be one of {METRICS}, got {metric!r}")

@@ -42,14 +42,13 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import optax
 
 from mobileprune_jax import groups, regularisers
 from mobileprune_jax.proximal import WithProxState, with_prox
-from mobileprune_jax.regularisers.base import Coefficient, Regulariser, check_coefficient, evaluate, proximal_updates
+from mobileprune_jax.regularisers.base import Coefficient, ProxState, prox_transform
 
 Array = jax.Array
 ScalarOrSchedule = Coefficient
@@ -73,43 +72,10 @@ __all__ = [
 CONV_GROUPINGS = regularisers.CONV_GROUPINGS
 
 
-class ProxState(NamedTuple):
-  """State of a proximal transform: the step count, for learning-rate and coefficient schedules."""
-
-  count: chex.Array
-
-
 class KeepSupportState(NamedTuple):
   """State of ``keep_support``: the frozen support (True = weight may be non-zero)."""
 
   mask: Any
-
-
-def prox_transform(regulariser: Regulariser, learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
-  """``u ↦ prox_{s·m·R}(p + u) − p`` with s = ``learning_rate`` (float, array or schedule of the count).
-
-  Args:
-    regulariser: the penalty R.
-    learning_rate: the step size s; the same as the base optimizer's (see the module's notes on the
-      plain chain; ``with_prox`` reads it from the base instead).
-
-  The update takes the extra argument ``penalty_multiplier`` (m, default 1).
-  """
-  check_coefficient(regulariser.name, "learning_rate", learning_rate)
-
-  def init_fn(params):
-    regulariser.roles(params)  # fail at construction time, naming the path
-    return ProxState(count=jnp.zeros([], jnp.int32))
-
-  def update_fn(updates, state, params=None, *, penalty_multiplier: chex.Numeric = 1.0, **extra_args):
-    del extra_args
-    if params is None:
-      raise ValueError(f"{regulariser.name}: update needs params (the proximal step is taken at p + u)")
-    step = evaluate(learning_rate, state.count)
-    new_u = proximal_updates(regulariser, updates, params, step, state.count, penalty_multiplier)
-    return new_u, ProxState(count=optax.safe_increment(state.count))
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def l0(learning_rate: ScalarOrSchedule, l0: Coefficient, rules: groups.Rules | None = None):
@@ -184,6 +150,16 @@ def l0_sparse_group_lasso(learning_rate: ScalarOrSchedule, l0: Coefficient, neur
     rules: optional ``(regex, role)`` overrides (see ``groups``).
     conv_grouping: ``"input_channel_tree"`` (paper: θ) or ``"output_filter"`` (older
       code: π per output filter with coefficient ``channel``).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, optax
+    >>> from mobileprune_jax import transforms
+    >>> tx = optax.chain(optax.sgd(0.1), transforms.l0_sparse_group_lasso(0.1, l0=0.5, neuron=1.0))  # same lr
+    >>> params = {"fc": {"kernel": jnp.array([[3.0, 4.0], [0.3, 0.4]])}}
+    >>> updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    >>> print(np.asarray(optax.apply_updates(params, updates)["fc"]["kernel"]).round(3))
+    [[2.94 3.92]
+     [0.   0.  ]]
   """
   return prox_transform(regularisers.l0_sparse_group_lasso(l0, neuron, channel, shape, rules, conv_grouping),
                         learning_rate)

@@ -49,10 +49,17 @@ def table(workdir: pathlib.Path, command: str, commit: str | None = None, caveat
   pct = lambda a, b: f"{100 * a / b:.2f} %"
   rows = [
       ("test accuracy (dense → pruned)", f"{100 * s['base_accuracy']:.2f} % → {100 * s['pruned_accuracy']:.2f} %"),
+      *([("validation accuracy (dense → pruned)", f"{100 * s['base_val_accuracy']:.2f} % → "
+                                                   f"{100 * s['val_accuracy']:.2f} %")]
+        if s.get("val_size") else []),
       ("parameters of the rebuilt model", f"{s['params_total']:,} → {s['params_remaining']:,} "
                                           f"({pct(s['params_remaining'], s['params_total'])})"),
       ("non-zero parameters", f"{s['nonzero_params']:,} ({pct(s['nonzero_params'], s['params_total'])})"),
       ("MACs (compacted)", f"{s['macs_dense']:,} → {s['macs_pruned']:,} ({pct(s['macs_pruned'], s['macs_dense'])})"),
+      *([("architecture (dense → pruned)", f"{s['architecture_dense']} → {s['architecture']}")]
+        if "architecture" in s else []),
+      *[(f"budget: {kind} (target → reached)", f"{100 * target:.2f} % → {100 * s['budget']['reached'][kind]:.2f} %")
+        for kind, target in (s.get("budget") or {}).get("target", {}).items()],
       ("shrink parity (max abs diff)", f"{s['shrink_max_abs_diff']:.1e}"),
   ]
   if "tflite_bytes_dense" in s:

@@ -152,6 +152,21 @@ class Regulariser:
     surgery removes together; every kernel entry joins the unit of the channel it reads (the writer side for
     DEGL/EGL), so a zero unit is a channel the rebuilt model drops (``regularisers.coupled``, spec §K).
     Element-wise penalties (ℓ0, ℓ1, ℓ2) come back unchanged except for the model's depthwise rules.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> class MLP(nnx.Module):
+      ...   def __init__(self, rngs=nnx.Rngs(0)):
+      ...     self.fc1, self.fc2 = nnx.Linear(4, 8, rngs=rngs), nnx.Linear(8, 3, rngs=rngs)
+      ...   def __call__(self, x):
+      ...     return self.fc2(nnx.relu(self.fc1(x)))
+      >>> from mobileprune_jax import regularisers
+      >>> model = MLP()
+      >>> reg = regularisers.group_lasso(neuron=100.0).for_model(model, jnp.ones((2, 4)))
+      >>> new = reg.prox(nnx.state(model, nnx.Param), 1.0)  # a hidden unit's group: its row of fc2
+      >>> float(abs(new["fc2"]["kernel"][...]).max())
+      0.0
     """
     from mobileprune_jax.regularisers.coupled import couple  # coupled builds on this class
 
@@ -170,7 +185,17 @@ class Regulariser:
     return {k: evaluate(v, count) * multiplier for k, v in self.coefficients.items()}
 
   def prox(self, params: Any, step_size: Any, *, count: ArrayLike = 0, multiplier: ArrayLike = 1.0) -> Any:
-    """prox_{s·m·R}(params): ``step_size`` is a scalar or a pytree like ``params`` (diagonal metric)."""
+    """prox_{s·m·R}(params): ``step_size`` is a scalar or a pytree like ``params`` (diagonal metric).
+
+    Examples:
+      >>> import jax.numpy as jnp, numpy as np
+      >>> from mobileprune_jax import regularisers
+      >>> params = {"fc": {"kernel": jnp.array([[3.0, 4.0], [0.3, 0.4]])}}  # row j: input neuron j's group
+      >>> new = regularisers.group_lasso(neuron=1.0).prox(params, 1.0)  # ‖row‖ 5 → 4, ‖row‖ 0.5 → 0
+      >>> print(np.asarray(new["fc"]["kernel"]).round(3))
+      [[2.4 3.2]
+       [0.  0. ]]
+    """
     leaves, treedef = jax.tree.flatten(params)
     steps = step_leaves(step_size, params, self.name)
     new = self.prox_leaves(self.roles(params), leaves, steps, count=count, multiplier=multiplier,
@@ -208,8 +233,6 @@ class Regulariser:
 
   def as_transform(self, learning_rate: Coefficient) -> optax.GradientTransformationExtraArgs:
     """``u ↦ prox_{s·R}(p + u) − p`` with s = ``learning_rate`` (see ``transforms``)."""
-    from mobileprune_jax.transforms import prox_transform
-
     return prox_transform(self, learning_rate)
 
 
@@ -262,3 +285,36 @@ def proximal_updates(regulariser: Regulariser, updates: Any, params: Any, step: 
   new_u = [u if role not in regulariser.rules_by_role else (t - p).astype(u.dtype)
            for role, u, p, t in zip(roles, flat_u, flat_p, target)]
   return jax.tree.unflatten(treedef, new_u)
+
+
+class ProxState(NamedTuple):
+  """State of a proximal transform: the step count, for learning-rate and coefficient schedules."""
+
+  count: Array
+
+
+def prox_transform(regulariser: Regulariser, learning_rate: Coefficient) -> optax.GradientTransformationExtraArgs:
+  """``u ↦ prox_{s·m·R}(p + u) − p`` with s = ``learning_rate`` (float, array or schedule of the count).
+
+  Args:
+    regulariser: the penalty R.
+    learning_rate: the step size s; the same as the base optimizer's (see the module's notes on the
+      plain chain; ``with_prox`` reads it from the base instead).
+
+  The update takes the extra argument ``penalty_multiplier`` (m, default 1).
+  """
+  check_coefficient(regulariser.name, "learning_rate", learning_rate)
+
+  def init_fn(params):
+    regulariser.roles(params)  # fail at construction time, naming the path
+    return ProxState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None, *, penalty_multiplier: ArrayLike = 1.0, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError(f"{regulariser.name}: update needs params (the proximal step is taken at p + u)")
+    step = evaluate(learning_rate, state.count)
+    new_u = proximal_updates(regulariser, updates, params, step, state.count, penalty_multiplier)
+    return new_u, ProxState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

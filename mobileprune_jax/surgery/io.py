@@ -104,6 +104,24 @@ def save(directory: str | pathlib.Path, model: nnx.Module, *, factory: str, kwar
       one given to ``register``).
     kwargs: JSON-serialisable keyword arguments that build the original.
     cuts: the cuts that turn the original into ``model`` (``ShrinkReport.cuts``).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> class MLP(nnx.Module):
+    ...   def __init__(self, rngs=nnx.Rngs(0)):
+    ...     self.fc1, self.fc2 = nnx.Linear(4, 8, rngs=rngs), nnx.Linear(8, 3, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     return self.fc2(nnx.relu(self.fc1(x)))
+    >>> import tempfile
+    >>> from mobileprune_jax import surgery
+    >>> model = MLP()
+    >>> model.fc2.kernel[...] = model.fc2.kernel[...].at[:5].set(0.0)
+    >>> small, report = surgery.shrink_with_report(model, jnp.ones((2, 4)))
+    >>> directory = surgery.save(tempfile.mkdtemp() + "/mlp", small, factory="mlp", kwargs={}, cuts=report.cuts)
+    >>> loaded = surgery.load(directory, factories={"mlp": MLP})  # data, never code: the factory is yours
+    >>> bool(jnp.all(loaded(jnp.ones((1, 4))) == small(jnp.ones((1, 4)))))
+    True
   """
   directory = pathlib.Path(directory).absolute()
   name, kwargs = _spec_name(factory, kwargs)

@@ -370,6 +370,21 @@ def shrink(model: nnx.Module, sample_input: Any, round_to: int = 1) -> nnx.Modul
 
   Returns:
     The shrunk model (a new module; ``model`` is not modified).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> class MLP(nnx.Module):
+    ...   def __init__(self, rngs=nnx.Rngs(0)):
+    ...     self.fc1, self.fc2 = nnx.Linear(4, 8, rngs=rngs), nnx.Linear(8, 3, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     return self.fc2(nnx.relu(self.fc1(x)))
+    >>> from mobileprune_jax import surgery
+    >>> model = MLP()
+    >>> model.fc2.kernel[...] = model.fc2.kernel[...].at[:5].set(0.0)  # hidden units 0–4 are never read
+    >>> small = surgery.shrink(model, jnp.ones((2, 4)))
+    >>> small.fc1.kernel.shape, small.fc2.kernel.shape
+    ((4, 3), (3, 3))
   """
   return shrink_with_report(model, sample_input, round_to=round_to)[0]
 

@@ -192,7 +192,26 @@ class Controller:
   @classmethod
   def for_model(cls, model: nnx.Module, sample, *, nonzero: float | None = None, params: float | None = None,
                 macs: float | None = None, **settings) -> Controller:
-    """A controller for fractions of ``model``'s current (dense) size."""
+    """A controller for fractions of ``model``'s current (dense) size.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from mobileprune_jax import regularisers
+      >>> from mobileprune_jax.train import budget
+      >>> class MLP(nnx.Module):
+      ...   def __init__(self, rngs=nnx.Rngs(0)):
+      ...     self.fc1, self.fc2 = nnx.Linear(4, 8, rngs=rngs), nnx.Linear(8, 3, rngs=rngs)
+      ...   def __call__(self, x):
+      ...     return self.fc2(nnx.relu(self.fc1(x)))
+      >>> model, x = MLP(), jnp.ones((8, 4))
+      >>> reg = regularisers.group_lasso(neuron=1.0).for_model(model, x)
+      >>> controller = budget.Controller.for_model(model, x, params=0.7)  # ≤ 70 % of the parameters
+      >>> m = controller.land(model, reg, step_size=0.1, multiplier=1e-3)  # one prox step, multiplier bisected
+      >>> report = controller.report(model, m)
+      >>> report["within_tolerance"], round(report["reached"]["params"], 3)
+      (True, 0.642)
+    """
     wanted = {k: v for k, v in (("nonzero", nonzero), ("params", params), ("macs", macs)) if v is not None}
     if not wanted or not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in wanted.values()):
       raise ValueError(f"budget targets must be fractions in (0, 1], at least one; got {wanted or 'none'}")

@@ -125,7 +125,7 @@ def learning_rate(lr: float, schedule: str, total_steps: int) -> optax.ScalarOrS
 def _optimizer(section: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
   lr = learning_rate(section.lr, section.schedule, total_steps)
   if section.optimizer == "adam":
-    base = optax.adam(lr, b1=section.momentum) if section.momentum else optax.adam(lr)
+    base = optax.adam(lr, b1=section.momentum)  # momentum is Adam's b1: 0 means no first moment, as for SGD
   else:
     base = optax.sgd(lr, momentum=section.momentum or None)
   return optax.chain(optax.add_decayed_weights(section.weight_decay), base) if section.weight_decay else base
