@@ -75,6 +75,7 @@ TARGETS = [("lenet300", "nonzero", 0.01), ("lenet300", "nonzero", 0.05), ("lenet
 
 
 @pytest.mark.parametrize("model,kind,target", TARGETS)
+@pytest.mark.slow
 def test_mobileprune_lands_on_the_budget(tmp_path, model, kind, target):
   summary = pipeline.run(_cfg(model, **{f"budget.{kind}": target}), tmp_path, log=lambda *_: None)
   reached = _reached(summary, kind)
@@ -86,6 +87,7 @@ def test_mobileprune_lands_on_the_budget(tmp_path, model, kind, target):
   assert on_disk["budget"] == summary["budget"]
 
 
+@pytest.mark.slow
 def test_coupled_mobileprune_lands_on_params(tmp_path):
   """Coupled units (the default of new configs) under the params budget of the README job."""
   summary = pipeline.run(_cfg("lenet5", **{"budget.params": 0.05, "coef.coupled": True}), tmp_path,
@@ -101,6 +103,7 @@ def test_coupled_mobileprune_lands_on_params(tmp_path):
     ("degl", {"degl.select_epochs": 3, "degl.retrain_epochs": 0, "degl.gamma": 0.05}),
     ("egl", {"degl.select_epochs": 3, "degl.retrain_epochs": 1, "degl.gamma": 0.05}),  # penalised retraining
 ])
+@pytest.mark.slow
 def test_every_penalised_method_lands_on_a_budget(tmp_path, method, extra):
   cfg = _cfg("lenet300", method=method, **{"budget.nonzero": 0.05}, **extra)
   summary = pipeline.run(cfg, tmp_path, log=lambda *_: None)
@@ -139,6 +142,7 @@ def test_a_budget_needs_a_sparsifying_method():
   assert math.isclose(_cfg("lenet300", **{"budget.nonzero": 0.1}).budget.nonzero, 0.1)
 
 
+@pytest.mark.slow
 def test_the_controller_in_a_hand_written_training_loop():
   """The API outside the pipeline: with_prox + penalty_multiplier in one's own loop, then land and report."""
   import jax.numpy as jnp

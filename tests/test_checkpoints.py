@@ -160,6 +160,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_an_older_one(finished, tmp_path, case):
   damage, reason = CASES[case]
   workdir, ckpts = _copy(finished, tmp_path)

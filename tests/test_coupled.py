@@ -136,6 +136,7 @@ def _hand_units(model, spec):
 # ---------------------------------------------------------------- θ on heterogeneous trees ---
 
 
+@pytest.mark.slow
 def test_theta_leafwise_matches_brute_force_on_heterogeneous_trees():
   """Leaves of different sizes (zero padded) and different leaf coefficients: exact against enumeration."""
   rng = np.random.default_rng(0)
@@ -275,6 +276,7 @@ def test_attention_head_unit_is_its_out_projection_rows():
     ("har_cnn", {"in_channels": 3, "num_classes": 6, "window": 40, "kernel": 5}, (2, 40, 3)),
     ("vgg_like", {"width": 0.125}, (2, 32, 32, 3))])
 @pytest.mark.parametrize("side", ["reader", "writer"])
+@pytest.mark.slow
 def test_units_partition_every_traced_kernel_of_the_zoo(name, kwargs, shape, side):
   m = models.create(name, **kwargs)
   x = jnp.ones(shape)
@@ -299,6 +301,7 @@ def test_units_partition_every_traced_kernel_of_the_zoo(name, kwargs, shape, sid
 # --------------------------------------------------------------------- exactness through paths ---
 
 
+@pytest.mark.slow
 def test_l0_sgl_on_a_unit_equals_theta_on_the_hand_assembled_tree():
   m = TwoStageResNet(nnx.Rngs(3))
   x = jnp.ones((2, 8, 8, 3))
@@ -321,6 +324,7 @@ def test_l0_sgl_on_a_unit_equals_theta_on_the_hand_assembled_tree():
     np.testing.assert_allclose(v, ref[:len(v)], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_adam_metric_takes_one_step_per_unit():
   """Per-coordinate steps: the unit's step is 1/mean(1/s) over its entries (the metric made constant on the unit)."""
   m = MobileBlockNet(nnx.Rngs(4))
@@ -366,6 +370,7 @@ def _zero_kernel_entries(model):
   return sum(int(np.sum(np.asarray(v) == 0)) for p, v in zip(*_paths_leaves(model)) if p.endswith("kernel"))
 
 
+@pytest.mark.slow
 def test_training_with_coupled_groups_removes_stream_channels_and_leaves_no_zero():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(32, 8, 8, 3)), jnp.float32)
@@ -380,6 +385,7 @@ def test_training_with_coupled_groups_removes_stream_channels_and_leaves_no_zero
   assert _zero_kernel_entries(m) > 0 and _zero_kernel_entries(small) == 0
 
 
+@pytest.mark.slow
 def test_palm_merges_layers_a_unit_spans_into_one_block_and_runs():
   m = PlainResNet(nnx.Rngs(6))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 3)), jnp.float32)
@@ -463,6 +469,7 @@ def test_degl_threshold_on_coupled_sets_removes_a_depthwise_chain():
   assert report.max_abs_diff < 1e-4
 
 
+@pytest.mark.slow
 def test_single_level_units_take_pi_and_agree_with_theta():
   """LeNet-5's flattened-channel units (16 dense rows, no leaf term) go through π; θ on the same tree reaches the
   same objective (float32 near-ties may pick supports one entry apart)."""

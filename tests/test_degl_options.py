@@ -82,6 +82,7 @@ def test_constant_rate_default_keeps_the_plain_chain():
                  for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.InjectHyperparamsState)))
 
 
+@pytest.mark.slow
 def test_paper_mode_run_selects_thresholds_and_debiases(tmp_path):
   cfg = _degl_cfg(selection="subgradient", plateau_patience=1, select_epochs=2, retrain_epochs=1, gamma=0.03, t_th=0.02,
                   momentum=0.0)  # with momentum β the subgradient acts 1/(1 − β) times stronger than the prox

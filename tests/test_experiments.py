@@ -77,6 +77,7 @@ def test_report_without_runs_says_what_to_do(tmp_path):
     report.report(tmp_path / "none", tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_the_runner_runs_a_dense_and_a_budget_cell(tmp_path):
   from experiments.grid import run
 

@@ -37,6 +37,7 @@ def _randomise_bn(model, seed=0):
 
 
 @pytest.mark.parametrize("name,make,shape", ZOO, ids=[z[0] for z in ZOO])
+@pytest.mark.slow
 def test_every_zoo_model_exports_with_parity(tmp_path, name, make, shape):
   model = make()
   _randomise_bn(model)
@@ -101,6 +102,7 @@ def trained_lenet5():
   return model, ds
 
 
+@pytest.mark.slow
 def test_static_int8_is_full_integer_and_agrees_with_float32(tmp_path, trained_lenet5):
   from ai_edge_litert.interpreter import Interpreter
 
@@ -177,6 +179,7 @@ def test_bad_quantize_and_missing_tensorflow(monkeypatch, tmp_path):
     export.to_tflite(model, np.zeros((1, 28, 28, 1), np.float32), tmp_path / "x.tflite")
 
 
+@pytest.mark.slow
 def test_pipeline_exports_and_cli_benchmarks(tmp_path):
   import json
   import os

@@ -14,6 +14,7 @@ def _roles_by_path(params, rules=None):
   return dict(zip(groups.leaf_paths(params), groups.leaf_roles(params, rules)))
 
 
+@pytest.mark.slow
 def test_roles_on_nnx_state():
   model = SmallCNN(nnx.Rngs(0))
   roles = _roles_by_path(nnx.state(model, nnx.Param))
@@ -87,6 +88,7 @@ def test_attention_kernels_are_head_groups_never_conv():
   np.testing.assert_allclose(np.asarray(groups.to_head_groups(jnp.asarray(o), "heads_out"))[1], o[1].ravel(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_depthwise_kernels_come_from_the_model_and_group_per_channel():
   class Block(nnx.Module):
     def __init__(self, rngs):

@@ -45,6 +45,7 @@ def _wait_for(predicate, proc, timeout=240):
 
 @pytest.mark.parametrize("sig,status,word", [(signal.SIGINT, 130, "interrupted"),
                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+@pytest.mark.slow
 def test_a_signal_mid_run_is_one_line_and_resume_equals_an_uninterrupted_run(tmp_path, reference, sig, status,
                                                                             word):
   workdir = tmp_path / "run"

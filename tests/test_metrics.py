@@ -62,6 +62,7 @@ def test_lenet5_dense_and_mobileprune_numbers():
     ("resnet32_wide", (1, 32, 32, 3), None, 1_100_679_680),
     ("resnet56", (1, 32, 32, 3), None, 125_485_696),
 ])
+@pytest.mark.slow
 def test_zoo_counts_match_the_spec(name, shape, params, macs):
   m = models.create(name)
   if params is not None:
@@ -95,6 +96,7 @@ def test_cmf_matches_hand_computation():
   assert metrics.cmf_bytes(stats) == by_hand
 
 
+@pytest.mark.slow
 def test_one_analysis_answers_kernels_classifier_coupling_and_rules():
   from mobileprune_jax import analysis, models
 

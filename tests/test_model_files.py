@@ -196,6 +196,7 @@ def test_a_damaged_version_1_directory_is_a_model_file_error(tmp_path):
     surgery.load(d)
 
 
+@pytest.mark.slow
 def test_the_benchmark_command_checks_the_summary_it_reads(tmp_path):
   new, report = _shrunk_lenet5()
   surgery.save(tmp_path / "run" / "model", new, factory="lenet5", kwargs={"seed": 3}, cuts=report.cuts)

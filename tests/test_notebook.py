@@ -12,6 +12,7 @@ pytest.importorskip("tensorflow")
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "notebooks" / "quickstart.ipynb"
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   # one host device in the kernel, as a user would have (the test session forces 8)

@@ -38,6 +38,7 @@ def _small(method="mobileprune", model="lenet300", **extra):
   return cfg
 
 
+@pytest.mark.slow
 def test_mobileprune_run_writes_summary_that_matches_the_shrunk_model(tmp_path):
   # sharded over the 8 host devices of the test session
   summary = pipeline.run(_small(data_parallel=True, batch_size=96), tmp_path, log=lambda *_: None)
@@ -67,6 +68,7 @@ def test_mobileprune_run_writes_summary_that_matches_the_shrunk_model(tmp_path):
     ("l1", {"coef.l1": 1e-3}),
     ("mobileprune", {"mode": "palm", "prune.steps": 3, "model": "lenet5"}),
 ])
+@pytest.mark.slow
 def test_other_methods_run(tmp_path, method, extra):
   summary = pipeline.run(_small(method, **extra), tmp_path, log=lambda *_: None)
   assert summary["method"] == method
@@ -77,6 +79,7 @@ def test_other_methods_run(tmp_path, method, extra):
     assert summary["params_remaining"] < summary["params_total"]
 
 
+@pytest.mark.slow
 def test_palm_sweeps_decrease_the_penalised_objective():
   """PALM's guarantee: Ψ = loss + R never goes up on the batch it steps on (R computed here in numpy)."""
   from mobileprune_jax import regularisers
@@ -149,6 +152,7 @@ def _cli(*args, env=None):
     ("--config.batch_size=100000", "batch_size 100000 is larger than the 8000 training examples"),
     ("--config.model_kwargs.widht=3", "model 'lenet5' cannot be built with model_kwargs {'widht': 3}"),
 ])
+@pytest.mark.slow
 def test_bad_config_is_one_error_line_before_training(tmp_path, override, message):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   p = _cli("run", "--config", str(CONFIG), "--workdir", str(tmp_path / "w"), override, env=env)
@@ -186,6 +190,7 @@ def test_budget_grid_configs_validate(arg, method):
     assert cfg.budget.nonzero == float(arg.split(",")[-1])
 
 
+@pytest.mark.slow
 def test_the_mobilenet_grid_cell_builds_a_10_class_model_on_padded_fashion_mnist():
   # validate() leaves model_kwargs to the model's constructor: build it and feed the padded 32×32×1 images
   cfg = config_lib.load_config(f"{CONFIGS / 'budget_grid.py'}:mobilenet_v2,mobileprune,fashion_mnist_idx,0.01")
@@ -275,6 +280,7 @@ def _write_wisdm(directory, lines=3000):
 
 
 @pytest.mark.parametrize("mode", ["palm", "paper_code"])
+@pytest.mark.slow
 def test_wisdm_paper_config_runs_on_raw_files(tmp_path, mode):
   """The paper-row config end to end on WISDM-format raw files (synthetic), shortened."""
   _write_wisdm(tmp_path)

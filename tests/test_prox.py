@@ -38,6 +38,7 @@ def _regime(x):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.slow
 def test_pi_is_global_minimum_by_support_enumeration(dtype):
   rng = np.random.default_rng(0)
   regimes, worst = {"zero": 0, "full": 0, "partial": 0}, -np.inf
@@ -62,6 +63,7 @@ def _theta_shapes():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.slow
 def test_theta_is_global_minimum_by_support_enumeration(dtype):
   rng = np.random.default_rng(1)
   regimes, worst, naive_worse = {"zero": 0, "full": 0, "partial": 0}, -np.inf, 0
@@ -107,6 +109,7 @@ def _np_pi(v, lam, eta):
   return best_x
 
 
+@pytest.mark.slow
 def test_theta_larger_trees_against_enumeration():
   rng = np.random.default_rng(2)
   worst = -np.inf
@@ -120,6 +123,7 @@ def test_theta_larger_trees_against_enumeration():
   assert worst <= TOL
 
 
+@pytest.mark.slow
 def test_ties_are_exact_and_go_to_zero():
   rng = np.random.default_rng(3)
   for _ in range(60):
@@ -163,6 +167,7 @@ def _bracketed_theta(y, alpha, beta, gamma):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.slow
 def test_bracketed_shortcut_is_exact_wherever_it_settles(dtype):
   """The sort-free path (``_bracket``) against support enumeration, on the groups it claims to settle."""
   rng = np.random.default_rng(4)
@@ -192,6 +197,7 @@ def test_bracketed_shortcut_is_exact_wherever_it_settles(dtype):
   assert 0.3 * total < settled < total  # both outcomes occur, so the test sees each
 
 
+@pytest.mark.slow
 def test_leaf_bounds_contain_and_are_contained_in_every_maximiser():
   """θ's sort-free leaf step: at a root slope w, ``_leaf_inner`` ⊆ every maximiser S of
   w·(‖y_S‖ − beta)_+² − alpha·|S| ⊆ ``_leaf_outer``, the maximisers found by enumerating all S."""
@@ -222,6 +228,7 @@ def test_leaf_bounds_contain_and_are_contained_in_every_maximiser():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.slow
 def test_bracketed_shortcut_settles_training_sized_layers(dtype):
   """On a conv layer's trees and a dense layer's rows with step-scaled coefficients nearly every group
   settles without a sort, with the swept / sorted results' objective (which enumeration checks above)."""
@@ -325,6 +332,7 @@ def test_elementwise_operators_against_dense_grid(dtype):
 # ------------------------------------------------------------------ special cases ---
 
 
+@pytest.mark.slow
 def test_special_cases():
   rng = np.random.default_rng(7)
   y = rng.normal(size=(20, 1, 6))
@@ -340,6 +348,7 @@ def test_special_cases():
   np.testing.assert_allclose(_run(prox.ridge, np.float64, y, 0.25), y / 1.5)
 
 
+@pytest.mark.slow
 def test_batched_shapes_and_per_group_coefficients():
   rng = np.random.default_rng(8)
   y = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
@@ -353,6 +362,7 @@ def test_batched_shapes_and_per_group_coefficients():
     np.testing.assert_allclose(out[idx], np.asarray(prox.theta(y[idx], alpha[idx], 0.2, 0.3)), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_under_jit_and_vmap_with_traced_coefficients():
   rng = np.random.default_rng(9)
   y = jnp.asarray(rng.normal(size=(6, 3, 4)), jnp.float32)
@@ -365,6 +375,7 @@ def test_under_jit_and_vmap_with_traced_coefficients():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.slow
 def test_half_precision(dtype):
   rng = np.random.default_rng(10)
   y = rng.normal(size=(4, 3, 5)).astype(np.float32)

@@ -95,6 +95,7 @@ def _counting_jit(fn):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_prox_of_the_regulariser_equals_the_reference(name):
   params = _params()
   reg = getattr(regularisers, name)(**COEFS[name])
@@ -107,6 +108,7 @@ def test_prox_of_the_regulariser_equals_the_reference(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_inject_hyperparams_injects_coefficients_and_learning_rate_without_recompiling(name):
   params, grads = _params(), _grads()
   tx = optax.chain(optax.inject_hyperparams(optax.sgd)(learning_rate=0.5),
@@ -125,6 +127,7 @@ def test_inject_hyperparams_injects_coefficients_and_learning_rate_without_recom
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_with_prox_reads_the_injected_learning_rate_and_the_plateau_scale(name):
   params, grads = _params(), _grads()
   reg = getattr(regularisers, name)(**COEFS[name])
@@ -150,6 +153,7 @@ def test_with_prox_reads_the_injected_learning_rate_and_the_plateau_scale(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_multi_steps_applies_the_prox_to_the_mean_gradient_every_k_steps(name):
   params, g1, g2 = _params(), _grads(1), _grads(2)
   tx = optax.MultiSteps(optax.chain(optax.sgd(0.5), _factory(name)(0.5, **COEFS[name])), every_k_schedule=2)
@@ -162,6 +166,7 @@ def test_multi_steps_applies_the_prox_to_the_mean_gradient_every_k_steps(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_with_prox_around_multi_steps_applies_the_prox_once_per_real_step(name):
   # the prox must not be applied on the accumulating micro-steps (prox(p) ≠ p for ℓ1 and group terms)
   params, g1, g2 = _params(), _grads(1), _grads(2)
@@ -180,6 +185,7 @@ def test_with_prox_around_multi_steps_applies_the_prox_once_per_real_step(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_with_prox_around_apply_if_finite_skips_the_prox_and_the_count_on_a_non_finite_step(name):
   params, grads = _params(), _grads()
   first = next(iter(COEFS[name]))
@@ -212,6 +218,7 @@ def test_masked_regularises_only_the_masked_leaves(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_apply_if_finite_skips_a_non_finite_step_and_keeps_the_count(name):
   params, grads = _params(), _grads()
   sched = optax.linear_schedule(0.5, 0.25, 1)  # the prox must see count 0 at the first applied step
@@ -225,6 +232,7 @@ def test_apply_if_finite_skips_a_non_finite_step_and_keeps_the_count(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_vmap_over_coefficients_equals_each_coefficient_alone(name):
   params, grads = _params(), _grads()
   first = next(iter(COEFS[name]))
@@ -298,6 +306,7 @@ def _fit_with_loss_scale(tx, scale, steps=200):
   return nonzero, dead_rows
 
 
+@pytest.mark.slow
 def test_adam_metric_prox_responds_to_the_loss_scale_as_l_plus_lambda_r():
   """min c·L + λR ⇔ min L + (λ/c)·R: in Adam's metric, loss ×100 with λ ×100 is the same run, and
   loss ×100 with the same λ is 100× less regularised. The plain chain ignores the loss scale."""
@@ -333,6 +342,7 @@ def test_adam_metric_reads_b2_and_eps_injected_into_the_base():
   _close(optax.apply_updates(params, u), want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_per_coordinate_steps_use_one_metric_per_group():
   """A diagonal metric D = 1/s is made d_g = mean(D) on each group: the group's prox at step 1/d_g."""
   params = _params()

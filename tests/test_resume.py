@@ -98,6 +98,7 @@ def _kill_randomly(workdir, extra, rng, resume) -> None:
 
 
 @pytest.mark.parametrize("method", sorted(CHAINS))
+@pytest.mark.slow
 def test_killed_and_resumed_runs_equal_an_uninterrupted_run(tmp_path, method):
   extra, kills = CHAINS[method]
   reference = _start(tmp_path / "ref", extra)
@@ -146,6 +147,7 @@ def test_a_workdir_that_is_a_file_is_one_error_line(tmp_path):
   assert workdir.read_text() == "notes"
 
 
+@pytest.mark.slow
 def test_a_live_lock_refuses_and_a_dead_ones_lock_is_taken_over(tmp_path):
   workdir = tmp_path / "w"
   with WorkdirLock(workdir):

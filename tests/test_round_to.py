@@ -84,6 +84,7 @@ def _kill_random_channels(model, seed, fraction=0.4):
     ("resnet20", {}, (2, 32, 32, 3), 8),
     ("mobilenet_v2", {"width": 0.35, "in_channels": 1}, (2, 32, 32, 1), 8),
 ])
+@pytest.mark.slow
 def test_zoo_models_round_every_cut_width_and_keep_their_outputs(name, kwargs, shape, n):
   model = models.create(name, seed=0, **kwargs)
   _kill_random_channels(model, seed=1)
@@ -101,6 +102,7 @@ def test_zoo_models_round_every_cut_width_and_keep_their_outputs(name, kwargs, s
   assert plain.params_after <= report.params_after < report.params_before
 
 
+@pytest.mark.slow
 def test_the_pipeline_rounds_the_saved_model_and_budgets_the_rounded_size(tmp_path):
   from test_checkpoints import _cfg
 
@@ -121,6 +123,7 @@ def test_the_pipeline_rounds_the_saved_model_and_budgets_the_rounded_size(tmp_pa
   assert summary["budget"]["reached"]["params"] == pytest.approx(summary["params_remaining"] / summary["params_total"])
 
 
+@pytest.mark.slow
 def test_load_expanded_puts_the_saved_weights_back_and_shrinks_to_the_same_model(tmp_path):
   model = models.create("resnet20", seed=0)
   _kill_random_channels(model, seed=3)

@@ -117,6 +117,7 @@ class ResBlockNet(nnx.Module):
     return self.head(x.mean(axis=(1, 2)))
 
 
+@pytest.mark.slow
 def test_residual_add_couples_channels_and_projection_shortcut():
   m = ResBlockNet(nnx.Rngs(2))
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 8, 8, 3)), jnp.float32)
@@ -190,6 +191,7 @@ def test_conv1d_stack_of_the_har_model():
     ("resnet56", {}, (2, 32, 32, 3)),
     ("mobilenet_v2", {"width": 0.35, "in_channels": 1}, (2, 32, 32, 1)),
 ])
+@pytest.mark.slow
 def test_zoo_models_shrink_exactly(name, kwargs, shape):
   m = models.create(name, **kwargs)
   rng = np.random.default_rng(5)
@@ -275,6 +277,7 @@ def _random_model(seed):
 
 
 @pytest.mark.parametrize("seed", range(24))
+@pytest.mark.slow
 def test_random_models_and_zero_patterns(seed):
   m = _random_model(seed)
   x = jnp.asarray(np.random.default_rng(seed).normal(size=(2, 8, 8, 3)), jnp.float32)

@@ -46,6 +46,7 @@ X = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
 
 
 @pytest.mark.parametrize("transpose_kernel", [False, True])
+@pytest.mark.slow
 def test_dead_inputs_and_outputs_of_a_transposed_conv_are_removed(transpose_kernel, tmp_path):
   model = UpNet(transpose_kernel)
   in_axis, out_axis = _axes(transpose_kernel)

@@ -36,6 +36,7 @@ def _params(model):
 
 
 @pytest.mark.parametrize("method", ["bilinear", "nearest", "linear", "cubic"])
+@pytest.mark.slow
 def test_channels_read_only_through_resize_are_removed(method):
   model = TinyUNet(method, nnx.Rngs(0))
   dead_mid = [1, 4, 9]  # dec reads none of these upsampled channels (concat offset 8)

@@ -129,6 +129,7 @@ POOLS = {
 
 
 @pytest.mark.parametrize("pool", sorted(POOLS))
+@pytest.mark.slow
 def test_pools_keep_channels(pool):
   m = PoolNet(POOLS[pool], nnx.Rngs(1))
   _kill_filters(m.conv1, [1, 2, 7])
@@ -475,6 +476,7 @@ def _readers(model):
 
 
 @pytest.mark.parametrize("seed", range(20))
+@pytest.mark.slow
 def test_no_removable_channel_is_left_behind(seed):
   """Brute force: zero every weight that reads one remaining channel (which also drops the depthwise
   filters and pools between producer and reader); if the reader's output does not move on random

@@ -27,6 +27,7 @@ def _train(model, tx, steps, seed=0):
   return opt
 
 
+@pytest.mark.slow
 def test_mobileprune_chain_zeroes_whole_groups_on_nnx_model():
   model = SmallCNN(nnx.Rngs(0))
   lr = 0.05
@@ -86,6 +87,7 @@ FACTORIES = {
 
 
 @pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.slow
 def test_chain_with_adam_and_schedule_is_prox_of_adam_iterate(name):
   """chain(adam(sched), T(sched)) = prox with step sched(t) of the plain adam iterate."""
   factory = FACTORIES[name]
@@ -158,6 +160,7 @@ def test_elastic_group_lasso_is_its_prox_on_output_groups():
   np.testing.assert_array_equal(new["conv"]["bias"], 1.0)  # biases untouched
 
 
+@pytest.mark.slow
 def test_linen_params_and_jit():
   model = LinenMLP()
   params = model.init(jax.random.key(0), jnp.ones((1, 5)))
@@ -185,6 +188,7 @@ def test_linen_params_and_jit():
     np.testing.assert_allclose(new["params"]["LayerNorm_0"][leaf], plain["params"]["LayerNorm_0"][leaf], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_keep_support_holds_zeros_through_adamw():
   model = SmallCNN(nnx.Rngs(2))
   lr = 0.05
@@ -237,6 +241,7 @@ def test_bad_input_is_a_clear_error():
     transforms.keep_support({"embed": {"embedding": jnp.ones((10, 4), bool)}}).init(params)
 
 
+@pytest.mark.slow
 def test_transform_leaf_results_equal_direct_prox_calls():
   """l0_sgl on a conv kernel is θ on the (in, taps, out) trees; on a dense kernel π on rows."""
   rng = np.random.default_rng(6)
@@ -258,6 +263,7 @@ def test_transform_leaf_results_equal_direct_prox_calls():
   assert groups.leaf_roles(params) == ["bias", "conv", "bias", "dense"]
 
 
+@pytest.mark.slow
 def test_theta_on_stacked_and_padded_trees_equals_theta_per_kernel(monkeypatch):
   """The transform stacks conv trees of similar shapes (zero-padded) into one θ call; the result must be
   θ applied to each kernel alone."""
