@@ -96,6 +96,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.budget = ml_collections.ConfigDict(dict(tolerance=0.1, interval=0, gain=0.15, proportional=3.0, ramp=0.6))
   for kind in ("nonzero", "params", "macs"):
     c.budget[kind] = ml_collections.FieldReference(None, field_type=float)
+  # several processes / hosts (train/distributed.py): all three set, or none (a single process, or a
+  # jax.distributed the caller started)
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator = ml_collections.FieldReference(None, field_type=str)  # HOST:PORT of process 0
+  c.distributed.num_processes = ml_collections.FieldReference(None, field_type=int)
+  c.distributed.process_id = ml_collections.FieldReference(None, field_type=int)
   c.lock()
   c.model_kwargs.unlock()  # checked against the model's constructor when it is built
   return c
@@ -327,6 +333,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
            f"a budget needs a method with a sparsifying penalty ({', '.join(BUDGET_METHODS)}), got {cfg.method!r}")
   _check(0 < cfg.budget.tolerance < 1, f"budget.tolerance must be in (0, 1), got {cfg.budget.tolerance!r}")
   _check(cfg.budget.gain > 0, f"budget.gain must be > 0, got {cfg.budget.gain!r}")
+  from mobileprune_jax.train import distributed
+
+  distributed.check_config(cfg)
   _check(cfg.budget.proportional >= 0, f"budget.proportional must be >= 0, got {cfg.budget.proportional!r}")
   _check(0 <= cfg.budget.ramp <= 1, f"budget.ramp must be in [0, 1], got {cfg.budget.ramp!r}")
   _check(_is_int(cfg.budget.interval) and cfg.budget.interval >= 0,

@@ -29,8 +29,18 @@ def to_arrays(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
   out = {}
   for path, leaf in jax.tree.flatten_with_path(tree)[0]:
     value = jax.random.key_data(leaf) if _is_key(leaf) else leaf
-    out[prefix + path_to_str(path)] = np.asarray(jax.device_get(value))
+    out[prefix + path_to_str(path)] = host_array(value)
   return out
+
+
+def host_array(value: Any) -> np.ndarray:
+  """The whole array on this host: a local copy of a replicated array, a gather (a collective every process must
+  call) of one sharded over several processes' devices."""
+  if isinstance(value, jax.Array) and not value.is_fully_addressable and not value.is_fully_replicated:
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+  return np.asarray(jax.device_get(value))
 
 
 def from_arrays(like: Any, arrays: dict[str, np.ndarray], prefix: str = "") -> Any:

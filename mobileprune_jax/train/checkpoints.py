@@ -80,8 +80,12 @@ class Checkpoints:
         if p.is_file() or p.is_symlink():
           p.unlink(missing_ok=True)
 
-  def save(self, state: RunState, items: Mapping[str, Any], fingerprint: str) -> pathlib.Path:
+  def save(self, state: RunState, items: Mapping[str, Any], fingerprint: str,
+           write: bool = True) -> pathlib.Path | None:
     """Writes a new checkpoint of ``items`` (name → pytree of arrays) and ``state``.
+
+    Arrays sharded over several processes are gathered (every process calls ``save``); only the process with
+    ``write`` (process 0) writes the file and returns its path, the others check the same arrays and return None.
 
     Raises:
       NonFiniteError: the model holds NaN or inf, or another item NaN (±inf is a legitimate optimizer-state
@@ -91,6 +95,8 @@ class Checkpoints:
     for name, tree in items.items():
       arrays |= tree_arrays.to_arrays(tree, prefix=f"{name}/")
     _check_finite(arrays)
+    if not write:
+      return None
     self.directory.mkdir(parents=True, exist_ok=True)
     existing = self._named()  # numbered after anything named like a checkpoint: never onto a stranger's name
     index = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1

@@ -52,11 +52,19 @@ def check_workdir(workdir: str | pathlib.Path) -> None:
 
 
 class WorkdirLock:
-  """Context manager: holds ``<workdir>/.lock`` for the life of a run."""
+  """Context manager: holds ``<workdir>/.lock`` for the life of a run.
 
-  def __init__(self, workdir: str | pathlib.Path, warn: Callable[[str], None] = print):
+  Args:
+    workdir: the run's workdir (created if missing).
+    warn: where the one-line warning about taking over a dead run's lock goes.
+    run: a number naming a multi-process run (``distributed.run_token``): written into the lock file, so that the
+      run's other processes can check they belong to the run holding it (``check_member``).
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, warn: Callable[[str], None] = print, run: int | None = None):
     self.path = pathlib.Path(workdir) / LOCK_FILE
     self.warn = warn
+    self.run = run
     self._fd: int | None = None
 
   def __enter__(self) -> WorkdirLock:
@@ -76,7 +84,8 @@ class WorkdirLock:
       self.warn(f"warning: taking over the lock of {self.path.parent} from pid {previous['pid']} "
                 f"on {previous.get('host', '?')}, which is no longer running")
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), **({"run": self.run} if self.run is not None else {})}
+    os.pwrite(fd, json.dumps(holder).encode(), 0)
     os.fsync(fd)
     self._fd = fd
     return self
@@ -95,6 +104,29 @@ class WorkdirLock:
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None
+
+
+def check_member(workdir: str | pathlib.Path, run: int) -> None:
+  """In process i > 0 of a multi-process run: checks that the workdir lock is held for this very run.
+
+  Raises:
+    WorkdirBusyError: the lock names no run or another run (e.g. a workdir on a file system process 0 does not
+      see, or a second job started on the same workdir).
+  """
+  path = pathlib.Path(workdir) / LOCK_FILE
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError as e:
+    raise WorkdirBusyError(f"{path}: process 0 of this run holds no lock there ({e.strerror}); the workdir must be on "
+                           "a file system every process sees") from None
+  try:
+    holder = _read_holder(fd)
+  finally:
+    os.close(fd)
+  if holder.get("run") != run:
+    raise WorkdirBusyError(f"workdir {path.parent} is held by another run (pid {holder.get('pid', '?')} on "
+                           f"{holder.get('host', '?')}), not by process 0 of this one; the workdir must be on a file "
+                           "system every process sees")
 
 
 def _read_holder(fd: int) -> dict:

@@ -34,16 +34,16 @@ from flax import nnx
 from mobileprune_jax import analysis, metrics, tree_arrays
 from mobileprune_jax import config as config_lib
 from mobileprune_jax import data as data_lib
-from mobileprune_jax.train import budget, inputs, report
+from mobileprune_jax.train import budget, distributed, inputs, report
 from mobileprune_jax.train.checkpoints import Checkpoints, NonFiniteError
 from mobileprune_jax.train.faults import kill_point
-from mobileprune_jax.train.lock import WorkdirLock, check_workdir
+from mobileprune_jax.train.lock import WorkdirBusyError, WorkdirLock, check_member, check_workdir
 from mobileprune_jax.train.phases import Phase, Stepper, build_phases
 from mobileprune_jax.train.state import RunState, StateError
 from mobileprune_jax.train.steps import evaluate
 
 # keys that do not change what a run computes: they may differ between a run and its resume
-_FREE_KEYS = ("progress", "checkpoint_every_steps", "checkpoint_keep", "data_parallel", "export")
+_FREE_KEYS = ("progress", "checkpoint_every_steps", "checkpoint_keep", "data_parallel", "export", "distributed")
 _LATER_KEYS = {"val_fraction": 0.0, "augment_shift": 0, "init_from": "", "degl.selection": "prox",
                "degl.plateau_patience": 0, "degl.plateau_factor": 0.1,
                "coef.coupled": False, "round_to": 1}  # per-layer groups: the fingerprint runs had before coupled units
@@ -108,7 +108,9 @@ class Run:
 
   def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path, log: Callable[[str], None]):
     config_lib.validate(cfg)
-    self.cfg, self.workdir, self.log = cfg, workdir, log
+    self.main = distributed.is_main()  # the process that writes files; every process computes the same run
+    self.cfg, self.workdir = cfg, workdir
+    self.log = log if self.main else (lambda message: None)
     self.ds = inputs.load_data(cfg)
     self.model, self.spec = inputs.create_model(cfg, self.ds)
     if cfg.init_from:
@@ -157,9 +159,11 @@ class Run:
   def save(self, stepper: Stepper | None) -> None:
     items = {"model": nnx.state(self.model), **(stepper.items() if stepper is not None else {})}
     try:
-      path = self.ckpt.save(self.state, items, self.fingerprint)
+      path = self.ckpt.save(self.state, items, self.fingerprint, write=self.main)
     except NonFiniteError as e:
       self._diverged(str(e))
+    distributed.barrier("checkpoint")  # process 0's file is on disk before any process goes on
+    path = path or self.ckpt.paths()[-1]
     self.last_saved = f"{path.name} at {self.where()}"
     kill_point("saved")
 
@@ -176,10 +180,12 @@ class Run:
 
   def record(self, entry: dict[str, Any]) -> None:
     self.state.log.append(entry)
-    _append(self.workdir / "log.jsonl", json.dumps(entry) + "\n")
+    if self.main:
+      _append(self.workdir / "log.jsonl", json.dumps(entry) + "\n")
 
   def timing(self, event: dict[str, Any]) -> None:
-    _append(self.workdir / "timing.jsonl", json.dumps({**event, "time": round(time.time(), 3)}) + "\n")
+    if self.main:
+      _append(self.workdir / "timing.jsonl", json.dumps({**event, "time": round(time.time(), 3)}) + "\n")
 
   # ------------------------------------------------------------------------- run ---
 
@@ -218,14 +224,17 @@ class Run:
       raise RunInterrupted(f"interrupted {self.stopped_at()}") from None
 
   def _execute(self, resume: bool) -> dict[str, Any]:
-    with WorkdirLock(self.workdir, warn=self.log) as lock, _active(self, lock):
-      self.ckpt.remove_partial_writes()
-      self.ckpt.warn_about_strangers()
+    with self._lock() as lock, _active(self, lock):
+      if self.main:
+        self.ckpt.remove_partial_writes()
+        self.ckpt.warn_about_strangers()
+      distributed.barrier("workdir cleaned")
       if not resume and self.ckpt.exists():
         raise FileExistsError(f"{self.workdir} already has checkpoints: pass --resume to continue, or use a new "
                               "workdir")
       self.stepper = None
       restored = self.ckpt.restore_latest(self.fingerprint, self._load) if resume else None
+      distributed.check_same(-1 if restored is None else int(restored[1].name[5:13]), "the checkpoint to resume from")
       if restored is not None:
         self.state, path = restored
         self.last_saved = f"{path.name} at {self.where()}"
@@ -234,7 +243,8 @@ class Run:
                  f"from {path.name}")
       elif resume:
         self.log(f"no checkpoint in {self.workdir}: starting from the beginning")
-      _write_atomic(self.workdir / "log.jsonl", "".join(json.dumps(e) + "\n" for e in self.state.log))
+      if self.main:
+        _write_atomic(self.workdir / "log.jsonl", "".join(json.dumps(e) + "\n" for e in self.state.log))
       self.timing({"event": "start", "resumed": restored is not None, "phase": self.state.phase,
                    "epoch": self.state.epoch, "step": self.state.step})
       if restored is None and self.cfg.init_from:
@@ -243,11 +253,35 @@ class Run:
         self.run_phase(self.phases[self.state.phase], self.stepper)
         self.stepper = None
       kill_point("finish")
-      summary = report.finish(self.cfg, self.workdir, self.model, self.ds, self.sample, self.spec, self.state)
+      summary = report.finish(self.cfg, self.workdir, self.model, self.ds, self.sample, self.spec, self.state,
+                              write=self.main)
       self.timing({"event": "finished"})
       self.log(report.format_summary(summary))
     budget.check_reached(summary.get("budget"), self.cfg.name)
     return summary
+
+  @contextlib.contextmanager
+  def _lock(self):
+    """The workdir lock: held by process 0; the other processes check that it names this run."""
+    token = distributed.run_token()  # every process calls it (a broadcast)
+    lock = WorkdirLock(self.workdir, warn=self.log, run=token if distributed.count() > 1 else None)
+    error = None
+    if self.main:
+      try:
+        lock.__enter__()
+      except (WorkdirBusyError, OSError) as e:
+        error = e
+    if not distributed.agree(error is None):  # the others must not wait for a process 0 that stopped
+      if error is not None:
+        raise error
+      raise WorkdirBusyError(f"process 0 could not take the lock of {self.workdir} (see its message)")
+    try:
+      if not self.main:
+        check_member(self.workdir, token)
+      yield lock
+    finally:
+      if self.main:
+        lock.__exit__(None, None, None)
 
   def record_initial_model(self) -> None:
     """A run started from ``init_from``: its accuracy is the base accuracy (there may be no pretraining)."""
@@ -421,6 +455,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, resume: boo
     RunInterrupted: Ctrl-C stopped the run (every checkpoint on disk is intact; resume continues it).
   """
   check_workdir(workdir)
+  config_lib.validate(cfg)
+  distributed.initialize(cfg)
   try:
     prepared = Run(cfg, pathlib.Path(workdir), log)
   except KeyboardInterrupt:

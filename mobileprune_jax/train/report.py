@@ -16,7 +16,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from mobileprune_jax import analysis, metrics, surgery
+from mobileprune_jax import analysis, metrics, surgery, tree_arrays
 from mobileprune_jax import data as data_lib
 from mobileprune_jax.train import budget, inputs
 from mobileprune_jax.train.faults import kill_point
@@ -25,8 +25,15 @@ from mobileprune_jax.train.steps import evaluate
 
 
 def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Module, ds: data_lib.Dataset, sample,
-           spec: dict[str, Any], state: RunState) -> dict[str, Any]:
-  """Shrinks the final model, measures it, writes the shrunk model, summary.json (and TFLite files)."""
+           spec: dict[str, Any], state: RunState, write: bool = True) -> dict[str, Any]:
+  """Shrinks the final model, measures it, writes the shrunk model, summary.json (and TFLite files).
+
+  With ``write=False`` (processes other than 0 of a multi-process run) nothing is written or exported; the summary
+  is the same without the export entries. In a multi-process run the model is first copied to each host (every
+  process holds the whole replicated model), so what follows runs on each process's own devices.
+  """
+  if jax.process_count() > 1:
+    nnx.update(model, jax.tree.map(tree_arrays.host_array, nnx.state(model)))
   dense, _ = inputs.create_model(cfg, ds)
   structure = analysis.analyze(model, sample)  # one trace: the shrink plan and the dense model's stats
   shrunk, shrink_report = surgery.shrink_with_report(model, sample, graph=structure.graph, round_to=cfg.round_to)
@@ -61,6 +68,8 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
   budget_entry = budget.summary_budget(cfg, summary, state.multiplier)
   if budget_entry is not None:
     summary["budget"] = budget_entry
+  if not write:
+    return summary
   surgery.save(workdir / "model", shrunk, factory=spec["name"], kwargs={"seed": spec["seed"], **spec["kwargs"]},
                cuts=shrink_report.cuts)
   kill_point("finish_model")

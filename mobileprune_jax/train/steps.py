@@ -90,8 +90,12 @@ def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray, batch_size: int, p
     return float("nan")
   correct = 0
   for i in range(0, len(x), batch_size):
-    xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-    if placement is not None and len(xb) % placement.size == 0:
-      (xb,) = placement.put_batch(xb)
+    xb, yb = np.asarray(x[i : i + batch_size]), np.asarray(y[i : i + batch_size]).astype(np.int32)
+    if placement is not None:
+      pad = -len(xb) % placement.size  # a batch that does not split over the devices: padded, the pads never count
+      if pad:
+        xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
+        yb = np.concatenate([yb, np.full((pad,), -1, yb.dtype)])
+      xb, yb = placement.put_batch(xb, yb)
     correct += int(jnp.sum(predict(model, jnp.asarray(xb)) == jnp.asarray(yb)))
   return correct / len(x)
