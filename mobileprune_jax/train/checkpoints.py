@@ -8,6 +8,15 @@ finite one. ``restore_latest`` walks from the newest file to the oldest: a damag
 inconsistent file (or one holding non-finite values, e.g. forged with matching checksums) is reported in one
 line and the next older one is tried. Entries named like a checkpoint that are not regular files are
 ignored with a warning.
+
+Several processes (``train/distributed.py``): this format, extended, rather than orbax-checkpoint. The run's state
+is data-parallel (params and optimizer state replicated), so every process already holds every array and the
+"gather" is a local copy (``tree_arrays.host_array``; an array sharded over processes would be all-gathered);
+process 0 writes the one file and the others wait at a barrier; on restore every process reads the same file
+and the run replicates it over the mesh. The file keeps the guarantees the project's tests check (checksums,
+fallback to the previous file, nothing non-finite, exact resume) with no second format to validate. Orbax is
+the choice once state is sharded (model parallelism, states larger than one host's memory): then each
+process should write only its shards.
 """
 
 from __future__ import annotations
