@@ -20,13 +20,21 @@ from typing import Any
 
 import ml_collections
 
-METHODS = ("mobileprune", "l0", "l1", "l2", "group_lasso", "l1_sgl", "degl", "egl", "degl_group_lasso", "magnitude",
-           "dense")
-BUDGET_METHODS = ("mobileprune", "l0", "l1", "group_lasso", "l1_sgl", "degl", "egl", "degl_group_lasso")
+from mobileprune_jax.methods import BUDGET_METHODS, METHODS  # noqa: F401 - the registry is methods.REGISTRY
+
 MODES = ("prox_sgd", "palm")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
-QUANTIZE = ("", "float16", "dynamic_int8", "int8")
+QUANTIZE = (None, "float16", "dynamic_int8", "int8")
+# keys that hold None when unset; the values older configs used for "unset" still mean the same (SENTINELS)
+SENTINELS = {"train_subset": 0, "test_subset": 0, "pad_to": 0, "init_from": "", "prune.steps": 0,
+             "budget.interval": 0, "export.quantize": ""}
+NULLABLE = frozenset(SENTINELS) | {"budget.nonzero", "budget.params", "budget.macs", "degl.rt_scale",
+                                   "distributed.coordinator", "distributed.num_processes", "distributed.process_id"}
+
+
+def _unset(field_type: type) -> ml_collections.FieldReference:
+  return ml_collections.FieldReference(None, field_type=field_type)
 CONV_GROUPINGS = ("input_channel_tree", "output_filter")
 DEGL_SELECTIONS = ("prox", "subgradient")
 
@@ -42,12 +50,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = "mnist_subset"
   c.data_dir = ""
   c.fold = 0  # HAR: validation fold
-  c.train_subset = 0  # use only the first N training examples (0 = all)
-  c.test_subset = 0
+  c.train_subset = _unset(int)  # use only the first N training examples (None = all; 0, the old spelling, too)
+  c.test_subset = _unset(int)
   c.val_fraction = 0.0  # hold out this fraction of the training data as the validation split (drawn by the seed)
   c.augment_shift = 0  # images: translate training batches by up to N pixels (random, zero-filled)
-  c.init_from = ""  # a model directory (``model/`` of a dense run) whose weights start the run instead of the init
-  c.pad_to = 0  # zero-pad images to pad_to × pad_to (e.g. 28×28 Fashion-MNIST → 32×32 for CIFAR-size models)
+  c.init_from = _unset(str)  # a model directory (``model/`` of a dense run) whose weights start the run instead of the init
+  c.pad_to = _unset(int)  # zero-pad images to pad_to × pad_to (e.g. 28×28 Fashion-MNIST → 32×32 for CIFAR-size models)
   c.model = "lenet5"
   c.model_kwargs = ml_collections.ConfigDict()
   c.method = "mobileprune"
@@ -65,8 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.pretrain = ml_collections.ConfigDict(dict(epochs=5, optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0,
                                               schedule="constant"))
   # MobilePrune schedule (spec §B): T iterations of P pruning epochs (or steps) then R retraining epochs
-  c.prune = ml_collections.ConfigDict(dict(iterations=2, epochs=2, steps=0, lr=0.05, momentum=0.9,
+  c.prune = ml_collections.ConfigDict(dict(iterations=2, epochs=2, lr=0.05, momentum=0.9,
                                            palm_max_backtracks=100, palm_gamma=1.1))
+  c.prune.steps = _unset(int)  # prune for this many steps instead of `epochs` (None: epochs)
   c.retrain = ml_collections.ConfigDict(dict(epochs=2, optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0,
                                              schedule="constant"))
   # coupled: the group terms act on the model's coupled units (Regulariser.for_model: every reader of a residual
@@ -87,13 +96,15 @@ def base_config() -> ml_collections.ConfigDict:
   # magnitude: train (pretrain section), then zero conv weights with |w| <= threshold (global), then
   # optional masked retraining -- the HAR notebooks' procedure (spec §F, "har_mode=paper_code")
   c.magnitude = ml_collections.ConfigDict(dict(threshold=0.015, layers="conv"))
-  c.export = ml_collections.ConfigDict(dict(tflite=False, quantize=""))
+  c.export = ml_collections.ConfigDict(dict(tflite=False))
+  c.export.quantize = _unset(str)  # None (float32 only), "float16", "dynamic_int8" or "int8" (calibrated)
   # surgery keeps every cut layer's width a multiple of round_to (or unchanged); the budget measures the rounded model
   c.round_to = 1
   # prune to a budget (train/budget.py): fractions of the dense model, unset = no budget; a controller adapts one
-  # multiplier on the penalty every `interval` steps of the penalised phases (0: eight times per epoch), the wanted
+  # multiplier on the penalty every `interval` steps of the penalised phases (None: eight times per epoch), the wanted
   # size ramping down to the target over the first `ramp` of the first penalised phase
-  c.budget = ml_collections.ConfigDict(dict(tolerance=0.1, interval=0, gain=0.15, proportional=3.0, ramp=0.6))
+  c.budget = ml_collections.ConfigDict(dict(tolerance=0.1, gain=0.15, proportional=3.0, ramp=0.6))
+  c.budget.interval = _unset(int)
   for kind in ("nonzero", "params", "macs"):
     c.budget[kind] = ml_collections.FieldReference(None, field_type=float)
   # several processes / hosts (train/distributed.py): all three set, or none (a single process, or a
@@ -241,7 +252,7 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> Non
     if leaf in node and isinstance(node[leaf], ml_collections.ConfigDict):
       raise ConfigError(f"config key {key!r} is a section; set its entries (--config.{key}.NAME=VALUE)")
     field_type = node.get_type(leaf) if leaf in node else None
-    if text == "None" and leaf in node and _nullable(node, leaf):  # unset budget targets, degl.rt_scale
+    if text == "None" and leaf in node and key in NULLABLE:  # unset: budget targets, subsets, init_from, …
       node[leaf] = None
       continue
     try:
@@ -252,11 +263,6 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> Non
       node[leaf] = value
     except TypeError as e:
       raise ConfigError(f"config key {key!r}: {_type_message(e)}") from None
-
-
-def _nullable(node: ml_collections.ConfigDict, leaf: str) -> bool:
-  """A key declared as a FieldReference that may hold None (e.g. ``budget.params``)."""
-  return isinstance(node._fields.get(leaf), ml_collections.FieldReference)  # ml_collections keeps references there
 
 
 def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -295,7 +301,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _check(cfg.magnitude.layers in ("conv", "all"), f"magnitude.layers must be 'conv' or 'all', got {cfg.magnitude.layers!r}")
   _check(cfg.coef.conv_grouping in CONV_GROUPINGS,
          f"coef.conv_grouping must be one of {CONV_GROUPINGS}, got {cfg.coef.conv_grouping!r}")
-  _check(cfg.export.quantize in QUANTIZE, f"export.quantize must be one of {QUANTIZE}, got {cfg.export.quantize!r}")
+  _check(cfg.export.quantize in (*QUANTIZE, ""),
+         f"export.quantize must be one of {QUANTIZE}, got {cfg.export.quantize!r}")
   _check(_is_int(cfg.seed) and 0 <= cfg.seed < 2**32, f"seed must be an integer in [0, 2**32), got {cfg.seed!r}")
   for name in ("batch_size", "eval_batch_size", "checkpoint_keep", "round_to"):
     _check(_is_int(cfg[name]) and cfg[name] >= 1, f"{name} must be a positive integer, got {cfg[name]!r}")
@@ -307,7 +314,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             "degl.retrain_epochs": cfg.degl.retrain_epochs, "degl.plateau_patience": cfg.degl.plateau_patience}
   counts |= {f"{s}.epochs": cfg[s].epochs for s in ("pretrain", "prune", "retrain")}
   for name, value in counts.items():
-    _check(_is_int(value) and value >= 0, f"config value {name} must be a non-negative integer, got {value!r}")
+    _check((value is None and name in NULLABLE) or (_is_int(value) and value >= 0), f"config value {name} must be a non-negative integer, got {value!r}")
   numbers = {f"coef.{k}": v for k, v in cfg.coef.items() if k not in ("conv_grouping", "coupled")}
   _check(isinstance(cfg.coef.coupled, bool), f"coef.coupled must be True or False, got {cfg.coef.coupled!r}")
   _check(not (cfg.coef.coupled and cfg.coef.conv_grouping == "output_filter" and cfg.method == "mobileprune"),
@@ -338,8 +345,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   distributed.check_config(cfg)
   _check(cfg.budget.proportional >= 0, f"budget.proportional must be >= 0, got {cfg.budget.proportional!r}")
   _check(0 <= cfg.budget.ramp <= 1, f"budget.ramp must be in [0, 1], got {cfg.budget.ramp!r}")
-  _check(_is_int(cfg.budget.interval) and cfg.budget.interval >= 0,
-         f"budget.interval must be a non-negative integer, got {cfg.budget.interval!r}")
+  _check(cfg.budget.interval is None or (_is_int(cfg.budget.interval) and cfg.budget.interval >= 0),
+         f"budget.interval must be a non-negative integer or None, got {cfg.budget.interval!r}")
   _check(cfg.degl.selection in DEGL_SELECTIONS,
          f"degl.selection must be one of {DEGL_SELECTIONS}, got {cfg.degl.selection!r}")
   _check(0 < cfg.degl.plateau_factor < 1, f"degl.plateau_factor must be in (0, 1), got {cfg.degl.plateau_factor!r}")

@@ -52,6 +52,13 @@ _LATER_KEYS = {"val_fraction": 0.0, "augment_shift": 0, "init_from": "", "degl.s
 def config_fingerprint(cfg: ml_collections.ConfigDict) -> str:
   """The config as canonical JSON, without the keys a resume may change."""
   d = cfg.to_dict()
+  for key, sentinel in config_lib.SENTINELS.items():  # None and the old "unset" value are one fingerprint
+    *parents, leaf = key.split(".")
+    node = d
+    for parent in parents:
+      node = node.get(parent, {})
+    if leaf in node and node[leaf] is None:
+      node[leaf] = sentinel
   for key in _FREE_KEYS:
     d.pop(key, None)
   if all(d["budget"][k] is None for k in ("nonzero", "params", "macs")):

@@ -21,7 +21,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from mobileprune_jax import regularisers, transforms
+from mobileprune_jax import methods, regularisers, transforms
 from mobileprune_jax.train import actions, palm
 from mobileprune_jax.train.steps import Placement, bound_train_step
 
@@ -132,19 +132,9 @@ def _optimizer(section: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
 
 
 def regulariser(cfg: ml_collections.ConfigDict, rules) -> regularisers.Regulariser | None:
-  """The penalty of ``cfg.method`` (MobilePrune and the prox baselines), or None for the other methods."""
-  c = cfg.coef
-  grouping = c.conv_grouping
-  makers = {
-      "mobileprune": lambda: regularisers.l0_sparse_group_lasso(
-          c.l0, c.neuron, c.channel, c.shape if grouping != "output_filter" else 0.0, rules, grouping),
-      "l0": lambda: regularisers.l0(c.l0, rules),
-      "l1": lambda: regularisers.l1(c.l1, rules),
-      "l2": lambda: regularisers.l2(c.l2, rules),
-      "group_lasso": lambda: regularisers.group_lasso(c.neuron, c.channel, c.shape, rules),
-      "l1_sgl": lambda: regularisers.l1_sparse_group_lasso(c.l1, c.neuron, c.channel, c.shape, rules),
-  }
-  return makers[cfg.method]() if cfg.method in makers else None
+  """The penalty of ``cfg.method`` (the prox family of ``methods.REGISTRY``), or None for the other methods."""
+  method = methods.REGISTRY[cfg.method]
+  return method.penalty(cfg.coef, rules) if method.penalty is not None else None
 
 
 def prox_factory(cfg: ml_collections.ConfigDict, rules) -> ProxFactory | None:
@@ -247,9 +237,10 @@ def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | n
   phases: list[Phase] = []
   if pre.epochs:
     phases.append(optax_phase("pretrain", pre.epochs, lambda: _optimizer(pre, pre.epochs * steps_per_epoch)))
-  if cfg.method == "dense":
+  method = methods.REGISTRY[cfg.method]
+  if method.family == "dense":
     return phases
-  if cfg.method == "magnitude":
+  if method.family == "magnitude":
     mg = cfg.magnitude
     phases.append(Phase("threshold", 0, on_end=lambda m: actions.magnitude_threshold(
         m, sample_input, mg.threshold, mg.layers, last_kernel)))
@@ -257,18 +248,18 @@ def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | n
       phases.append(_retrain_phase("retrain/1", rt, steps_per_epoch))
     return phases
   couple = _coupler(cfg, model, sample_input, graph)
-  if cfg.method in ("degl", "egl", "degl_group_lasso"):
+  if method.family == "degl":
     return phases + _degl_phases(cfg, rules, sample_input, last_kernel, steps_per_epoch, couple)
   reg = regulariser(cfg, rules=list(model_rules) or None)
   reg = couple(reg) if reg is not None else None
   for t in range(1, pr.iterations + 1):
-    if cfg.mode == "palm" and cfg.method != "l2":
+    if cfg.mode == "palm" and method.palm:
       phases.append(palm_phase(f"prune/{t}", pr.epochs, pr.steps, reg, kernel_paths, pr.palm_gamma,
                                pr.palm_max_backtracks, lands=t == pr.iterations))
     else:
       phases.append(optax_phase(f"prune/{t}", pr.epochs, lambda: optax.chain(
           optax.sgd(pr.lr, momentum=pr.momentum or None), reg.as_transform(pr.lr)), steps=pr.steps,
-          controlled=cfg.method != "l2", regulariser=reg, step_size=pr.lr, lands=t == pr.iterations))
+          controlled=method.budget, regulariser=reg, step_size=pr.lr, lands=t == pr.iterations))
     if rt.epochs:
       phases.append(_retrain_phase(f"retrain/{t}", rt, steps_per_epoch))
   return phases
