@@ -1,7 +1,7 @@
 """Runs killed with SIGKILL at every kind of moment and resumed end exactly like uninterrupted runs.
 
 Each chain kills one workdir again and again — at random moments (the parent sends SIGKILL)
-or at named points (the child kills itself via ``MOBILEPRUNE_JAX_KILL_AT``: inside a
+or at named points (the child, started through ``tests/kill_at.py``, kills itself: inside a
 checkpoint write, after a save, between the last step and the evaluation, before a phase's
 action, right after a phase-start checkpoint (retrain, debias), before and during the
 finishing stages) — resuming after each kill, then compares ``summary.json``, ``model/``,
@@ -21,7 +21,6 @@ import time
 import pytest
 
 from mobileprune_jax import tensorfile
-from mobileprune_jax.train import faults
 from mobileprune_jax.train.lock import WorkdirLock
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -55,17 +54,16 @@ CHAINS = {
 }
 
 
-def _env(kill_at=None):
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", faults.ENV)}
-  if kill_at:
-    env[faults.ENV] = kill_at
-  return env
+def _env():
+  return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 
 
 def _start(workdir, extra, resume=False, kill_at=None):
-  args = [sys.executable, "-m", "mobileprune_jax", "run", "--config", str(CONFIG), "--workdir", str(workdir), *TINY,
+  command = [sys.executable, str(REPO / "tests" / "kill_at.py"), kill_at] if kill_at else [sys.executable, "-m",
+                                                                                            "mobileprune_jax"]
+  args = [*command, "run", "--config", str(CONFIG), "--workdir", str(workdir), *TINY,
           *extra, *(["--resume"] if resume else [])]
-  return subprocess.Popen(args, cwd=REPO, env=_env(kill_at), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _fingerprint(workdir: pathlib.Path) -> dict[str, str]:

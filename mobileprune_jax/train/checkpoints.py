@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from mobileprune_jax import tensorfile, tree_arrays
-from mobileprune_jax.train.faults import kill_point
+from mobileprune_jax.train import events
 from mobileprune_jax.train.state import RunState, StateError
 
 _NAME = re.compile(r"^ckpt-(\d{8})\.safetensors$")
@@ -112,7 +112,7 @@ class Checkpoints:
     path = self.directory / f"ckpt-{index:08d}.safetensors"
     tensorfile.write(path, arrays, {"run_state": state.to_json(), "config": fingerprint,
                                     "items": json.dumps(sorted(items))},
-                     before_commit=lambda: kill_point("checkpoint_write"))
+                     before_commit=lambda: events.reached("checkpoint_write"))
     for old in self.paths()[: -self.keep]:  # regular files only
       old.unlink(missing_ok=True)
     return path

@@ -34,9 +34,8 @@ from flax import nnx
 from mobileprune_jax import analysis, metrics, tree_arrays
 from mobileprune_jax import config as config_lib
 from mobileprune_jax import data as data_lib
-from mobileprune_jax.train import budget, distributed, inputs, report
+from mobileprune_jax.train import budget, distributed, events, inputs, report
 from mobileprune_jax.train.checkpoints import Checkpoints, NonFiniteError
-from mobileprune_jax.train.faults import kill_point
 from mobileprune_jax.train.lock import WorkdirBusyError, WorkdirLock, check_member, check_workdir
 from mobileprune_jax.train.phases import Phase, Stepper, build_phases
 from mobileprune_jax.train.state import RunState, StateError
@@ -172,7 +171,7 @@ class Run:
     distributed.barrier("checkpoint")  # process 0's file is on disk before any process goes on
     path = path or self.ckpt.paths()[-1]
     self.last_saved = f"{path.name} at {self.where()}"
-    kill_point("saved")
+    events.reached("saved")
 
   def _diverged(self, what: str) -> None:
     phase = self.phases[self.state.phase].name if self.state.phase < len(self.phases) else "finish"
@@ -259,7 +258,7 @@ class Run:
       while self.state.phase < len(self.phases):
         self.run_phase(self.phases[self.state.phase], self.stepper)
         self.stepper = None
-      kill_point("finish")
+      events.reached("finish")
       summary = report.finish(self.cfg, self.workdir, self.model, self.ds, self.sample, self.spec, self.state,
                               write=self.main)
       self.timing({"event": "finished"})
@@ -310,7 +309,7 @@ class Run:
       n_steps = phase.steps_in_epoch(state.epoch, self.batches.steps_per_epoch)
       self.run_epoch(phase, step, stepper, n_steps)
       self.end_epoch(phase, stepper, epochs)
-    kill_point("phase_end")
+    events.reached("phase_end")
     if self.targets and phase.lands:
       self.land(phase)
     if phase.on_end is not None:
@@ -321,7 +320,7 @@ class Run:
       state.base_accuracy = self._evaluate(self.ds.test_x, self.ds.test_y)
     state.start_phase(state.phase + 1)
     self.save(None)
-    kill_point("phase_start")
+    events.reached("phase_start")
 
   def run_epoch(self, phase: Phase, step, stepper: Stepper | None, n_steps: int) -> None:
     """The remaining steps of the current epoch (checkpointing every ``checkpoint_every_steps``)."""
@@ -365,7 +364,7 @@ class Run:
   def end_epoch(self, phase: Phase, stepper: Stepper | None, epochs: int) -> None:
     """Evaluates, logs and checkpoints the end of the current epoch."""
     state = self.state
-    kill_point("epoch_end")
+    events.reached("epoch_end")
     if state.mean_loss is not None and not math.isfinite(state.mean_loss):
       self._diverged(f"the training loss became {state.mean_loss}")
     test_acc = self._evaluate(self.ds.test_x, self.ds.test_y)

@@ -18,8 +18,7 @@ from flax import nnx
 
 from mobileprune_jax import analysis, metrics, surgery, tree_arrays
 from mobileprune_jax import data as data_lib
-from mobileprune_jax.train import budget, inputs
-from mobileprune_jax.train.faults import kill_point
+from mobileprune_jax.train import budget, events, inputs
 from mobileprune_jax.train.state import RunState
 from mobileprune_jax.train.steps import evaluate
 
@@ -72,7 +71,7 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
     return summary
   surgery.save(workdir / "model", shrunk, factory=spec["name"], kwargs={"seed": spec["seed"], **spec["kwargs"]},
                cuts=shrink_report.cuts)
-  kill_point("finish_model")
+  events.reached("finish_model")
   if cfg.export.tflite:
     from mobileprune_jax import export
 
