@@ -265,11 +265,12 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> Non
       raise ConfigError(f"config key {key!r}: {_type_message(e)}") from None
 
 
-def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+def leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+  """``[(dotted key, value)]`` of every leaf of a config, dict or list (``"prune.lr"``, ``"a.0.b"``)."""
   if isinstance(node, (ml_collections.ConfigDict, dict)):
-    return [item for k, v in node.items() for item in _leaves(v, f"{prefix}{k}.")]
+    return [item for k, v in node.items() for item in leaves(v, f"{prefix}{k}.")]
   if isinstance(node, (list, tuple)):
-    return [item for i, v in enumerate(node) for item in _leaves(v, f"{prefix}{i}.")]
+    return [item for i, v in enumerate(node) for item in leaves(v, f"{prefix}{i}.")]
   return [(prefix.rstrip("."), node)]
 
 
@@ -286,7 +287,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   """Checks names and every number before anything is trained; raises ConfigError (one line)."""
   from mobileprune_jax import data, models
 
-  for name, value in _leaves(cfg):
+  for name, value in leaves(cfg):
     if isinstance(value, float):
       _check(math.isfinite(value), f"config value {name} must be finite, got {value!r}")
   _check(cfg.model in models.MODELS, f"unknown model {cfg.model!r}; choose one of {sorted(models.MODELS)}")

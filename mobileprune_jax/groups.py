@@ -222,16 +222,6 @@ def from_channel_trees(trees: Array, shape: tuple[int, ...]) -> Array:
   return jnp.moveaxis(moved, 0, -2)
 
 
-def to_input_channel_groups(kernel: Array) -> Array:
-  """Conv kernel (*spatial, in, out) → (in, taps·out): one flat group per input channel."""
-  trees = to_channel_trees(kernel)
-  return trees.reshape(trees.shape[0], -1)
-
-
-def from_input_channel_groups(groups: Array, shape: tuple[int, ...]) -> Array:
-  return from_channel_trees(groups, shape)
-
-
 def to_output_groups(kernel: Array) -> Array:
   """Kernel (..., out) → (out, prod(...)): every incoming weight of one output unit/filter."""
   return jnp.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1)

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from mobileprune_jax import tree_arrays
 from mobileprune_jax.surgery import depgraph
 
 BYTES_PER_PARAM = 4  # float32
@@ -48,8 +49,8 @@ class LayerStats:
 
 
 def count_params(tree: Any) -> int:
-  """Number of entries of all array leaves."""
-  return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
+  """Number of entries of all array leaves (``tree_arrays.count_entries``)."""
+  return tree_arrays.count_entries(tree)
 
 
 def count_nonzero(tree: Any) -> int:

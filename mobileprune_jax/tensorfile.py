@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
 import struct
 from collections.abc import Callable, Mapping
@@ -22,6 +21,8 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+
+from mobileprune_jax import atomic
 
 FORMAT = "mobileprune_jax/tensorfile/v1"
 _MAX_HEADER = 64 * 1024 * 1024
@@ -75,21 +76,7 @@ def write(path: str | pathlib.Path, arrays: Mapping[str, Any], metadata: Mapping
   head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
   head += b" " * (-len(head) % 8)  # safetensors aligns the data to 8 bytes
   blob = struct.pack("<Q", len(head)) + head + b"".join(chunks)
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  try:
-    with open(tmp, "wb") as f:
-      f.write(blob)
-      f.flush()
-      os.fsync(f.fileno())
-  except OSError as e:  # e.g. a full disk or "File too large": name the file (write errors carry no name)
-    tmp.unlink(missing_ok=True)
-    if e.filename is None:
-      raise OSError(e.errno, f"{e.strerror or e} while writing {path} ({len(blob):,} bytes)") from None
-    raise
-  if before_commit is not None:
-    before_commit()
-  os.replace(tmp, path)
-  _fsync_dir(path.parent)
+  atomic.write_bytes(path, blob, before_commit)
   return _digest(blob)
 
 
@@ -100,19 +87,6 @@ def _header_digest(header: dict[str, Any]) -> str:
   """SHA-256 of the header's canonical JSON without its own digest."""
   meta = {k: v for k, v in header["__metadata__"].items() if k != _HEADER_KEY}
   return _digest(json.dumps({**header, "__metadata__": meta}, sort_keys=True, separators=(",", ":")).encode())
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
 
 
 def read(path: str | pathlib.Path, expected_sha256: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -165,8 +139,3 @@ def read(path: str | pathlib.Path, expected_sha256: str | None = None) -> tuple[
     if not isinstance(value, str):
       raise TensorFileError(f"{path}: metadata entry {key!r} is a JSON {type(value).__name__}, not a string")
   return arrays, extra
-
-
-def sha256_of(path: str | pathlib.Path) -> str:
-  """SHA-256 of a whole file."""
-  return _digest(pathlib.Path(path).read_bytes())

@@ -33,6 +33,11 @@ def to_arrays(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
   return out
 
 
+def count_entries(tree: Any) -> int:
+  """Number of entries of all array leaves of ``tree``."""
+  return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
+
+
 def host_array(value: Any) -> np.ndarray:
   """The whole array on this host: a local copy of a replicated array, a gather (a collective every process must
   call) of one sharded over several processes' devices."""

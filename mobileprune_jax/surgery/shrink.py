@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mobileprune_jax import tree_arrays
 from mobileprune_jax.groups import path_to_str
 from mobileprune_jax.nnx_only import SHRINK_ROUTE, require_nnx
 from mobileprune_jax.surgery import depgraph, rounding
@@ -287,7 +288,8 @@ def apply_cuts(model: nnx.Module, cuts: Cuts) -> nnx.Module:
 
 
 def count_params(model: nnx.Module) -> int:
-  return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  """Parameters (``nnx.Param`` entries) of a model: ``tree_arrays.count_entries`` of its params."""
+  return tree_arrays.count_entries(nnx.state(model, nnx.Param))
 
 
 def _random_like(x: jax.Array, rng: np.random.Generator) -> jax.Array:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mobileprune_jax import tensorfile, tree_arrays
+from mobileprune_jax.config import leaves
 from mobileprune_jax.train import events
 from mobileprune_jax.train.state import RunState, StateError
 
@@ -171,19 +172,10 @@ class ConfigMismatchError(ValueError):
 
 def _config_difference(saved: str, current: str, workdir: pathlib.Path) -> str:
   try:
-    a, b = _flatten(json.loads(saved)), _flatten(json.loads(current))
+    a, b = dict(leaves(json.loads(saved))), dict(leaves(json.loads(current)))
   except json.JSONDecodeError:
     return f"{workdir} was started with a different config"
   keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
   shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:4]) + (" ..." if len(keys) > 4 else "")
   return (f"{workdir} was started with a different config ({shown}); resume with the same config and overrides, "
           "or use a new workdir")
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if not isinstance(tree, dict):
-    return {prefix.rstrip("."): tree}
-  out = {}
-  for k, v in tree.items():
-    out |= _flatten(v, f"{prefix}{k}.")
-  return out

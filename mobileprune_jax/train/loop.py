@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import pathlib
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mobileprune_jax import analysis, metrics, tree_arrays
+from mobileprune_jax import analysis, atomic, metrics, tree_arrays
 from mobileprune_jax import config as config_lib
 from mobileprune_jax import data as data_lib
 from mobileprune_jax.train import budget, distributed, events, inputs, report
@@ -98,15 +97,6 @@ def stop_active_run() -> str | None:
 class RunInterrupted(KeyboardInterrupt):
   """Ctrl-C (or SIGTERM) stopped a run; the message says where and how to resume. A ``KeyboardInterrupt``, so
   notebooks and ``except Exception`` treat it as one."""
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  try:
-    tmp.write_text(text)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
 
 
 class Run:
@@ -250,7 +240,7 @@ class Run:
       elif resume:
         self.log(f"no checkpoint in {self.workdir}: starting from the beginning")
       if self.main:
-        _write_atomic(self.workdir / "log.jsonl", "".join(json.dumps(e) + "\n" for e in self.state.log))
+        atomic.write_text(self.workdir / "log.jsonl", "".join(json.dumps(e) + "\n" for e in self.state.log))
       self.timing({"event": "start", "resumed": restored is not None, "phase": self.state.phase,
                    "epoch": self.state.epoch, "step": self.state.step})
       if restored is None and self.cfg.init_from:

@@ -8,7 +8,6 @@ killed while finishing, or resumed after it finished, redoes it and writes the s
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Any
 
@@ -16,7 +15,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from mobileprune_jax import analysis, metrics, surgery, tree_arrays
+from mobileprune_jax import analysis, atomic, metrics, surgery, tree_arrays
 from mobileprune_jax import data as data_lib
 from mobileprune_jax.train import budget, events, inputs
 from mobileprune_jax.train.state import RunState
@@ -89,9 +88,7 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
         a = export.agreement(path, shrunk, ds.test_x, ds.test_y)
         summary |= {"int8_top1_agreement": a["top1_agreement"], "int8_accuracy": a["accuracy_int8"],
                     "int8_float32_accuracy": a["accuracy_float32"]}
-  tmp = workdir / f".summary.json.tmp-{os.getpid()}"
-  tmp.write_text(json.dumps(summary, indent=1))
-  os.replace(tmp, workdir / "summary.json")
+  atomic.write_text(workdir / "summary.json", json.dumps(summary, indent=1))
   return summary
 
 
