@@ -1,6 +1,6 @@
 """θ (MobilePrune Alg. 3) on a 3×3×512×512 conv kernel: jitted JAX vs a plain numpy loop.
 
-The numpy reference is the straightforward host implementation the spec describes (§C.2):
+The numpy reference is the straightforward host implementation docs/algorithms.md describes (§C.2):
 for each input channel, sort each leaf, build each leaf's upper hull with a stack, merge the
 events and sweep. It prints the objective of both (they must agree) and the speed ratio, and
 the ratio in the worst case for ``prox.theta``: no tree settled early, all sorted (in XLA) and swept.

@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   # momentum or Adam's b1 (0: none for both)
   c.pretrain = ml_collections.ConfigDict(dict(epochs=5, optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0,
                                               schedule="constant"))
-  # MobilePrune schedule (spec §B): T iterations of P pruning epochs (or steps) then R retraining epochs
+  # MobilePrune schedule (docs/algorithms.md §B): T iterations of P pruning epochs (or steps) then R retraining epochs
   c.prune = ml_collections.ConfigDict(dict(iterations=2, epochs=2, lr=0.05, momentum=0.9,
                                            palm_max_backtracks=100, palm_gamma=1.1))
   c.prune.steps = _unset(int)  # prune for this many steps instead of `epochs` (None: epochs)
@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   # stream channel, a depthwise chain, a flattened channel's rows, a head); False: per-layer groups (the papers')
   c.coef = ml_collections.ConfigDict(dict(l0=2e-4, neuron=2e-4, channel=1e-3, shape=1e-3, l1=1e-4, l2=1e-4,
                                           conv_grouping="input_channel_tree", coupled=True))
-  # DEGL (spec §H): EGL selection for `select_epochs`, threshold t_th, debiased retraining
+  # DEGL (docs/algorithms.md §H): EGL selection for `select_epochs`, threshold t_th, debiased retraining
   c.degl = ml_collections.ConfigDict(dict(select_epochs=5, lr=0.05, momentum=0.9, gamma=5e-3, lam=1e-4,
                                           t_th=1e-2, retrain_epochs=3))
   # the paper's procedure as options: selection "prox" (exact prox-SGD, zeroes groups while training; default) or
@@ -91,10 +91,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.degl.selection = "prox"
   c.degl.plateau_patience = 0
   c.degl.plateau_factor = 0.1
-  # debiasing ridge λ_rt = rt_scale · λ (spec §H); None = 1
+  # debiasing ridge λ_rt = rt_scale · λ (docs/algorithms.md §H); None = 1
   c.degl.rt_scale = ml_collections.FieldReference(None, field_type=float)
   # magnitude: train (pretrain section), then zero conv weights with |w| <= threshold (global), then
-  # optional masked retraining -- the HAR notebooks' procedure (spec §F, "har_mode=paper_code")
+  # optional masked retraining -- the HAR notebooks' procedure (docs/algorithms.md §F, "har_mode=paper_code")
   c.magnitude = ml_collections.ConfigDict(dict(threshold=0.015, layers="conv"))
   c.export = ml_collections.ConfigDict(dict(tflite=False))
   c.export.quantize = _unset(str)  # None (float32 only), "float16", "dynamic_int8" or "int8" (calibrated)

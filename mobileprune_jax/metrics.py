@@ -1,4 +1,4 @@
-"""Size and cost of a (pruned) model, in the papers' conventions (spec §E, DEGL §5).
+"""Size and cost of a (pruned) model, in the papers' conventions (docs/algorithms.md §E, DEGL §5).
 
 * params: every parameter entry (kernels, biases, normalisation); ``nonzero`` counts the
   entries that are not exactly 0.

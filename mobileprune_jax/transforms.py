@@ -134,7 +134,7 @@ def l1_sparse_group_lasso(learning_rate: ScalarOrSchedule, l1: Coefficient, neur
 def l0_sparse_group_lasso(learning_rate: ScalarOrSchedule, l0: Coefficient, neuron: Coefficient = 0.0,
                           channel: Coefficient = 0.0, shape: Coefficient = 0.0, rules: groups.Rules | None = None,
                           conv_grouping: str = "input_channel_tree"):
-  """MobilePrune's ℓ0 sparse group lasso: l0·‖W‖₀ + the group lasso terms (spec §A).
+  """MobilePrune's ℓ0 sparse group lasso: l0·‖W‖₀ + the group lasso terms (docs/algorithms.md §A).
 
   Dense kernels: π (Algorithm 2) per input neuron with (s·neuron, s·l0). Conv kernels: θ
   (Algorithm 3) per input channel with ℓ0 s·l0, shape groups s·shape and channel group

@@ -1,4 +1,4 @@
-"""Coupled units: the kernel entries surgery removes together, from one trace of the model (spec §K).
+"""Coupled units: the kernel entries surgery removes together, from one trace of the model (docs/algorithms.md §K).
 
 Surgery (``surgery.depgraph``) joins channels that must go together into one set: a residual-stream
 channel with every block output added to it, a depthwise filter with the channel it reads, the

@@ -1,4 +1,4 @@
-"""Metrics pinned to the papers' arithmetic (spec §E, §G)."""
+"""Metrics pinned to the papers' arithmetic (docs/algorithms.md §E, §G)."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -289,7 +289,7 @@ def test_wisdm_paper_config_runs_on_raw_files(tmp_path, mode):
                                    "retrain.epochs=1", "progress=False", "data_parallel=False",
                                    "magnitude.threshold=0.03"])
   summary = pipeline.run(cfg, tmp_path / "run", log=lambda *_: None)
-  # spec §F: 5 × Conv1D(k=10, 128, no bias) on 80×3 windows → flatten 128·35 = 4480 → 100 → 6
+  # docs/algorithms.md §F: 5 × Conv1D(k=10, 128, no bias) on 80×3 windows → flatten 128·35 = 4480 → 100 → 6
   assert summary["params_total"] == 3 * 128 * 10 + 4 * 128 * 128 * 10 + 4480 * 100 + 100 + 100 * 6 + 6
   assert summary["input_shape"] == [80, 3]
   assert summary["nonzero_params"] < summary["params_total"]

@@ -1,6 +1,6 @@
-"""Shared builder of the HAR paper rows (spec §F): 1-D CNN, Adam lr 1e-4, per-data-set kernel, batch and threshold.
+"""Shared builder of the HAR paper rows (docs/algorithms.md §F): 1-D CNN, Adam lr 1e-4, per-data-set kernel, batch and threshold.
 
-Two modes (spec §J.2), chosen by the config argument:
+Two modes (docs/algorithms.md §J.2), chosen by the config argument:
   * ``palm`` (default): true MobilePrune -- dense Adam pretraining, then PALM with π on the dense layers and θ on
     the conv stack, masked retraining. The HAR notebooks give no PALM coefficients; the LeNet-5 values of Table B.2
     are used (λ0 2e-4, λn 2e-4, λc 1e-3, λs 1e-3) -- a documented choice, sweep them for your data.

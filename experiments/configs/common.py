@@ -32,7 +32,7 @@ def base(model: str, method: str) -> ml_collections.ConfigDict:
 def paper_mobileprune(model, dataset, *, l0, neuron, channel, shape, prune_epochs=0, prune_steps=0, retrain_epochs,
                       iterations, weight_decay, batch_size, pretrain_epochs=20, model_kwargs=None,
                       retrain_optimizer="sgd") -> ml_collections.ConfigDict:
-  """A MobilePrune paper row (spec §B, Table B.2): faithful PALM pruning, masked retraining."""
+  """A MobilePrune paper row (docs/algorithms.md §B, Table B.2): faithful PALM pruning, masked retraining."""
   c = base(model, "mobileprune")
   c.name = f"paper_{model}_{dataset}_mobileprune"
   c.dataset = dataset
@@ -49,7 +49,7 @@ def paper_mobileprune(model, dataset, *, l0, neuron, channel, shape, prune_epoch
 
 
 def paper_degl(model, dataset, *, epochs, gamma, lam, thresholds, row, batch_size, lr=0.05, retrain_epochs=None):
-  """A DEGL paper row (spec §H): EGL selection for `epochs`, threshold t_th, debiased retraining.
+  """A DEGL paper row (docs/algorithms.md §H): EGL selection for `epochs`, threshold t_th, debiased retraining.
 
   ``row`` names the table row: ``DEGL<i>`` (t_th = thresholds[i-1]), ``EGL<i>`` (same threshold, retrained with
   the full cost, no debiasing) or ``GL<i>`` (the group-lasso ablation: λ = 0).

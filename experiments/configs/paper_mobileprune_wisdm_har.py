@@ -1,4 +1,4 @@
-"""MobilePrune, 1-D CNN / wisdm (spec §F). Argument: `palm` (default) or `paper_code`; see _har_paper.py.
+"""MobilePrune, 1-D CNN / wisdm (docs/algorithms.md §F). Argument: `palm` (default) or `paper_code`; see _har_paper.py.
 
     python -m mobileprune_jax run --config experiments/configs/paper_mobileprune_wisdm_har.py:paper_code \\
         --config.data_dir=DIR --workdir runs/wisdm

@@ -1,4 +1,4 @@
-"""Raw-file loaders of the HAR sensor data sets (WISDM v1.1, UCI-HAR, PAMAP2), spec §F.
+"""Raw-file loaders of the HAR sensor data sets (WISDM v1.1, UCI-HAR, PAMAP2), docs/algorithms.md §F.
 
 Preprocessing as in MobilePrune's code: drop NaN rows (PAMAP2: interpolate), z-score every
 channel, cut windows (label = the window's most frequent label), and split:

@@ -1,4 +1,4 @@
-"""The 1-D CNN of MobilePrune's sensor (HAR) experiments (spec §F)."""
+"""The 1-D CNN of MobilePrune's sensor (HAR) experiments (docs/algorithms.md §F)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LeNet-300-100 and LeNet-5 (Caffe variant), as in both papers (spec §G)."""
+"""LeNet-300-100 and LeNet-5 (Caffe variant), as in both papers (docs/algorithms.md §G)."""
 
 from __future__ import annotations
 

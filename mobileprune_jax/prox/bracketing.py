@@ -21,7 +21,7 @@ def bracket(state: Callable, h_total: Array, alpha: Array, gamma: Array) -> tupl
 
   S is a support (a set of entries, grouped in leaves), H_S its value (a sum of per-leaf h) and
   K_S its size. Φ is convex, so an optimum S* also maximises the linearisation w*·H_S − alpha·K_S
-  at w* = Φ'(H*) (spec §C.2), and the maximisers of the linearisation grow with w. Two bounds pin
+  at w* = Φ'(H*) (docs/algorithms.md §C.2), and the maximisers of the linearisation grow with w. Two bounds pin
   w*: w* ≤ Φ'(H_all) = w_hi, and a feasible support's gain G_ref ≤ G* gives
   Φ(H*) ≥ G_ref + alpha·K_lo, so w* ≥ w_lo (I_lo: a support inside every maximiser at w_lo, hence
   inside S*; the bound is then tightened once with its H and K). If that inner support at w_lo

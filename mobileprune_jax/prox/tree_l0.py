@@ -34,7 +34,7 @@ def theta(y: ArrayLike, alpha: ArrayLike, beta: ArrayLike, gamma: ArrayLike) -> 
   Exact: for leaf support sizes kᵢ the value gain is Φ(Σᵢ hᵢ(kᵢ)) − alpha·Σᵢ kᵢ with
   hᵢ(k) = (‖top-k of yᵢ‖ − beta)_+² and Φ(H) = ½(√H − gamma)_+². Φ is convex, so an optimum
   maximises Σᵢ w·hᵢ(kᵢ) − alpha·kᵢ for some w; sweeping w over the breakpoints of the
-  per-leaf upper hulls visits it (spec §C.2). The result is the top-kᵢ entries of each leaf,
+  per-leaf upper hulls visits it (docs/algorithms.md §C.2). The result is the top-kᵢ entries of each leaf,
   leaf-shrunk by beta and root-shrunk by gamma. Most trees are settled without sorting
   (``theta_bracketed``: w is pinned between two bounds, and each leaf's choice at a given w is
   bracketed the same way, by thresholds on y²); only the trees left ambiguous are sorted and swept.
@@ -98,7 +98,7 @@ def leaf_outer(sq: Array, u_all: Array, w: Array, alpha: Array, beta: Array, rel
   """A support per leaf containing every maximiser S of w·g(u_S) − alpha·|S| (no sort).
 
   g is convex, so a maximiser S* keeps {j : ω*·y_j² ≥ alpha} with ω* = w·g'(u*) (the π argument
-  of spec §C.1 with the leaf as the group); ω* ≤ w·g'(u_all) gives a first outer support, and
+  of docs/algorithms.md §C.1 with the leaf as the group); ω* ≤ w·g'(u_all) gives a first outer support, and
   u* ≤ its u tightens the slope once. Slopes are widened by rel against rounding.
   Shapes: sq (T, L, F), u_all (T, L), w, alpha, beta (T,). Returns (take, u, count).
   """

@@ -150,7 +150,7 @@ class Regulariser:
 
     One trace of ``model`` on ``sample_input`` (or ``graph``, a trace already made) gives the channel sets
     surgery removes together; every kernel entry joins the unit of the channel it reads (the writer side for
-    DEGL/EGL), so a zero unit is a channel the rebuilt model drops (``regularisers.coupled``, spec §K).
+    DEGL/EGL), so a zero unit is a channel the rebuilt model drops (``regularisers.coupled``, docs/algorithms.md §K).
     Element-wise penalties (ℓ0, ℓ1, ℓ2) come back unchanged except for the model's depthwise rules.
 
     Examples:

@@ -123,7 +123,7 @@ def l1_sparse_group_lasso(l1: Coefficient, neuron: Coefficient = 0.0, channel: C
 def l0_sparse_group_lasso(l0: Coefficient, neuron: Coefficient = 0.0, channel: Coefficient = 0.0,
                           shape: Coefficient = 0.0, rules: groups.Rules | None = None,
                           conv_grouping: str = "input_channel_tree") -> Regulariser:
-  """MobilePrune: l0·‖W‖₀ + the group lasso terms; π per row / filter / head, θ per channel tree (spec §A)."""
+  """MobilePrune: l0·‖W‖₀ + the group lasso terms; π per row / filter / head, θ per channel tree (docs/algorithms.md §A)."""
   return sparse_group("l0_sparse_group_lasso", l0, neuron, channel, shape, rules, conv_grouping)
 
 

@@ -1,4 +1,4 @@
-"""Regularisers on a model's coupled units (spec §K): what ``Regulariser.for_model`` returns.
+"""Regularisers on a model's coupled units (docs/algorithms.md §K): what ``Regulariser.for_model`` returns.
 
 The units (``mobileprune_jax.units``) partition the traced kernels' entries into two-level trees:
 a removable unit is the root, its members' shape groups the leaves; entries that read (or, for
@@ -66,7 +66,7 @@ def sparse_group_units(sparse: str | None) -> UnitProx:
   def prox(trees, s, c, meta):
     beta = s[:, None] * c["shape"] * meta.leaf_tap
     gamma = s * meta.weight * jnp.where(meta.channel, c["channel"], c["neuron"])
-    if sparse == "l0" and meta.flat:  # one group level: θ is π on the whole tree (spec §C.2's sanity identities)
+    if sparse == "l0" and meta.flat:  # one group level: θ is π on the whole tree (docs/algorithms.md §C.2's sanity identities)
       n_leaves = trees.shape[1]
       lam = gamma + (beta[:, 0] if n_leaves == 1 else 0)
       return pi(trees.reshape(trees.shape[0], -1), lam, s * c["l0"]).reshape(trees.shape)

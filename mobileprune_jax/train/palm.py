@@ -1,4 +1,4 @@
-"""PALM (Bolte–Sabach–Teboulle) for MobilePrune's pruning phase, spec §B.
+"""PALM (Bolte–Sabach–Teboulle) for MobilePrune's pruning phase, docs/algorithms.md §B.
 
 Per mini-batch, for each layer block l in forward order (Gauss–Seidel: the gradient is taken
 after the earlier blocks were updated):

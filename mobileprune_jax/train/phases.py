@@ -1,8 +1,8 @@
 """The phases of a run and the step each one builds from a model.
 
 A run is a list of ``Phase``s built from the config (``build_phases``): pretraining, T ×
-(pruning, masked retraining) for MobilePrune and the baselines (spec §B), selection →
-threshold → debiasing for DEGL (spec §H), training → magnitude threshold → retraining for
+(pruning, masked retraining) for MobilePrune and the baselines (docs/algorithms.md §B), selection →
+threshold → debiasing for DEGL (docs/algorithms.md §H), training → magnitude threshold → retraining for
 the HAR notebooks' procedure. A phase knows how to build its *stepper* from the model it
 starts with (``Phase.build``): an optax optimizer step, or a PALM sweep. Building happens
 after a checkpoint was restored, so masks that read the model (``keep_support``) see the
@@ -107,7 +107,7 @@ def optax_phase(name: str, epochs: int, make_tx: Callable[[], optax.GradientTran
 
 def palm_phase(name: str, epochs: int, steps: int, regulariser: regularisers.Regulariser, kernel_paths: Sequence[str],
                gamma: float, max_backtracks: int, lands: bool = False) -> Phase:
-  """A PALM pruning phase (spec §B): block Gauss–Seidel prox steps with backtracking, no optimizer state."""
+  """A PALM pruning phase (docs/algorithms.md §B): block Gauss–Seidel prox steps with backtracking, no optimizer state."""
   return Phase(name, epochs, steps, build=lambda m: Stepper(
       m, palm_step=palm.make_palm_step(m, regulariser, kernel_paths, gamma, max_backtracks)),
       scaled=True, controlled=True, regulariser=regulariser, step_size=1.0 / gamma, lands=lands)
@@ -212,7 +212,7 @@ def _degl_phases(cfg: ml_collections.ConfigDict, rules, sample_input, last_kerne
 def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | nnx.Module, sample_input,
                  steps_per_epoch: int = 1, model_rules: Sequence[tuple[str, str]] = (), model: nnx.Module | None = None,
                  graph: Any = None) -> list[Phase]:
-  """The phases of ``cfg.method`` (spec §B for MobilePrune and baselines, §H for DEGL).
+  """The phases of ``cfg.method`` (docs/algorithms.md §B for MobilePrune and baselines, §H for DEGL).
 
   Args:
     cfg: the run config.
