@@ -25,7 +25,7 @@ import json
 import pathlib
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -45,8 +45,17 @@ class NonFiniteError(FloatingPointError):
   """Arrays that would have been saved hold NaN or inf (nothing was written)."""
 
 
-# (state, arrays, items saved) -> None; raises StateError / StateMismatchError when the file does not fit
-Loader = Callable[[RunState, dict[str, np.ndarray], list[str]], None]
+# (state, arrays, items saved) -> what the loader built from them (e.g. the phase's optimizer); raises StateError /
+# StateMismatchError when the file does not fit
+Loader = Callable[[RunState, dict[str, np.ndarray], list[str]], Any]
+
+
+class Restored(NamedTuple):
+  """What ``restore_latest`` restored: the run state, the file, and what the loader built from it."""
+
+  state: RunState
+  path: pathlib.Path
+  loaded: Any
 
 
 class Checkpoints:
@@ -118,7 +127,7 @@ class Checkpoints:
       old.unlink(missing_ok=True)
     return path
 
-  def restore_latest(self, fingerprint: str, load: Loader) -> tuple[RunState, pathlib.Path] | None:
+  def restore_latest(self, fingerprint: str, load: Loader) -> Restored | None:
     """Loads the newest usable checkpoint through ``load``; None when there is none at all.
 
     ``load`` applies the arrays to the model (and the phase optimizer it builds) and raises
@@ -144,8 +153,7 @@ class Checkpoints:
         if meta["config"] != fingerprint:
           raise ConfigMismatchError(_config_difference(meta["config"], fingerprint, self.directory.parent))
         _check_finite(arrays)
-        load(state, arrays, items)
-        return state, path
+        return Restored(state, path, load(state, arrays, items))
       except (tensorfile.TensorFileError, StateError, tree_arrays.StateMismatchError, json.JSONDecodeError,
               NonFiniteError) as e:
         message = str(e) if str(path) in str(e) else f"{path}: {e}"

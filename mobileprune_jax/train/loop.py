@@ -38,6 +38,7 @@ from mobileprune_jax.train.checkpoints import Checkpoints, NonFiniteError
 from mobileprune_jax.train.lock import WorkdirBusyError, WorkdirLock, check_member, check_workdir
 from mobileprune_jax.train.phases import Phase, Stepper, build_phases
 from mobileprune_jax.train.state import RunState, StateError
+from mobileprune_jax.train.steering import Steering
 from mobileprune_jax.train.steps import evaluate
 
 # keys that do not change what a run computes: they may differ between a run and its resume
@@ -117,14 +118,8 @@ class Run:
     inputs.check_classes(cfg, self.ds, structure.graph.output_shapes)
     self.phases = build_phases(cfg, structure.kernel_paths, self.sample, self.batches.steps_per_epoch,
                                model_rules=structure.rules, model=self.model, graph=structure.graph)
-    self.targets = budget.targets(cfg)
-    b = cfg.budget
-    self.controller = budget.Controller(self.targets, budget.DenseSize.of(self.model, self.sample), self.sample,
-                                        b.tolerance, b.gain, b.proportional, b.ramp,
-                                        round_to=cfg.round_to) if self.targets else None
-    self.control_every = cfg.budget.interval or max(1, self.batches.steps_per_epoch // 8)
-    controlled = [i for i, p in enumerate(self.phases) if p.controlled]
-    self._first_controlled = controlled[0] if controlled else None
+    self.steering = Steering.for_run(cfg, self.model, self.sample, self.phases, self.batches.steps_per_epoch,
+                                     self.record)
     self.fingerprint = config_fingerprint(cfg)
     self.ckpt = Checkpoints(workdir / "checkpoints", keep=cfg.checkpoint_keep, warn=log)
     self.state = RunState()
@@ -135,22 +130,23 @@ class Run:
   def _epochs(self, phase: Phase) -> int:
     return phase.epochs_with(self.batches.steps_per_epoch)
 
-  def _load(self, state: RunState, arrays: dict[str, np.ndarray], items: list[str]) -> None:
-    """Applies a checkpoint: validate the state, restore the model, build the phase, restore its optimizer."""
+  def _load(self, state: RunState, arrays: dict[str, np.ndarray], items: list[str]) -> Stepper | None:
+    """Applies a checkpoint: validate the state, restore the model, build the phase, restore its optimizer; returns
+    the phase's stepper it built (None after the last phase, or for a phase without one)."""
     state.check_fits([self._epochs(p) for p in self.phases],
                      lambda p, e: self.phases[p].steps_in_epoch(e, self.batches.steps_per_epoch))
     nnx.update(self.model, tree_arrays.from_arrays(nnx.state(self.model), arrays, prefix="model/"))
-    self.stepper = None
-    if state.phase < len(self.phases):
-      stepper = self.phases[state.phase].build(self.model) if self.phases[state.phase].build else None
-      wanted = sorted(stepper.items()) if stepper is not None and (state.epoch or state.step) else []
-      if sorted(set(items) - {"model"}) != wanted:
-        raise StateError(f"holds {sorted(items)}, but phase {state.phase} at epoch {state.epoch}, step {state.step} "
-                         f"needs {['model', *wanted]}")
-      if wanted:
-        stepper.restore({name: tree_arrays.from_arrays(tree, arrays, prefix=f"{name}/")
-                         for name, tree in stepper.items().items()})
-      self.stepper = stepper
+    if state.phase >= len(self.phases):
+      return None
+    stepper = self.phases[state.phase].build(self.model) if self.phases[state.phase].build else None
+    wanted = sorted(stepper.items()) if stepper is not None and (state.epoch or state.step) else []
+    if sorted(set(items) - {"model"}) != wanted:
+      raise StateError(f"holds {sorted(items)}, but phase {state.phase} at epoch {state.epoch}, step {state.step} "
+                       f"needs {['model', *wanted]}")
+    if wanted:
+      stepper.restore({name: tree_arrays.from_arrays(tree, arrays, prefix=f"{name}/")
+                       for name, tree in stepper.items().items()})
+    return stepper
 
   def save(self, stepper: Stepper | None) -> None:
     items = {"model": nnx.state(self.model), **(stepper.items() if stepper is not None else {})}
@@ -228,11 +224,11 @@ class Run:
       if not resume and self.ckpt.exists():
         raise FileExistsError(f"{self.workdir} already has checkpoints: pass --resume to continue, or use a new "
                               "workdir")
-      self.stepper = None
       restored = self.ckpt.restore_latest(self.fingerprint, self._load) if resume else None
-      distributed.check_same(-1 if restored is None else int(restored[1].name[5:13]), "the checkpoint to resume from")
+      distributed.check_same(-1 if restored is None else int(restored.path.name[5:13]), "the checkpoint to resume from")
+      stepper = None  # the restored phase's optimizer, when the checkpoint is inside a phase
       if restored is not None:
-        self.state, path = restored
+        self.state, path, stepper = restored
         self.last_saved = f"{path.name} at {self.where()}"
         where = self.phases[self.state.phase].name if self.state.phase < len(self.phases) else "finishing"
         self.log(f"resuming at phase {self.state.phase} ({where}), epoch {self.state.epoch}, step {self.state.step} "
@@ -246,8 +242,8 @@ class Run:
       if restored is None and self.cfg.init_from:
         self.record_initial_model()
       while self.state.phase < len(self.phases):
-        self.run_phase(self.phases[self.state.phase], self.stepper)
-        self.stepper = None
+        self.run_phase(self.phases[self.state.phase], stepper)
+        stepper = None
       events.reached("finish")
       summary = report.finish(self.cfg, self.workdir, self.model, self.ds, self.sample, self.spec, self.state,
                               write=self.main)
@@ -293,15 +289,15 @@ class Run:
       stepper = phase.build(self.model)
     step = stepper.start(self.batches.placement) if stepper is not None else None
     epochs = self._epochs(phase)
-    if self.targets and state.phase == self._first_controlled and state.epoch == 0 and state.step == 0:
-      self.start_budget(phase)
+    if self.steering:
+      self.steering.phase_starts(self.model, state)
     while state.epoch < epochs:
       n_steps = phase.steps_in_epoch(state.epoch, self.batches.steps_per_epoch)
       self.run_epoch(phase, step, stepper, n_steps)
       self.end_epoch(phase, stepper, epochs)
     events.reached("phase_end")
-    if self.targets and phase.lands:
-      self.land(phase)
+    if self.steering:
+      self.steering.phase_ends(self.model, state)
     if phase.on_end is not None:
       info = phase.on_end(self.model)
       self.record({"phase": phase.name, "event": "end", **info, "nonzero_fraction": _nonzero_fraction(self.model)})
@@ -336,8 +332,8 @@ class Run:
       pending.append((loss, lip))
       state.step += 1
       state.global_step += 1
-      if self.targets and phase.controlled and state.global_step % self.control_every == 0:
-        self.control(phase)
+      if self.steering:
+        self.steering.step_done(self.model, state)
       if progress is not None:
         progress.update(1)
         if state.step % 10 == 0:
@@ -361,9 +357,8 @@ class Run:
     val_acc = self._evaluate(self.ds.val_x, self.ds.val_y) if self.ds.val_x is not None else None
     entry = {"phase": phase.name, "epoch": state.epoch + 1, "epochs": epochs, "loss": state.mean_loss,
              "test_accuracy": test_acc, "val_accuracy": val_acc, "nonzero_fraction": _nonzero_fraction(self.model)}
-    if self.targets and phase.scaled:
-      entry["penalty_multiplier"] = state.multiplier
-      entry["budget_reached"] = self.measure(phase)
+    if self.steering:
+      entry |= self.steering.epoch_entry(self.model, state)
     if state.lipschitz_sum and state.loss_count:  # PALM: mean backtracked Lipschitz estimate (step 1 / (γ L))
       entry["palm_lipschitz"] = state.lipschitz_sum / state.loss_count
     self.record(entry)
@@ -375,37 +370,6 @@ class Run:
                                                          if "palm_lipschitz" in entry else ""))
     state.start_epoch(state.epoch + 1)
     self.save(stepper)
-
-  def measure(self, phase: Phase) -> dict[str, float]:
-    """The budgeted fractions of the model as the phase's end action would leave it (e.g. DEGL's threshold)."""
-    return self.controller.measure(self.model, phase.on_end)
-
-  def control(self, phase: Phase) -> None:
-    """One controller update of the budget multiplier (a function of the model and position: resume-exact)."""
-    state, per_epoch = self.state, self.batches.steps_per_epoch
-    progress = None
-    if state.phase == self._first_controlled:
-      total = sum(phase.steps_in_epoch(e, per_epoch) for e in range(self._epochs(phase)))
-      done = sum(phase.steps_in_epoch(e, per_epoch) for e in range(state.epoch)) + state.step
-      progress = done / max(total, 1)
-    state.multiplier_base, state.multiplier = self.controller.update(self.model, state.multiplier_base, progress,
-                                                                     phase.on_end)
-
-  def start_budget(self, phase: Phase) -> None:
-    """The first penalised phase's starting multiplier (a function of the model: redone identically on resume)."""
-    per_epoch = self.batches.steps_per_epoch
-    total = sum(phase.steps_in_epoch(e, per_epoch) for e in range(self._epochs(phase)))
-    m = self.controller.start(self.model, phase.regulariser, phase.step_size, max(1, int(self.cfg.budget.ramp * total)),
-                              phase.on_end)
-    self.state.multiplier = self.state.multiplier_base = m
-    self.record({"phase": phase.name, "event": "budget_start", "penalty_multiplier": m})
-
-  def land(self, phase: Phase) -> None:
-    """At the end of the last penalised phase: a model above the tolerance gets one prox step at the landing m."""
-    m = self.controller.land(self.model, phase.regulariser, phase.step_size, self.state.multiplier, phase.on_end)
-    if m != self.state.multiplier:  # a one-off trim: later penalised phases (EGL's retraining) keep the controller's m
-      self.record({"phase": phase.name, "event": "budget_landing", "penalty_multiplier": m,
-                   "budget_reached": self.measure(phase)})
 
   def _evaluate(self, x, y) -> float:
     return evaluate(self.model, x, y, self.cfg.eval_batch_size, self.batches.placement)

@@ -17,7 +17,7 @@ from flax import nnx
 
 from mobileprune_jax import analysis, atomic, metrics, surgery, tree_arrays
 from mobileprune_jax import data as data_lib
-from mobileprune_jax.train import budget, events, inputs
+from mobileprune_jax.train import budget, events
 from mobileprune_jax.train.state import RunState
 from mobileprune_jax.train.steps import evaluate
 
@@ -32,7 +32,9 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
   """
   if jax.process_count() > 1:
     nnx.update(model, jax.tree.map(tree_arrays.host_array, nnx.state(model)))
-  dense, _ = inputs.create_model(cfg, ds)
+  # the final model at full width is the dense model's stand-in (every dense number is a function of the shapes;
+  # the dense TFLite file then holds the final weights at full width: what a phone runs without surgery)
+  dense = model
   structure = analysis.analyze(model, sample)  # one trace: the shrink plan and the dense model's stats
   shrunk, shrink_report = surgery.shrink_with_report(model, sample, graph=structure.graph, round_to=cfg.round_to)
   summary = {
