@@ -14,12 +14,14 @@ import ast
 import importlib.util
 import math
 import pathlib
+import re
 import sys
 import types
 from typing import Any
 
 import ml_collections
 
+from mobileprune_jax import data, models
 from mobileprune_jax.methods import BUDGET_METHODS, METHODS  # noqa: F401 - the registry is methods.REGISTRY
 
 MODES = ("prox_sgd", "palm")
@@ -279,14 +281,27 @@ def _check(condition: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+def check_distributed(cfg: ml_collections.ConfigDict) -> None:
+  """Checks ``cfg.distributed`` (raises ConfigError, one line) before anything starts."""
+  d = cfg.distributed
+  if d.coordinator is not None and not re.fullmatch(r"\[?[\w.\-:]+\]?:\d{1,5}", str(d.coordinator)):
+    raise ConfigError(f"distributed.coordinator must be HOST:PORT (e.g. localhost:12355), got {d.coordinator!r}")
+  n = d.num_processes
+  if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+    raise ConfigError(f"distributed.num_processes must be a positive integer, got {n!r}")
+  i = d.process_id
+  if i is not None and (not isinstance(i, int) or isinstance(i, bool) or i < 0 or (n is not None and i >= n)):
+    raise ConfigError(f"distributed.process_id must be an integer in [0, num_processes), got {i!r}")
+  if d.coordinator is not None and (n is None or i is None):
+    raise ConfigError("distributed.coordinator needs distributed.num_processes and distributed.process_id too")
+
+
 def _is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
   """Checks names and every number before anything is trained; raises ConfigError (one line)."""
-  from mobileprune_jax import data, models
-
   for name, value in leaves(cfg):
     if isinstance(value, float):
       _check(math.isfinite(value), f"config value {name} must be finite, got {value!r}")
@@ -341,9 +356,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
            f"a budget needs a method with a sparsifying penalty ({', '.join(BUDGET_METHODS)}), got {cfg.method!r}")
   _check(0 < cfg.budget.tolerance < 1, f"budget.tolerance must be in (0, 1), got {cfg.budget.tolerance!r}")
   _check(cfg.budget.gain > 0, f"budget.gain must be > 0, got {cfg.budget.gain!r}")
-  from mobileprune_jax.train import distributed
-
-  distributed.check_config(cfg)
+  check_distributed(cfg)
   _check(cfg.budget.proportional >= 0, f"budget.proportional must be >= 0, got {cfg.budget.proportional!r}")
   _check(0 <= cfg.budget.ramp <= 1, f"budget.ramp must be in [0, 1], got {cfg.budget.ramp!r}")
   _check(cfg.budget.interval is None or (_is_int(cfg.budget.interval) and cfg.budget.interval >= 0),

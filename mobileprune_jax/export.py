@@ -17,6 +17,7 @@ on the calibration examples (activations are 8-bit too). For int8 the measure th
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import time
@@ -28,7 +29,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mobileprune_jax import int8
+from mobileprune_jax import data, int8, metrics, surgery
 from mobileprune_jax.nnx_only import EXPORT_ROUTE, require_nnx
 from mobileprune_jax.surgery.depgraph import eval_mode
 
@@ -229,8 +230,6 @@ def latency_ms(path: str | pathlib.Path, sample_input: Any, threads: int | None 
 def compare(dense: nnx.Module, pruned: nnx.Module, sample_input: Any, directory: str | pathlib.Path,
             repeats: int = 200) -> dict[str, Any]:
   """Exports both models (batch 1) and measures file sizes and LiteRT latency (1 and all threads)."""
-  from mobileprune_jax import metrics
-
   directory = pathlib.Path(directory)
   x = np.asarray(sample_input)[:1]
   paths = {k: to_tflite(m, x, directory / f"{k}.tflite") for k, m in (("dense", dense), ("pruned", pruned))}
@@ -259,10 +258,6 @@ def benchmark_workdir(workdir: str | pathlib.Path, repeats: int = 200) -> dict[s
     FileNotFoundError: no ``summary.json`` or ``model/``.
     surgery.ModelFileError: a damaged model directory.
   """
-  import json
-
-  from mobileprune_jax import surgery
-
   if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
     raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
   workdir = pathlib.Path(workdir)
@@ -300,8 +295,6 @@ def _input_shape(summary: dict[str, Any], summary_path: pathlib.Path) -> tuple[i
   """The per-example input shape a summary records (older summaries: the data set's)."""
   shape = summary.get("input_shape")
   if shape is None:  # summaries written before input_shape was recorded: ask the data set
-    from mobileprune_jax import data
-
     name = summary.get("dataset")
     if not isinstance(name, str):
       raise ValueError(f"{summary_path} has neither 'input_shape' nor 'dataset': not a run summary")

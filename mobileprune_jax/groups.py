@@ -54,6 +54,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 Array = jax.Array
 Rules = Sequence[tuple[str, str]]
@@ -261,8 +262,6 @@ def rules_for_model(model: Any) -> list[tuple[str, str]]:
   surgery still cuts a whole group once its outputs are unread or its inputs dead).
   ``nnx.ConvTranspose(transpose_kernel=True)`` (kernel (*spatial, out, in)) gets ``"conv_out_in"``.
   """
-  from flax import nnx
-
   rules = []
   for path, node in nnx.iter_graph(model):
     if isinstance(node, nnx.Conv) and node.feature_group_count > 1:

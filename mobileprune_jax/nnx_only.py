@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flax import nnx
+from flax import linen, nnx
 
 SHRINK_ROUTE = ("linen modules fix their feature counts, so no smaller linen model can be rebuilt: port the model to "
                 "flax.nnx (the same layer names give the same parameter paths; the regularisers in "
@@ -17,10 +17,6 @@ def require_nnx(model: Any, fn: str, route: str) -> None:
   """Raises TypeError (one line) unless ``model`` is an ``nnx.Module``."""
   if isinstance(model, nnx.Module):
     return
-  try:
-    from flax import linen
-    is_linen = isinstance(model, linen.Module)
-  except ImportError:  # pragma: no cover
-    is_linen = False
+  is_linen = isinstance(model, linen.Module)
   kind = f"the flax.linen module {type(model).__name__}" if is_linen else f"a {type(model).__name__}"
   raise TypeError(f"{fn} takes a flax.nnx.Module, got {kind}; {route if is_linen else 'build the model with flax.nnx'}")

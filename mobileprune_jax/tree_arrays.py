@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mobileprune_jax.groups import path_to_str
 
@@ -42,8 +43,6 @@ def host_array(value: Any) -> np.ndarray:
   """The whole array on this host: a local copy of a replicated array, a gather (a collective every process must
   call) of one sharded over several processes' devices."""
   if isinstance(value, jax.Array) and not value.is_fully_addressable and not value.is_fully_replicated:
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(value, tiled=True))
   return np.asarray(jax.device_get(value))
 

@@ -8,56 +8,16 @@ with a message saying how to get it).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from mobileprune_jax.data import splits
+from mobileprune_jax.data import har, splits, tiny_imagenet
+from mobileprune_jax.data.dataset import Dataset
 from mobileprune_jax.data.embedded import load_mnist_subset
 from mobileprune_jax.data.errors import DataUnavailableError, InvalidDataError
-
-
-@dataclasses.dataclass
-class Dataset:
-  """Train/test arrays; inputs are float32 in [0, 1] (images) or standardised (sensors)."""
-
-  name: str
-  train_x: np.ndarray
-  train_y: np.ndarray
-  test_x: np.ndarray
-  test_y: np.ndarray
-  num_classes: int
-  val_x: np.ndarray | None = None
-  val_y: np.ndarray | None = None
-
-  @property
-  def input_shape(self) -> tuple[int, ...]:
-    return tuple(self.train_x.shape[1:])
-
-  def check(self) -> Dataset:
-    """Raises InvalidDataError unless inputs are finite and labels are integers in [0, num_classes)."""
-    splits = [("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)]
-    if self.val_x is not None:
-      splits.append(("validation", self.val_x, self.val_y))
-    for split, x, y in splits:
-      if len(x) != len(y):
-        raise InvalidDataError(f"{self.name}: {split} split has {len(x)} inputs but {len(y)} labels")
-      if not np.issubdtype(np.asarray(y).dtype, np.integer):
-        raise InvalidDataError(f"{self.name}: {split} labels have dtype {np.asarray(y).dtype}, not integers")
-      if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
-        raise InvalidDataError(f"{self.name}: {split} labels must be in [0, {self.num_classes}), "
-                               f"found {int(y.min())}..{int(y.max())}")
-      if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        raise InvalidDataError(f"{self.name}: {split} inputs hold {int(np.sum(~np.isfinite(x)))} NaN/inf values")
-    if len(self.train_x) == 0:
-      raise InvalidDataError(f"{self.name}: the training split is empty")
-    return self
-
-  def subset(self, train: int | None = None, test: int | None = None) -> Dataset:
-    """The first ``train`` / ``test`` examples (for quick runs)."""
-    return dataclasses.replace(self, train_x=self.train_x[:train], train_y=self.train_y[:train],
-                               test_x=self.test_x[:test], test_y=self.test_y[:test])
+from mobileprune_jax.data.idx import find_idx_dir, load_idx_dataset
+from mobileprune_jax.data.tfds_loader import load_tfds
 
 
 def _images(x: np.ndarray) -> np.ndarray:
@@ -75,8 +35,6 @@ def _mnist_subset(data_dir: str | None = None, **_) -> Dataset:
 
 def _idx(name: str) -> Callable[..., Dataset]:
   def load(data_dir: str | None = None, **_) -> Dataset:
-    from mobileprune_jax.data.idx import find_idx_dir, load_idx_dataset
-
     directory = data_dir or find_idx_dir(name)
     if directory is None:
       raise DataUnavailableError(
@@ -91,8 +49,6 @@ def _idx(name: str) -> Callable[..., Dataset]:
 
 def _tfds(name: str, classes: int) -> Callable[..., Dataset]:
   def load(data_dir: str | None = None, **_) -> Dataset:
-    from mobileprune_jax.data.tfds_loader import load_tfds
-
     (tx, ty), (vx, vy) = load_tfds(name, data_dir)
     return Dataset(name, _images(tx), ty.astype(np.int32), _images(vx), vy.astype(np.int32), classes)
 
@@ -101,8 +57,6 @@ def _tfds(name: str, classes: int) -> Callable[..., Dataset]:
 
 def _har(name: str) -> Callable[..., Dataset]:
   def load(data_dir: str | None = None, **options) -> Dataset:
-    from mobileprune_jax.data import har
-
     if not data_dir:
       raise DataUnavailableError(f"{name!r} needs --config.data_dir pointing at the raw files ({har.EXPECTED[name]})")
     return har.load(name, data_dir, **options)
@@ -111,8 +65,6 @@ def _har(name: str) -> Callable[..., Dataset]:
 
 
 def _tiny_imagenet(data_dir: str | None = None, **_) -> Dataset:
-  from mobileprune_jax.data import tiny_imagenet
-
   root = tiny_imagenet.find_root(data_dir) if data_dir else None
   if root is None:
     raise DataUnavailableError(
@@ -127,7 +79,6 @@ def _basic_motions(data_dir: str | None = None, **_) -> Dataset:
     from aeon.datasets import load_basic_motions
   except ImportError as e:
     raise DataUnavailableError("basic_motions needs the optional package aeon: pip install aeon") from e
-  from mobileprune_jax.data.har import zscore
 
   xs, ys = [], []
   for split in ("train", "test"):
@@ -137,7 +88,7 @@ def _basic_motions(data_dir: str | None = None, **_) -> Dataset:
   labels = {v: i for i, v in enumerate(sorted(set(ys[0].tolist())))}
   y_train, y_test = (np.array([labels[v] for v in y], np.int32) for y in ys)
   mean, std = xs[0].reshape(-1, xs[0].shape[-1]).mean(0), xs[0].reshape(-1, xs[0].shape[-1]).std(0) + 1e-8
-  return Dataset("basic_motions", zscore(xs[0], mean, std), y_train, zscore(xs[1], mean, std), y_test, len(labels))
+  return Dataset("basic_motions", har.zscore(xs[0], mean, std), y_train, har.zscore(xs[1], mean, std), y_test, len(labels))
 
 
 LOADERS: dict[str, Callable[..., Dataset]] = {

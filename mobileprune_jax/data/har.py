@@ -17,6 +17,9 @@ import pathlib
 
 import numpy as np
 
+from mobileprune_jax.data.dataset import Dataset
+from mobileprune_jax.data.errors import DataUnavailableError
+
 EXPECTED = {
     "wisdm": "WISDM_ar_v1.1_raw.txt",
     "uci_har": "'UCI HAR Dataset/' with train/ and test/ (Inertial Signals + y_*.txt)",
@@ -128,8 +131,6 @@ def _find(root: pathlib.Path, name: str) -> pathlib.Path | None:
 
 def load(name: str, data_dir: str, fold: int = 0, **_):
   """Loads a HAR data set from its raw files under ``data_dir`` (searched recursively)."""
-  from mobileprune_jax.data import Dataset, DataUnavailableError
-
   root = pathlib.Path(data_dir)
   window, step = SETTINGS[name]
   if name == "wisdm":

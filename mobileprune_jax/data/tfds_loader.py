@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mobileprune_jax.data.errors import DataUnavailableError
+
 
 def load_tfds(name: str, data_dir: str | None = None):
   """((train_x, train_y), (test_x, test_y)) of a prepared tfds data set, or a clear error.
@@ -11,8 +13,6 @@ def load_tfds(name: str, data_dir: str | None = None):
   Only data that is already prepared is read (``download=False``): offline, ``tfds.load``
   retries for minutes before failing, so we check first and fail at once.
   """
-  from mobileprune_jax.data import DataUnavailableError
-
   try:
     import tensorflow_datasets as tfds
   except ImportError as e:

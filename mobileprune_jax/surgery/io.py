@@ -22,10 +22,13 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mobileprune_jax import models, tensorfile, tree_arrays
-from mobileprune_jax.surgery.shrink import Cuts, apply_cuts
+from mobileprune_jax.surgery.shrink import Cuts, apply_cuts, variables_by_path
 
 SPEC_FILE = "architecture.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -191,11 +194,6 @@ def load_expanded(directory: str | pathlib.Path, factories: Mapping[str, Factory
   Its outputs equal the saved model's (every cut channel's weights and readers are zero), so it can be
   shrunk again (e.g. with another ``round_to``) or trained on at full width.
   """
-  import jax.numpy as jnp
-  import numpy as np
-
-  from mobileprune_jax.surgery.shrink import variables_by_path
-
   small = load(directory, factories)
   spec = read_spec(directory)
   full = build(spec["model"], spec["kwargs"], factories=factories)
@@ -247,8 +245,7 @@ def load(directory: str | pathlib.Path, factories: Mapping[str, Factory] | None 
 
 def _load_v1_state(directory: pathlib.Path, model: nnx.Module) -> nnx.Module:
   """Version 1 weights (orbax). They carry no checksums: a warning says so; save again to add them."""
-  import jax
-  import orbax.checkpoint as ocp
+  import orbax.checkpoint as ocp  # only for directories written before version 2
 
   warnings.warn(f"{directory} is a version-1 model directory, whose weights carry no checksums; "
                 "surgery.save it again to get a checked weights.safetensors", stacklevel=3)

@@ -12,11 +12,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax.numpy as jnp
 import numpy as np
 
 from mobileprune_jax.surgery.graph import NO_NODE
-from mobileprune_jax.surgery.tracer import Act, Const, Tracer, uniform_nodes
+from mobileprune_jax.surgery.values import Act, Const, uniform_nodes
+
+if TYPE_CHECKING:
+  from mobileprune_jax.surgery.tracer import Tracer
 
 _MAX_ELEMENTS = 200_000_000  # output elements × fiber length: beyond this, the op is treated as opaque
 

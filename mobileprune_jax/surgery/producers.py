@@ -13,12 +13,16 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
 from mobileprune_jax.surgery.graph import NO_NODE, Layer
-from mobileprune_jax.surgery.tracer import Act, Const, Tracer
+from mobileprune_jax.surgery.values import Act, Const
+
+if TYPE_CHECKING:
+  from mobileprune_jax.surgery.tracer import Tracer
 
 
 def _per_channel(out_shape: tuple[int, ...], axis: int, values: np.ndarray) -> np.ndarray:

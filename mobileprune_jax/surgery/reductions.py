@@ -8,10 +8,15 @@ softmax over channels) pins them, with a note.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from mobileprune_jax.surgery.graph import NO_NODE
-from mobileprune_jax.surgery.tracer import Act, Tracer, uniform_nodes
+from mobileprune_jax.surgery.values import Act, uniform_nodes
+
+if TYPE_CHECKING:
+  from mobileprune_jax.surgery.tracer import Tracer
 
 _MIXING = "(LayerNorm / GroupNorm / softmax over channels mix them)"
 

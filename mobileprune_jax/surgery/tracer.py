@@ -19,7 +19,6 @@ the analysis does not understand pins every node it reads, and is named in the n
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobileprune_jax.surgery import kernels
+from mobileprune_jax.surgery import kernels, linear_maps, producers, reductions
 from mobileprune_jax.surgery.graph import NO_NODE, Layer, UnionFind
+from mobileprune_jax.surgery.values import Act, Const, host, uniform_nodes
 
 # element-wise primitives, and whether f(0) == 0 for the unary ones
 _UNARY_ZERO_PRESERVING = {
@@ -46,45 +46,6 @@ _REDUCE_WINDOW = {"reduce_window_sum", "reduce_window_max", "reduce_window_min"}
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
           "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
           "remat": "jaxpr", "checkpoint": "jaxpr"}
-
-
-@dataclasses.dataclass
-class Const:
-  """A value known without the input; ``origin[path]`` = flat index into that parameter (or -1)."""
-
-  value: np.ndarray
-  origin: dict[str, np.ndarray]
-
-
-@dataclasses.dataclass
-class Act:
-  """An input-dependent value: per element, its channel node id and its constant value (NaN if
-  it depends on the input)."""
-
-  ids: np.ndarray
-  value: np.ndarray
-
-  @classmethod
-  def of_zero(cls, ids: np.ndarray, zero: np.ndarray) -> Act:
-    return cls(ids, np.where(zero, 0.0, np.nan))
-
-  @classmethod
-  def unknown(cls, shape: tuple[int, ...]) -> Act:
-    return cls(np.full(shape, NO_NODE, np.int64), np.full(shape, np.nan))
-
-  @property
-  def zero(self) -> np.ndarray:
-    """Elements that are exactly zero for every input."""
-    return self.value == 0
-
-  @property
-  def known(self) -> np.ndarray:
-    return ~np.isnan(self.value)
-
-  @property
-  def wild(self) -> np.ndarray:
-    """Elements that belong to no channel and are always zero (they fit any channel)."""
-    return (self.ids < 0) & self.zero
 
 
 def _np_broadcast_in_dim(a, shape, broadcast_dimensions, **_):
@@ -109,24 +70,6 @@ _NP_STRUCTURAL = {
     "slice": _np_slice,
     "rev": lambda a, dimensions, **_: np.flip(a, tuple(dimensions)),
 }
-
-
-def host(value: Any) -> Any:
-  """numpy copy of an array; PRNG key arrays (e.g. Dropout's rngs) stay as they are."""
-  if hasattr(value, "dtype") and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
-    return value
-  return np.asarray(value)
-
-
-def uniform_nodes(ids: np.ndarray, wild: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Per column of (positions, features) arrays: its node if every non-wildcard element has
-  the same id (``NO_NODE`` if all are wildcards), and whether that holds."""
-  big = np.iinfo(np.int64).max
-  hi = np.where(wild, -2, ids).max(axis=0, initial=-2)
-  lo = np.where(wild, big, ids).min(axis=0, initial=big)
-  all_wild = np.all(wild, axis=0)
-  same = all_wild | (hi == lo)
-  return np.where(all_wild | ~same, NO_NODE, hi), same
 
 
 class Tracer:
@@ -189,8 +132,6 @@ class Tracer:
     return [read(v) for v in jaxpr.outvars]
 
   def eqn(self, eqn, ins: list[Any]) -> list[Any]:
-    from mobileprune_jax.surgery import linear_maps, producers, reductions
-
     name = eqn.primitive.name
     if name in _CALLS and _CALLS[name] in eqn.params:
       sub = eqn.params[_CALLS[name]]

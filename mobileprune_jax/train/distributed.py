@@ -14,31 +14,16 @@ collectives go through gloo.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
-from mobileprune_jax.config import ConfigError
+from mobileprune_jax.config import ConfigError, check_distributed
 
 KEYS = ("coordinator", "num_processes", "process_id")
-
-
-def check_config(cfg: ml_collections.ConfigDict) -> None:
-  """Checks ``cfg.distributed`` (raises ConfigError, one line) before anything starts."""
-  d = cfg.distributed
-  if d.coordinator is not None and not re.fullmatch(r"\[?[\w.\-:]+\]?:\d{1,5}", str(d.coordinator)):
-    raise ConfigError(f"distributed.coordinator must be HOST:PORT (e.g. localhost:12355), got {d.coordinator!r}")
-  n = d.num_processes
-  if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-    raise ConfigError(f"distributed.num_processes must be a positive integer, got {n!r}")
-  i = d.process_id
-  if i is not None and (not isinstance(i, int) or isinstance(i, bool) or i < 0 or (n is not None and i >= n)):
-    raise ConfigError(f"distributed.process_id must be an integer in [0, num_processes), got {i!r}")
-  if d.coordinator is not None and (n is None or i is None):
-    raise ConfigError("distributed.coordinator needs distributed.num_processes and distributed.process_id too")
 
 
 def requested(cfg: ml_collections.ConfigDict) -> bool:
@@ -51,7 +36,7 @@ def initialize(cfg: ml_collections.ConfigDict) -> None:
   Raises:
     ConfigError: ``jax.distributed`` already runs with another number of processes or another process id.
   """
-  check_config(cfg)
+  check_distributed(cfg)
   if not requested(cfg):
     return
   d = cfg.distributed
@@ -76,8 +61,6 @@ def is_main() -> bool:
 def barrier(name: str) -> None:
   """Every process waits here until all arrive (no-op for one process)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
     multihost_utils.sync_global_devices(name)
 
 
@@ -86,8 +69,6 @@ def run_token() -> int:
   token = np.asarray(np.random.default_rng().integers(1, 2**31 - 1), np.int32)
   if jax.process_count() == 1:
     return int(token)
-  from jax.experimental import multihost_utils
-
   return int(multihost_utils.broadcast_one_to_all(token))
 
 
@@ -95,8 +76,6 @@ def agree(flag: bool) -> bool:
   """Process 0's ``flag``, in every process (e.g. whether it could take the lock)."""
   if jax.process_count() == 1:
     return bool(flag)
-  from jax.experimental import multihost_utils
-
   return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(flag), np.int32)))
 
 
@@ -104,6 +83,4 @@ def check_same(value: Any, what: str) -> None:
   """Raises RuntimeError when the processes hold different ``value`` s (an int or an array)."""
   if jax.process_count() == 1:
     return
-  from jax.experimental import multihost_utils
-
   multihost_utils.assert_equal(np.asarray(value), f"the processes of the run disagree on {what}")

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from mobileprune_jax import data as data_lib
-from mobileprune_jax import models
+from mobileprune_jax import models, surgery
 from mobileprune_jax.config import ConfigError
 from mobileprune_jax.train.steps import Placement
 
@@ -106,8 +106,6 @@ def load_initial_weights(cfg: ml_collections.ConfigDict, model: nnx.Module) -> N
   Raises:
     ConfigError: no such directory, an unreadable model, or one whose parameters differ in shape.
   """
-  from mobileprune_jax import surgery
-
   directory = pathlib.Path(cfg.init_from)
   try:
     source = surgery.load(directory)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from mobileprune_jax import analysis, atomic, metrics, tree_arrays
 from mobileprune_jax import config as config_lib
@@ -393,8 +394,6 @@ def _nonzero_fraction(model: nnx.Module) -> float:
 def _progress(cfg, name, epoch, epochs, total, initial):
   if not cfg.progress:
     return None
-  from tqdm.auto import tqdm
-
   return tqdm(total=total, initial=initial, desc=f"{name} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
 
 

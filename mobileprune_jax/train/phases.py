@@ -21,7 +21,8 @@ import ml_collections
 import optax
 from flax import nnx
 
-from mobileprune_jax import methods, regularisers, transforms
+from mobileprune_jax import groups, methods, regularisers, transforms
+from mobileprune_jax.surgery import depgraph
 from mobileprune_jax.train import actions, palm
 from mobileprune_jax.train.steps import Placement, bound_train_step
 
@@ -226,9 +227,6 @@ def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | n
   """
   if isinstance(kernel_paths, nnx.Module):
     model = model if model is not None else kernel_paths
-    from mobileprune_jax import groups
-    from mobileprune_jax.surgery import depgraph
-
     model_rules = list(model_rules) or groups.rules_for_model(kernel_paths)
     kernel_paths = [layer.kernel_path for layer in depgraph.trace(kernel_paths, sample_input).layers]
   last_kernel = kernel_paths[-1]

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from mobileprune_jax import analysis, atomic, metrics, surgery, tree_arrays
+from mobileprune_jax import analysis, atomic, export, metrics, surgery, tree_arrays
 from mobileprune_jax import data as data_lib
 from mobileprune_jax.train import budget, events
 from mobileprune_jax.train.state import RunState
@@ -74,8 +74,6 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
                cuts=shrink_report.cuts)
   events.reached("finish_model")
   if cfg.export.tflite:
-    from mobileprune_jax import export
-
     summary.update(export.compare(dense, shrunk, sample[:1], workdir / "tflite"))
     if cfg.export.quantize:
       q = cfg.export.quantize

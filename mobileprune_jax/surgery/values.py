@@ -1,0 +1,69 @@
+"""The values the tracer propagates: ``Const`` (known without the input, with the parameter entries it came
+from) and ``Act`` (input-dependent: a channel node per element), and helpers the op handlers share."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from mobileprune_jax.surgery.graph import NO_NODE
+
+
+@dataclasses.dataclass
+class Const:
+  """A value known without the input; ``origin[path]`` = flat index into that parameter (or -1)."""
+
+  value: np.ndarray
+  origin: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class Act:
+  """An input-dependent value: per element, its channel node id and its constant value (NaN if
+  it depends on the input)."""
+
+  ids: np.ndarray
+  value: np.ndarray
+
+  @classmethod
+  def of_zero(cls, ids: np.ndarray, zero: np.ndarray) -> Act:
+    return cls(ids, np.where(zero, 0.0, np.nan))
+
+  @classmethod
+  def unknown(cls, shape: tuple[int, ...]) -> Act:
+    return cls(np.full(shape, NO_NODE, np.int64), np.full(shape, np.nan))
+
+  @property
+  def zero(self) -> np.ndarray:
+    """Elements that are exactly zero for every input."""
+    return self.value == 0
+
+  @property
+  def known(self) -> np.ndarray:
+    return ~np.isnan(self.value)
+
+  @property
+  def wild(self) -> np.ndarray:
+    """Elements that belong to no channel and are always zero (they fit any channel)."""
+    return (self.ids < 0) & self.zero
+
+
+def host(value: Any) -> Any:
+  """numpy copy of an array; PRNG key arrays (e.g. Dropout's rngs) stay as they are."""
+  if hasattr(value, "dtype") and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+    return value
+  return np.asarray(value)
+
+
+def uniform_nodes(ids: np.ndarray, wild: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per column of (positions, features) arrays: its node if every non-wildcard element has
+  the same id (``NO_NODE`` if all are wildcards), and whether that holds."""
+  big = np.iinfo(np.int64).max
+  hi = np.where(wild, -2, ids).max(axis=0, initial=-2)
+  lo = np.where(wild, big, ids).min(axis=0, initial=big)
+  all_wild = np.all(wild, axis=0)
+  same = all_wild | (hi == lo)
+  return np.where(all_wild | ~same, NO_NODE, hi), same
