@@ -144,7 +144,8 @@ def _stop(signum: int, frame) -> None:
       stream.flush()
     except Exception:  # noqa: BLE001 - interrupted in the middle of a write: nothing more to save
       pass
-  os.write(2, (f"{what} {where}\n" if where else f"{what}\n").encode())
+  quiet = sys.modules.get("mobileprune_jax.quiet")  # the signal may land while native logs are hidden
+  os.write(quiet.stderr_fd() if quiet is not None else 2, (f"{what} {where}\n" if where else f"{what}\n").encode())
   os._exit(128 + signum)
 
 

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mobileprune_jax import data, int8, metrics, surgery
+from mobileprune_jax import data, int8, metrics, quiet, surgery
 from mobileprune_jax.nnx_only import EXPORT_ROUTE, require_nnx
 from mobileprune_jax.surgery.depgraph import eval_mode
 
@@ -47,8 +47,9 @@ class ParityError(AssertionError):
 def _tf():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
-    import tensorflow as tf
-    from jax.experimental import jax2tf
+    with quiet.native_stderr_hidden():
+      import tensorflow as tf
+      from jax.experimental import jax2tf
   except ImportError as e:
     raise ImportError(INSTALL_HINT) from e
   return tf, jax2tf
@@ -59,8 +60,9 @@ def _interpreter(path: str | pathlib.Path, threads: int | None = 1):
     from ai_edge_litert.interpreter import Interpreter
   except ImportError as e:
     raise ImportError(INSTALL_HINT) from e
-  interpreter = Interpreter(model_path=str(path), num_threads=threads if threads else os.cpu_count())
-  interpreter.allocate_tensors()
+  with quiet.native_stderr_hidden():  # "Created TensorFlow Lite XNNPACK delegate for CPU" (first run only)
+    interpreter = Interpreter(model_path=str(path), num_threads=threads if threads else os.cpu_count())
+    interpreter.allocate_tensors()
   return interpreter
 
 
@@ -121,6 +123,21 @@ def to_tflite(model: nnx.Module, sample_input: Any, path: str | pathlib.Path, qu
               if quantize == "int8" else None)
   if examples is not None and len(examples) < len(x):
     raise ValueError(f"calibration_data holds {len(examples)} examples; the file's batch is {len(x)}")
+  with quiet.native_stderr_hidden():  # TensorFlow's C++ start-up and converter lines (errors still raise)
+    blob = _convert(model, x, quantize, examples)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(blob)
+  if check:
+    diff = parity(path, model, x, inputs=None if examples is None else examples[:64])
+    tol = TOLERANCE[quantize]
+    if not diff <= tol:
+      raise ParityError(f"{path}: LiteRT output differs from JAX by {diff:.3g} (> {tol}, quantize={quantize})")
+  return path
+
+
+def _convert(model: nnx.Module, x: np.ndarray, quantize: str | None, examples: np.ndarray | None) -> bytes:
+  """The TFLite flatbuffer of ``model`` at the input ``x``'s shape (see ``to_tflite``)."""
   tf, jax2tf = _tf()
   f = _forward(model)
   tf_fn = tf.function(jax2tf.convert(f, with_gradient=False, native_serialization_platforms=("cpu",)),
@@ -135,18 +152,9 @@ def to_tflite(model: nnx.Module, sample_input: Any, path: str | pathlib.Path, qu
       converter.representative_dataset = int8.representative_dataset(examples, len(x))
       converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
       converter.inference_input_type = converter.inference_output_type = tf.int8
-  with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the I/O scales are calibrated
-    warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-    blob = converter.convert()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(blob)
-  if check:
-    diff = parity(path, model, x, inputs=None if examples is None else examples[:64])
-    tol = TOLERANCE[quantize]
-    if not diff <= tol:
-      raise ParityError(f"{path}: LiteRT output differs from JAX by {diff:.3g} (> {tol}, quantize={quantize})")
-  return path
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Statistics for quantized inputs")  # the I/O scales are calibrated
+    return converter.convert()
 
 
 def run_tflite(path: str | pathlib.Path, x: np.ndarray, threads: int | None = 1) -> np.ndarray:
@@ -302,7 +310,7 @@ def _input_shape(summary: dict[str, Any], summary_path: pathlib.Path) -> tuple[i
       shape = data.load(name).input_shape
     except (data.DataUnavailableError, data.InvalidDataError, ValueError, OSError) as e:
       raise ValueError(f"{summary_path} has no 'input_shape' and data set {name!r} cannot be loaded to find it "
-                       f"({' '.join(str(e).split())[:160]}); add \"input_shape\": [...] to it") from None
+                       f"({' '.join(str(e).split()).split('. ')[0]}); add \"input_shape\": [...] to it") from None
   if not (isinstance(shape, (list, tuple)) and shape and
           all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 4096 for d in shape)):
     raise ValueError(f"{summary_path}: input_shape must be a list of positive sizes, got {shape!r}")

@@ -135,3 +135,40 @@ def test_benchmark_refuses_a_model_holding_nan(tmp_path, capsys):
       f"error: {workdir / 'model'}: the model holds 1 NaN/inf weights (a diverged or damaged model); nothing was "
       "exported"])
   assert not (workdir / "tflite").exists()
+
+
+def test_warning_lines_go_to_stderr_and_progress_to_stdout(capsys):
+  from mobileprune_jax.train import loop
+
+  loop.print_line("pretrain epoch 1/2: loss 0.3")
+  loop.print_line("warning: ignoring runs/x/checkpoints/ckpt-9.safetensors: it is a directory")
+  captured = capsys.readouterr()
+  assert captured.out == "pretrain epoch 1/2: loss 0.3\n"
+  assert captured.err == "warning: ignoring runs/x/checkpoints/ckpt-9.safetensors: it is a directory\n"
+
+
+def test_native_log_lines_are_hidden_but_a_signal_handler_still_reaches_stderr(capfd, monkeypatch):
+  import os
+
+  from mobileprune_jax import quiet
+
+  monkeypatch.delenv("MOBILEPRUNE_JAX_NATIVE_LOGS", raising=False)
+  with quiet.native_stderr_hidden():
+    os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on\n")  # as TensorFlow's C++ code writes
+    os.write(quiet.stderr_fd(), b"interrupted at prune/1 epoch 3\n")
+  os.write(2, b"after\n")
+  assert capfd.readouterr().err == "interrupted at prune/1 epoch 3\nafter\n"
+  monkeypatch.setenv("MOBILEPRUNE_JAX_NATIVE_LOGS", "1")
+  with quiet.native_stderr_hidden():
+    os.write(2, b"shown\n")
+  assert capfd.readouterr().err == "shown\n"
+
+
+def test_benchmark_prints_no_native_log_lines(capfd, finished_model, tmp_path):
+  import shutil
+
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_model, workdir)  # the module's workdir stays without tflite/
+  assert cli.main(["benchmark", "--workdir", str(workdir), "--repeats", "3"]) == 0
+  captured = capfd.readouterr()
+  assert captured.err == "" and "latency 1 thread" in captured.out

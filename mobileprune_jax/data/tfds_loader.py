@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from mobileprune_jax.data.errors import DataUnavailableError
@@ -17,8 +19,15 @@ def load_tfds(name: str, data_dir: str | None = None):
     import tensorflow_datasets as tfds
   except ImportError as e:
     raise DataUnavailableError(f"{name!r} needs tensorflow-datasets: pip install tensorflow-datasets") from e
-  builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
+  absl_logger = logging.getLogger("absl")  # "Variant folder … has no dataset_info.json": said below in one line
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    prepared = builder.is_prepared()
+  finally:
+    absl_logger.setLevel(level)
+  if not prepared:
     raise DataUnavailableError(
         f"tfds data set {name!r} is not prepared in {builder.data_dir!r}. With network access run "
         f"`python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}').download_and_prepare()\"` "

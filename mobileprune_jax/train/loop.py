@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -397,8 +398,13 @@ def _progress(cfg, name, epoch, epochs, total, initial):
   return tqdm(total=total, initial=initial, desc=f"{name} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
 
 
+def print_line(line: str) -> None:
+  """The default ``log`` of ``run``: progress on standard output, ``warning:`` lines on standard error."""
+  print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, resume: bool = False,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        log: Callable[[str], None] = print_line) -> dict[str, Any]:
   """Runs a config end to end (or resumes it) and returns the summary (also in ``summary.json``).
 
   Every check of the config, the data and the model happens before the workdir is touched.
