@@ -39,3 +39,19 @@ def test_the_readme_example_runs_and_its_optimizer_takes_the_penalty_s_prox():
   changed = sum(int(np.sum(np.asarray(a) != np.asarray(b))) for a, b in
                 zip(jax.tree.leaves(after), jax.tree.leaves(before)))
   assert changed > 0, "the prox changed nothing: the README's coefficients would not sparsify"
+
+
+def test_the_readme_s_main_job_numbers_are_those_of_its_results_file():
+  """The README's table is written by experiments/scripts/report_run.py --readme, never typed: it must equal the
+  key-value rows and provenance of experiments/results/readme_job.md."""
+  import importlib.util
+
+  root = README.parent
+  spec = importlib.util.spec_from_file_location("report_run", root / "experiments" / "scripts" / "report_run.py")
+  report_run = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(report_run)
+  text = README.read_text()
+  block = text.split(report_run.README_START, 1)[1].split(report_run.README_END, 1)[0].strip("\n")
+  results = (root / "experiments" / "results" / "readme_job.md").read_text()
+  assert block == report_run.readme_block(results)
+  assert "| test accuracy (dense → pruned) |" in block and "Measured at commit " in block

@@ -3,6 +3,9 @@
     python experiments/scripts/report_run.py runs/mbv2_quick \\
         --command "python -m mobileprune_jax run --config experiments/configs/mobilenet_v2_fashion_mnist.py:quick \\
         --workdir runs/mbv2_quick --config.export.tflite=True" > experiments/results/mobilenet_v2.md
+
+``--readme README.md`` also writes the key-value table and its provenance line between the README's
+``<!-- readme_job -->`` and ``<!-- /readme_job -->`` markers (the README's main-job numbers are never typed by hand).
 """
 
 from __future__ import annotations
@@ -81,14 +84,40 @@ def table(workdir: pathlib.Path, command: str, commit: str | None = None, caveat
   return "\n".join(lines) + "\n"
 
 
+README_START, README_END = "<!-- readme_job -->", "<!-- /readme_job -->"
+
+
+def readme_block(table_text: str) -> str:
+  """The key-value rows of a ``table`` and its provenance, as the README shows them."""
+  lines = table_text.splitlines()
+  made = next(line for line in lines if line.startswith("Made by"))
+  commit = made.split(" at commit ", 1)[1].split(";", 1)[0]
+  minutes = made.split("; ", 1)[1].split(" min ", 1)[0]
+  start = lines.index("| | |")
+  end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+  return "\n".join(lines[start:end] + ["", f"Measured at commit {commit} on a shared 2-core CPU machine "
+                                             f"({minutes} min wall); one seed."])
+
+
+def write_readme(readme: pathlib.Path, table_text: str) -> None:
+  text = readme.read_text()
+  head, rest = text.split(README_START, 1)
+  _, tail = rest.split(README_END, 1)
+  readme.write_text(f"{head}{README_START}\n{readme_block(table_text)}\n{README_END}{tail}")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("workdir", type=pathlib.Path)
   parser.add_argument("--command", required=True, help="the command that made the run (printed in the table)")
   parser.add_argument("--commit", help="the commit the run was made at (default: the checkout's HEAD)")
   parser.add_argument("--caveat", default="", help="a sentence on what the numbers do and do not show")
+  parser.add_argument("--readme", type=pathlib.Path, help="also update this README's main-job block")
   args = parser.parse_args()
-  print(table(args.workdir, args.command, args.commit, args.caveat), end="")
+  text = table(args.workdir, args.command, args.commit, args.caveat)
+  if args.readme:
+    write_readme(args.readme, text)
+  print(text, end="")
 
 
 if __name__ == "__main__":
