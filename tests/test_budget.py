@@ -247,3 +247,35 @@ def _one_layer(seed: int):
       return self.dense(x)
 
   return OneLayer()
+
+
+def test_a_model_below_the_target_lands_from_its_anchor_and_never_ends_below():
+  """A run whose size fell below target·(1 − tolerance) (PALM's oscillation) is reset to the anchor — the last state
+  at or above the target — and trimmed from there; the survivors are the anchor's own values. Without an anchor the
+  model stays as it is (a prox cannot grow it) and the report says it missed."""
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from mobileprune_jax import regularisers
+
+  model, sample = _one_layer(2), jnp.ones((2, 40))
+  controller = budget.Controller.for_model(model, sample, nonzero=0.25)
+  anchor = jax.tree.map(np.array, nnx.state(model))  # dense: at or above the target
+  dense = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.Param))]
+  kernel = np.asarray(model.dense.kernel[...])
+  model.dense.kernel[...] = jnp.asarray(np.where(np.abs(kernel) >= np.quantile(np.abs(kernel), 0.95), kernel, 0))
+  model.dense.bias[...] = jnp.zeros(10)
+  assert controller.measure(model)["nonzero"] < 0.25 * 0.9  # 5 % of the kernel: far below the target
+
+  lone = nnx.clone(model)
+  assert controller.land(lone, regularisers.l1(1.0), 0.05, 1.0) == 1.0  # no anchor: nothing to do
+  assert not controller.report(lone, 1.0)["within_tolerance"]
+
+  m = controller.land(model, regularisers.l1(1.0), 0.05, 1.0, fallback=anchor)
+  report = controller.report(model, m)
+  assert report["within_tolerance"] and abs(report["reached"]["nonzero"] / 0.25 - 1) <= 0.05, report
+  for d, a in zip(dense, jax.tree.leaves(nnx.state(model, nnx.Param))):
+    a = np.asarray(a)
+    np.testing.assert_array_equal(a[a != 0], d[a != 0])  # the anchor's values, trimmed by |w| > s·m
+    assert np.abs(a[a != 0]).min(initial=np.inf) >= np.abs(d[(a == 0) & (d != 0)]).max(initial=0)

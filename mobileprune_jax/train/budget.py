@@ -24,7 +24,11 @@ than wanted cannot be grown by a prox: then m ← m / 2^gain lets the gradient r
 recompilation) and is part of the checkpointed run state, so a resumed run continues with the
 same multiplier. At the end of the last penalised phase, a model still above the tolerance keeps only the
 support of one prox step at the bisected multiplier (the survivors keep their values), so the
-run lands on the target.
+run lands on the target. A model that ended below the tolerance (a prox cannot grow it; PALM, whose
+steps 1/(γL) are several times prox-SGD's, regrows weights whenever the multiplier drops and loses them
+when it rises, so its size oscillates around the target) is first reset to the last state the
+controller measured at or above the target during the controlled phases (kept by ``train.steering``
+and checkpointed with the run), then trimmed the same way: no run ends below its target.
 With several targets, the binding one (largest ratio) lands on its target, the others below theirs.
 """
 
@@ -233,11 +237,19 @@ class Controller:
     ``land`` trims from above), along the geometric ramp at ``progress`` ∈ [0, 1] of the pruning (None:
     the ramp is over).
     """
+    return self.update_from(self.measure(model, preview), base, progress)
+
+  def update_from(self, measured: dict[str, float], base: float, progress: float | None = None) -> tuple[float, float]:
+    """``update`` from a size already measured (``measure``)."""
     aim = 1 + 3 * self.tolerance
     wanted = {k: v * aim for k, v in self.targets.items()}
     if progress is not None:
       wanted = {k: wanted_fraction(v, progress, self.ramp) for k, v in wanted.items()}
-    return next_multiplier(base, ratio(self.measure(model, preview), wanted), self.gain, self.proportional)
+    return next_multiplier(base, ratio(measured, wanted), self.gain, self.proportional)
+
+  def at_or_above(self, measured: dict[str, float]) -> bool:
+    """Whether a model of this size can still be landed on the targets by trimming (ratio ≥ 1)."""
+    return ratio(measured, self.targets) >= 1
 
   def start(self, model: nnx.Module, regulariser: Regulariser, step_size: float, steps: int,
             preview: Preview | None = None) -> float:
@@ -269,8 +281,13 @@ class Controller:
     return self._prox_fns[key]
 
   def land(self, model: nnx.Module, regulariser: Regulariser, step_size: float, multiplier: float,
-           preview: Preview | None = None) -> float:
+           preview: Preview | None = None, fallback: Any = None) -> float:
     """A model above target·(1 + tolerance/2) keeps only the support of prox_{s·m*·R}, m* bisected to land on it.
+
+    A model below target·(1 − tolerance) cannot be trimmed back up: with ``fallback`` (the state,
+    ``nnx.state(model)``, of the last model measured at or above the target) the model is first set to it
+    and trimmed from there, so a run whose size oscillates around the target (PALM's large steps regrow
+    weights when the multiplier drops, then lose them again) still ends on it.
 
     The weights the prox at m* zeroes are zeroed; the others keep their values. (Applying the prox
     itself would also shrink every surviving group by the large m*'s threshold: on the last phase of
@@ -279,7 +296,11 @@ class Controller:
 
     Returns the multiplier in force afterwards (``multiplier`` when nothing was done).
     """
-    if ratio(self.measure(model, preview), self.targets) <= 1 + self.tolerance / 2:
+    r = ratio(self.measure(model, preview), self.targets)
+    if r < 1 - self.tolerance and fallback is not None:
+      nnx.update(model, jax.tree.map(jnp.asarray, fallback))
+      r = ratio(self.measure(model, preview), self.targets)
+    if r <= 1 + self.tolerance / 2:
       return multiplier
     prox, params = self._prox(regulariser, step_size), nnx.state(model, nnx.Param)
 

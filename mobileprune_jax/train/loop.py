@@ -40,7 +40,7 @@ from mobileprune_jax.train.checkpoints import Checkpoints, NonFiniteError
 from mobileprune_jax.train.lock import WorkdirBusyError, WorkdirLock, check_member, check_workdir
 from mobileprune_jax.train.phases import Phase, Stepper, build_phases
 from mobileprune_jax.train.state import RunState, StateError
-from mobileprune_jax.train.steering import Steering
+from mobileprune_jax.train.steering import ANCHOR, Steering
 from mobileprune_jax.train.steps import evaluate
 
 # keys that do not change what a run computes: they may differ between a run and its resume
@@ -141,8 +141,11 @@ class Run:
     if state.phase >= len(self.phases):
       return None
     stepper = self.phases[state.phase].build(self.model) if self.phases[state.phase].build else None
+    if self.steering is not None:  # the landing's fallback, when the run had one at this point
+      self.steering.restore(tree_arrays.from_arrays(nnx.state(self.model), arrays, prefix=f"{ANCHOR}/")
+                            if ANCHOR in items else None)
     wanted = sorted(stepper.items()) if stepper is not None and (state.epoch or state.step) else []
-    if sorted(set(items) - {"model"}) != wanted:
+    if sorted(set(items) - {"model", ANCHOR}) != wanted:
       raise StateError(f"holds {sorted(items)}, but phase {state.phase} at epoch {state.epoch}, step {state.step} "
                        f"needs {['model', *wanted]}")
     if wanted:
@@ -151,7 +154,8 @@ class Run:
     return stepper
 
   def save(self, stepper: Stepper | None) -> None:
-    items = {"model": nnx.state(self.model), **(stepper.items() if stepper is not None else {})}
+    items = {"model": nnx.state(self.model), **(stepper.items() if stepper is not None else {}),
+             **(self.steering.items() if self.steering is not None else {})}
     try:
       path = self.ckpt.save(self.state, items, self.fingerprint, write=self.main)
     except NonFiniteError as e:

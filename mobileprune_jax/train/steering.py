@@ -1,9 +1,10 @@
 """The budget during a run, in one place: when the controller acts, on which phases, and what it records.
 
 The controller (``budget.Controller``) decides multipliers from the model; ``Steering`` applies it to the run's
-schedule. The only budget state is the run state's ``multiplier`` / ``multiplier_base`` (checkpointed); every
-decision is a function of the model and the run's position, so a resumed run decides exactly as an uninterrupted
-one.
+schedule. The budget state is the run state's ``multiplier`` / ``multiplier_base`` and the *anchor*: the model
+state at the last control point where the size was at or above the target, the landing's fallback when a run ends
+below it (``Controller.land``). Both are checkpointed (the anchor as the item ``budget_anchor``); every decision is
+a function of the model and the run's position, so a resumed run decides exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 
+from mobileprune_jax import tree_arrays
 from mobileprune_jax.train import budget
 from mobileprune_jax.train.phases import Phase
 from mobileprune_jax.train.state import RunState
+
+ANCHOR = "budget_anchor"  # the checkpoint item holding the anchor
 
 
 class Steering:
@@ -41,6 +47,7 @@ class Steering:
     self.every = b.interval or max(1, steps_per_epoch // 8)
     self.phases, self.steps_per_epoch, self.record = phases, steps_per_epoch, record
     self.first = next((i for i, p in enumerate(phases) if p.controlled), None)
+    self.anchor: Any = None  # host copy of nnx.state(model) at the last control point at or above the target
 
   @classmethod
   def for_run(cls, cfg: ml_collections.ConfigDict, *args, **kwargs) -> Steering | None:
@@ -70,8 +77,18 @@ class Steering:
     if state.phase == self.first:  # the wanted size ramps down over the first penalised phase
       done = self._steps(phase, state.epoch) + state.step
       progress = done / max(self._steps(phase), 1)
-    state.multiplier_base, state.multiplier = self.controller.update(model, state.multiplier_base, progress,
-                                                                     phase.on_end)
+    measured = self.controller.measure(model, phase.on_end)
+    if self.controller.at_or_above(measured):
+      self.anchor = jax.tree.map(lambda a: np.array(tree_arrays.host_array(a)), nnx.state(model))
+    state.multiplier_base, state.multiplier = self.controller.update_from(measured, state.multiplier_base, progress)
+
+  def items(self) -> dict[str, Any]:
+    """What a checkpoint holds for the budget besides the run state: the anchor, while there is one."""
+    return {ANCHOR: self.anchor} if self.anchor is not None else {}
+
+  def restore(self, anchor: Any) -> None:
+    """The anchor a checkpoint held (None: it held none)."""
+    self.anchor = anchor
 
   def epoch_entry(self, model: nnx.Module, state: RunState) -> dict[str, Any]:
     """What a penalised phase's epoch log entry adds: the multiplier and the size reached."""
@@ -85,7 +102,15 @@ class Steering:
     phase = self.phases[state.phase]
     if not phase.lands:
       return
-    m = self.controller.land(model, phase.regulariser, phase.step_size, state.multiplier, phase.on_end)
-    if m != state.multiplier:  # a one-off trim: later penalised phases (EGL's retraining) keep the controller's m
-      self.record({"phase": phase.name, "event": "budget_landing", "penalty_multiplier": m,
-                   "budget_reached": self.controller.measure(model, phase.on_end)})
+    before = self.controller.measure(model, phase.on_end)
+    from_anchor = (self.anchor is not None
+                   and budget.ratio(before, self.targets) < 1 - self.controller.tolerance)
+    m = self.controller.land(model, phase.regulariser, phase.step_size, state.multiplier, phase.on_end,
+                             fallback=self.anchor)
+    self.anchor = None  # landed: later phases train the landed model's support
+    if m != state.multiplier or from_anchor:  # a one-off trim: later penalised phases (EGL's retraining) keep m
+      entry = {"phase": phase.name, "event": "budget_landing", "penalty_multiplier": m,
+               "budget_reached": self.controller.measure(model, phase.on_end)}
+      if from_anchor:
+        entry |= {"from_anchor": True, "budget_reached_before": before}
+      self.record(entry)
