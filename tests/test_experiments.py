@@ -4,6 +4,7 @@ import json
 import pathlib
 import statistics
 
+import numpy as np
 import pytest
 
 from experiments.grid import cells, paper, report
@@ -85,9 +86,10 @@ def test_the_runner_runs_a_dense_and_a_budget_cell(tmp_path):
           "retrain.epochs=1"]  # the real code path (init_from the dense cell, budget, cell.json) in seconds
   dense = cells.Cell("mnist_subset", "lenet300", "dense", None, 0)
   cell = cells.Cell("mnist_subset", "lenet300", "l1", 0.05, 0)
-  assert run.run_cell(dense, tmp_path, tiny + ["pretrain.epochs=2"]) == "done"
+  records = tmp_path / "cells"
+  assert run.run_cell(dense, tmp_path, tiny + ["pretrain.epochs=2"], records=records) == "done"
   lines = []
-  status = run.run_cell(cell, tmp_path, tiny, log=lines.append)
+  status = run.run_cell(cell, tmp_path, tiny, log=lines.append, records=records)
   s = cells.summary(cell.workdir(tmp_path))
   epochs = [line for line in lines if " epoch " in line]  # progress: one line per epoch (1 prune + 1 retrain)
   assert len(epochs) == 2 and epochs[0].startswith("[prune/1] epoch 1/1"), lines
@@ -96,6 +98,14 @@ def test_the_runner_runs_a_dense_and_a_budget_cell(tmp_path):
   info = json.loads((cell.workdir(tmp_path) / "cell.json").read_text())
   assert info["config"] == ("experiments/configs/budget_grid.py:lenet300,l1,mnist_subset,0.05 --config.seed=0 "
                             + " ".join(f"--config.{o}" for o in tiny))
+  assert info["commit_finished"] == info["commit"]  # finished on the code it started on
+  from experiments.grid import record  # the runner wrote the cell's record; its bits give the summary's accuracy
+
+  r = json.loads(record.path_of(cell, records).read_text())
+  correct = record.decode_bits(r["test_correct"], r["summary"]["test_size"])
+  assert r["summary"]["test_size"] == 500 and abs(correct.mean() - s["pruned_accuracy"]) <= 2 / 500
+  assert r["config"] == info["config"] and r["cell"]["method"] == "l1"
+  assert set(record.load_all(records)) == {dense, cell}
 
 
 def test_cells_at_chance_are_named_and_unrun_models_say_why(tmp_path):
@@ -116,3 +126,29 @@ def test_cells_at_chance_are_named_and_unrun_models_say_why(tmp_path):
   assert mbv2.split("\n\n")[1].startswith("Not run here: a train step takes") and "--models mobilenet_v2" in mbv2
   assert "--config.data_dir=<the four Fashion-MNIST IDX files>" in text and "basic_motions,BUDGET --config.seed=S " \
          "--config.init_from=<dense run of seed S>/model`" in text
+
+
+def test_a_cell_record_round_trips_its_numbers_and_per_example_correctness(tmp_path):
+  from experiments.grid import record
+
+  rng = np.random.default_rng(0)
+  for n in (1, 7, 8, 2000):
+    bits = rng.random(n) < 0.9
+    assert np.array_equal(record.decode_bits(record.encode_bits(bits), n), bits)
+  cell = cells.Cell("mnist_subset", "lenet5", "mobileprune_palm", 0.01, 2)
+  correct = rng.random(2000) < 0.95
+  rec = {"cell": {"dataset": cell.dataset, "model": cell.model, "method": cell.method, "budget": cell.budget,
+                  "seed": cell.seed},
+         "config": cell.config_string, "commit_started": "aaa1111", "commit_finished": "bbb2222", "seconds": 90.0,
+         "summary": {"pruned_accuracy": float(correct.mean()), "base_accuracy": 0.99, "test_size": 2000,
+                     "nonzero_params": 10, "params_total": 1000, "params_remaining": 40, "macs_pruned": 5,
+                     "macs_dense": 100, "budget": {"reached": {"nonzero": 0.0101}, "within_tolerance": True}},
+         "test_correct": record.encode_bits(correct)}
+  record.write(rec, record.path_of(cell, tmp_path))
+  assert record.path_of(cell, tmp_path).stat().st_size < 2000  # 2,000 test digits: 500 hex characters
+  loaded = record.load_all(tmp_path)
+  assert list(loaded) == [cell]
+  s = loaded[cell]
+  assert np.array_equal(s["_correct"], correct) and s["_commit"] == "aaa1111→bbb2222"  # resumed under newer code
+  text = report.palm_landings(loaded)
+  assert "| mnist_subset | lenet5 | 1 % | 2 | 1.010 % | yes | 99.00 → " in text and "1 of 1 cells within" in text

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
+from mobileprune_jax import config as config_lib
 from mobileprune_jax.config import import_file
 
 HERE = pathlib.Path(__file__).resolve().parent.parent
@@ -84,3 +86,20 @@ def wall_seconds(workdir: pathlib.Path) -> float | None:
 def summary(workdir: pathlib.Path) -> dict[str, Any] | None:
   path = workdir / "summary.json"
   return json.loads(path.read_text()) if path.exists() else None
+
+
+def cell_config(cell: Cell, runs: pathlib.Path, extra: Sequence[str] = ()):
+  """The config a cell runs with (its dense cell's model as ``init_from``) plus ``extra`` overrides."""
+  cfg = config_lib.load_config(f"{CONFIG}:{cell.config_arg}")
+  overrides = [f"seed={cell.seed}", "progress=False", *extra]
+  if cell.budget is not None:
+    overrides.append(f"init_from={cell.dense().workdir(runs).resolve() / 'model'}")
+  config_lib.apply_overrides(cfg, overrides)
+  return cfg
+
+
+def recorded_extra(workdir: pathlib.Path) -> list[str]:
+  """The ``--set`` overrides a cell was started with (from its ``cell.json``)."""
+  info = json.loads((workdir / "cell.json").read_text()) if (workdir / "cell.json").exists() else {}
+  return [part[len("--config."):] for part in info.get("config", "").split() if part.startswith("--config.")
+          and not part.startswith("--config.seed=")]

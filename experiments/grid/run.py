@@ -14,39 +14,33 @@ import time
 from collections.abc import Callable, Sequence
 
 from experiments.grid import cells as cells_lib
+from experiments.grid import record
 
 
 def run_cell(cell: cells_lib.Cell, runs: pathlib.Path, extra: Sequence[str] = (),
-             log: Callable[[str], None] = lambda message: None) -> str:
+             log: Callable[[str], None] = lambda message: None, records: pathlib.Path = record.CELLS) -> str:
   """Runs (or resumes) one cell; returns 'done', 'missed budget', 'diverged', 'busy' or 'no data'.
 
   ``extra``: config overrides ``KEY=VALUE`` added to every cell (recorded in its ``cell.json``);
-  ``log``: receives the pipeline's lines (resume point, one per epoch, the summary).
+  ``log``: receives the pipeline's lines (resume point, one per epoch, the summary); ``records``: where the
+  finished cell's record goes (``experiments.grid.record``).
   """
   import jax
 
-  from mobileprune_jax import config as config_lib
   from mobileprune_jax.data import DataUnavailableError
   from mobileprune_jax.train import pipeline
 
   wd = cell.workdir(runs)
-  cfg = config_lib.load_config(f"{cells_lib.CONFIG}:{cell.config_arg}")
-  overrides = [f"seed={cell.seed}", "progress=False", *extra]
-  if cell.budget is not None:
-    overrides.append(f"init_from={cell.dense().workdir(runs).resolve() / 'model'}")
-  config_lib.apply_overrides(cfg, overrides)
+  cfg = cells_lib.cell_config(cell, runs, extra)
   wd.mkdir(parents=True, exist_ok=True)
   if not (wd / "cell.json").exists():  # what made the cell: kept through resumes
     config = " ".join([cell.config_string, *(f"--config.{o}" for o in extra)])
-    tmp = wd / "cell.json.tmp"  # atomic: a runner killed here leaves no half-written cell.json behind
-    info = {"config": config, "init_from": cfg.init_from and "dense cell", "commit": _commit()}
-    tmp.write_text(json.dumps(info) + "\n")
-    os.replace(tmp, wd / "cell.json")
+    _write_json(wd / "cell.json", {"config": config, "init_from": cfg.init_from and "dense cell", "commit": commit()})
   try:
     pipeline.run(cfg, wd, resume=(wd / "checkpoints").exists(), log=log)
-    return "done"
+    status = "done"
   except pipeline.BudgetNotReachedError:
-    return "missed budget"
+    status = "missed budget"
   except FloatingPointError as e:
     (wd / "FAILED").write_text(str(e) + "\n")
     return "diverged"
@@ -57,9 +51,19 @@ def run_cell(cell: cells_lib.Cell, runs: pathlib.Path, extra: Sequence[str] = ()
     return "no data"
   finally:
     jax.clear_caches()  # one process runs hundreds of cells: keep the compiled executables bounded
+  info = json.loads((wd / "cell.json").read_text())
+  _write_json(wd / "cell.json", {**info, "commit_finished": commit()})  # a resumed cell: the code it finished on
+  record.write(record.make(cell, cfg, wd), record.path_of(cell, records))
+  return status
 
 
-def _commit() -> str:
+def _write_json(path: pathlib.Path, value) -> None:
+  tmp = path.with_name(path.name + ".tmp")  # atomic: a runner killed here leaves no half-written file behind
+  tmp.write_text(json.dumps(value) + "\n")
+  os.replace(tmp, path)
+
+
+def commit() -> str:
   """HEAD of the repository, with "+changes" when the library or the configs differ from it."""
   import subprocess
 
@@ -93,6 +97,7 @@ def main() -> None:
   parser.add_argument("--seeds", nargs="+", type=int, default=None)
   parser.add_argument("--hours", type=float, default=None, help="start no new cell after this many hours")
   parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every cell")
+  parser.add_argument("--records", default=record.CELLS, type=pathlib.Path, help="where cell records go")
   parser.add_argument("--quiet", action="store_true", help="one line per finished cell, no per-epoch lines")
   args = parser.parse_args()
   _persistent_compilation_cache(args.runs / ".jax_cache")
@@ -110,7 +115,8 @@ def main() -> None:
     t0, name = time.time(), f"{cell.config_arg} seed {cell.seed}"
     if not args.quiet:
       print(f"cell {i + 1}/{len(todo)}: {name}", flush=True)
-    status = run_cell(cell, args.runs, args.set, log=(lambda m: None) if args.quiet else _prefixed(name))
+    status = run_cell(cell, args.runs, args.set, log=(lambda m: None) if args.quiet else _prefixed(name),
+                      records=args.records)
     if status == "no data":
       skipped_data.add(cell.dataset)
     print(json.dumps({"cell": cell.config_arg, "seed": cell.seed, "status": status,
