@@ -152,3 +152,32 @@ def test_a_cell_record_round_trips_its_numbers_and_per_example_correctness(tmp_p
   assert np.array_equal(s["_correct"], correct) and s["_commit"] == "aaa1111→bbb2222"  # resumed under newer code
   text = report.palm_landings(loaded)
   assert "| mnist_subset | lenet5 | 1 % | 2 | 1.010 % | yes | 99.00 → " in text and "1 of 1 cells within" in text
+  assert "| mnist_subset | lenet5 | 1 % | no seed with both cells recorded within the budget |" in text
+  other = cells.Cell("mnist_subset", "lenet5", "mobileprune", 0.01, 2)  # prox-SGD: wrong on 30 more examples
+  worse = correct.copy()
+  worse[np.flatnonzero(correct)[:30]] = False
+  record.write({**rec, "cell": {**rec["cell"], "method": "mobileprune"}, "test_correct": record.encode_bits(worse),
+                "summary": {**rec["summary"], "pruned_accuracy": float(worse.mean())}}, record.path_of(other, tmp_path))
+  text = report.palm_landings(record.load_all(tmp_path))
+  p = 2 * 0.5**30  # McNemar: 30 vs 0 discordant examples
+  assert f"| mnist_subset | lenet5 | 1 % | +1.50 pt (n=1), McNemar 30 vs 0, p = {p:.2g}: within noise |" in text
+
+
+def test_paired_statistics_against_hand_computed_values():
+  from experiments.grid import stats
+
+  # McNemar exact: b = 1, c = 9 -> 2 * (C(10,0) + C(10,1)) / 2^10 = 22 / 1024
+  assert stats.mcnemar(1, 9) == pytest.approx(22 / 1024) and stats.mcnemar(9, 1) == stats.mcnemar(1, 9)
+  assert stats.mcnemar(0, 0) == 1.0 and stats.mcnemar(5, 5) == 1.0
+  # t interval, n = 3: diffs 1, 2, 3 -> mean 2, sd 1, t_{2, 0.975} = 4.302653 -> 2 ± 4.302653 / sqrt(3)
+  mean, low, high = stats.t_interval([1.0, 2.0, 3.0])
+  assert mean == 2 and high - mean == pytest.approx(4.302653 / 3**0.5, rel=1e-6) and low == pytest.approx(4 - high)
+  # two seeds of 10 examples: A right where B is wrong on 4 + 3 examples, the reverse on 0 + 1
+  a = [np.array([1, 1, 1, 1, 1, 0, 0, 1, 1, 1], bool), np.array([1, 1, 1, 0, 1, 1, 1, 1, 1, 1], bool)]
+  b = [np.array([0, 0, 0, 0, 1, 0, 0, 1, 1, 1], bool), np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 1], bool)]
+  r = stats.paired(a, b)
+  assert (r.n, r.only_a, r.only_b) == (2, 7, 1) and r.mean == pytest.approx((0.4 + 0.2) / 2)
+  assert r.p == pytest.approx(2 * (1 + 8) / 2**8)  # 0.0703, and the n = 2 interval spans 0: no lead
+  assert not r.lead and "within noise" in r.describe("PALM", "prox-SGD")
+  with pytest.raises(ValueError, match="same seeds"):
+    stats.paired(a, b[:1])
