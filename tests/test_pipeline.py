@@ -59,7 +59,11 @@ def test_mobileprune_run_writes_summary_that_matches_the_shrunk_model(tmp_path):
   stats = metrics.layer_stats(shrunk, x)
   assert summary["macs_pruned"] == sum(s.n_out * s.live_in for s in stats)  # n_in alive × n_out
   phases = [json.loads(line)["phase"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-  assert phases == ["pretrain", "prune/1", "prune/1", "prune/1", "retrain/1"]
+  assert phases == ["pretrain", "pretrain", "prune/1", "prune/1", "prune/1", "retrain/1"]
+  entries = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+  # the test split is read once per reported number: the dense model's (and the summary's final one), never per epoch
+  assert [e for e in entries if "test_accuracy" in e] == [
+      {"phase": "pretrain", "event": "dense_model", "test_accuracy": summary["base_accuracy"]}]
 
 
 @pytest.mark.parametrize("method,extra", [

@@ -163,4 +163,4 @@ def test_a_live_lock_refuses_and_a_dead_ones_lock_is_taken_over(tmp_path):
   proc = _start(workdir, ["--config.pretrain.epochs=1", "--config.method=dense"])
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err
-  assert f"taking over the lock of {workdir} from pid {dead.pid}" in out
+  assert f"taking over the lock of {workdir} from pid {dead.pid}" in err  # a warning: on stderr

@@ -309,7 +309,9 @@ class Run:
       self.record({"phase": phase.name, "event": "end", **info, "nonzero_fraction": _nonzero_fraction(self.model)})
       self.log(f"[{phase.name}] {info}")
     if phase.name == "pretrain" or (state.base_accuracy is None and state.phase == 0 and cfg.method == "dense"):
-      state.base_accuracy = self._evaluate(self.ds.test_x, self.ds.test_y)
+      state.base_accuracy = self._evaluate(self.ds.test_x, self.ds.test_y)  # a reported number: the dense model's
+      self.record({"phase": phase.name, "event": "dense_model", "test_accuracy": state.base_accuracy})
+      self.log(f"[{phase.name}] test accuracy of the dense model {state.base_accuracy:.4f}")
     state.start_phase(state.phase + 1)
     self.save(None)
     events.reached("phase_start")
@@ -359,10 +361,10 @@ class Run:
     events.reached("epoch_end")
     if state.mean_loss is not None and not math.isfinite(state.mean_loss):
       self._diverged(f"the training loss became {state.mean_loss}")
-    test_acc = self._evaluate(self.ds.test_x, self.ds.test_y)
+    # validation only: the test split is read once per reported number (the dense model's and the final one's)
     val_acc = self._evaluate(self.ds.val_x, self.ds.val_y) if self.ds.val_x is not None else None
     entry = {"phase": phase.name, "epoch": state.epoch + 1, "epochs": epochs, "loss": state.mean_loss,
-             "test_accuracy": test_acc, "val_accuracy": val_acc, "nonzero_fraction": _nonzero_fraction(self.model)}
+             "val_accuracy": val_acc, "nonzero_fraction": _nonzero_fraction(self.model)}
     if self.steering:
       entry |= self.steering.epoch_entry(self.model, state)
     if state.lipschitz_sum and state.loss_count:  # PALM: mean backtracked Lipschitz estimate (step 1 / (γ L))
@@ -371,7 +373,7 @@ class Run:
     self.timing({"event": "epoch", "phase": phase.name, "epoch": state.epoch + 1})
     loss = "-" if entry["loss"] is None else f"{entry['loss']:.4f}"
     val = "" if val_acc is None else f"  val acc {val_acc:.4f}"
-    self.log(f"[{phase.name}] epoch {state.epoch + 1}/{epochs}  loss {loss}{val}  test acc {test_acc:.4f}  nonzero "
+    self.log(f"[{phase.name}] epoch {state.epoch + 1}/{epochs}  loss {loss}{val}  nonzero "
              f"{100 * entry['nonzero_fraction']:.2f} %" + (f"  L {entry['palm_lipschitz']:.3g}"
                                                          if "palm_lipschitz" in entry else ""))
     state.start_epoch(state.epoch + 1)
