@@ -322,3 +322,39 @@ def test_bad_input_is_a_clear_error():
     surgery.load("does-not-exist")
   with pytest.raises(surgery.ModelFileError, match="model 'no_colon' is not registered"):
     surgery.build("no_colon", {})
+
+
+def test_the_parity_check_is_relative_for_large_outputs_and_still_catches_a_wrong_rebuild(monkeypatch):
+  """Outputs of 1.7e6 differ by 0.5 (3e-7 relative: float32 sums over fewer terms) after an exact rebuild: that is
+  parity, not an error (an absolute 1e-4 refused it). A rebuild that changes one weight is still refused."""
+  import importlib
+
+  shrink_module = importlib.import_module("mobileprune_jax.surgery.shrink")
+
+  class Wide(nnx.Module):
+    def __init__(self, rngs):
+      self.a, self.b = nnx.Linear(64, 512, rngs=rngs), nnx.Linear(512, 8, rngs=rngs)
+
+    def __call__(self, x):
+      return self.b(nnx.relu(self.a(x)))
+
+  model = Wide(nnx.Rngs(0))
+  model.a.kernel[...] = model.a.kernel[...] * 1e3
+  k = np.asarray(model.b.kernel[...]).copy()
+  k[::3] = 0  # a third of the hidden units are read by nothing
+  model.b.kernel[...] = jnp.asarray(k * 1e3)
+  x = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+  small, report = surgery.shrink_with_report(model, x)
+  assert small.a.kernel.shape == (64, 341) and 1e-4 < report.max_abs_diff <= 1e-6 * np.abs(model(x)).max() * 10
+  np.testing.assert_allclose(small(x), model(x), rtol=1e-5)
+
+  rebuild = shrink_module.apply_cuts
+
+  def wrong(m, cuts):  # the rebuild is 10 % off in one hidden unit's outgoing weights: a real difference
+    new = rebuild(m, cuts)
+    new.b.kernel[...] = new.b.kernel[...].at[0].multiply(1.1)
+    return new
+
+  monkeypatch.setattr(shrink_module, "apply_cuts", wrong)
+  with pytest.raises(RuntimeError, match=r"shrunk model differs from the original by .* \(outputs up to"):
+    surgery.shrink_with_report(model, x)

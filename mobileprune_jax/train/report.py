@@ -94,7 +94,7 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
 
 def _base_val_accuracy(log: list[dict[str, Any]]) -> float | None:
   """The validation accuracy of the dense model: the last pretraining epoch's, or the ``init_from`` model's."""
-  dense = [e for e in log if e.get("phase") == "pretrain" or e.get("event") == "init_from"]
+  dense = [e for e in log if (e.get("phase") == "pretrain" or e.get("event") == "init_from") and "val_accuracy" in e]
   return dense[-1].get("val_accuracy") if dense else None
 
 
