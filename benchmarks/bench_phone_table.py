@@ -7,7 +7,7 @@ For each finished workdir: float32 / float16 / dynamic int8 / static int8 × den
 shrunk with widths rounded to ``--round-to`` (from the run's final model, ``surgery.shrink``):
 file size, LiteRT median latency with 1 thread and with all threads (XNNPACK on, the
 interpreter's default), and for static int8 the top-1 agreement with float32 and the accuracy
-on the run's test split (calibrated on its first 1,000 training examples). Latencies are
+on the data set's whole test split (calibrated on its first 1,000 training examples). Latencies are
 measured on this machine in one process, variants interleaved; compare ratios, not absolute
 times. ``docs/android.md`` shows how to time the same files on a phone.
 """
@@ -22,6 +22,7 @@ import subprocess
 import numpy as np
 
 from mobileprune_jax import data, export, surgery
+from mobileprune_jax.train import inputs
 
 VARIANTS = ((None, "float32"), ("float16", "float16"), ("dynamic_int8", "dynamic int8"), ("int8", "static int8"))
 
@@ -38,6 +39,9 @@ def models_of(workdir: pathlib.Path, round_to: int):
   """(name, model) for dense, shrunk and shrunk-rounded, and the run's data set."""
   summary = json.loads((workdir / "summary.json").read_text())
   ds = data.load(summary["dataset"])
+  shape = tuple(summary.get("input_shape") or ds.input_shape)
+  if ds.input_shape != shape:  # a run with pad_to (e.g. 28×28 digits zero-padded to 32×32 for a MobileNet)
+    ds = inputs.pad_images(ds, shape[0])
   dense = surgery.load_expanded(workdir / "model")  # the dense architecture holding the final weights (zeros cut)
   x = ds.test_x[:2]
   shrunk = surgery.shrink(dense, x)
@@ -84,7 +88,8 @@ def main() -> None:
            f"{args.round_to} --repeats {args.repeats}`. LiteRT on the CPU of the machine that ran it, batch 1, "
            "XNNPACK on; a shared machine: compare within a table. *dense* is the run's final (sparse) weights at "
            "full width (`surgery.load_expanded`): what a phone runs without surgery. Static int8 agreement and "
-           "accuracy are on the run's test split, calibrated on its first 1,000 training examples.", ""]
+           "accuracy are on the data set's whole test split (a run trained with a test subset reported its accuracy on "
+           "fewer examples), calibrated on its first 1,000 training examples.", ""]
   for workdir in args.workdirs:
     lines += table(workdir, args.round_to, args.repeats) + [""]
   if args.out is not None:
