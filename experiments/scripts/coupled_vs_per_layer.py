@@ -101,12 +101,24 @@ def main() -> None:
   parser.add_argument("--root", type=pathlib.Path, default=pathlib.Path("runs/coupled"))
   parser.add_argument("--cases", default="lenet5,resnet20,mobilenet_v2")
   parser.add_argument("--report-only", action="store_true", help="only write the table from finished runs")
+  parser.add_argument("--keep", type=pathlib.Path, default=None,
+                      help="an earlier table: its sections of the cases not given are carried over as they are")
   args = parser.parse_args()
+  kept = _sections(args.keep.read_text()) if args.keep is not None and args.keep.exists() else {}
+  cases = args.cases.split(",")
+  carried = [c for c in CASES if c not in cases and CASES[c][0] in kept]
   out = ["# Per-layer vs coupled groups at the same parameter budget", "",
-         f"Made by `python experiments/scripts/coupled_vs_per_layer.py --root {args.root} --cases {args.cases}` at "
-         f"commit {_commit()}; each row names the commit its run was made at. One seed per cell; the budget is `budget.params` of the config; latencies are LiteRT "
-         "medians at batch 1, 1 thread, on this shared 2-core machine (±40 % between runs).", ""]
-  for case in args.cases.split(","):
+         f"Made by `python experiments/scripts/coupled_vs_per_layer.py --root {args.root} --cases {args.cases}"
+         f"{' --keep ' + str(args.keep) if args.keep else ''}` at commit {_commit()}"
+         + (f" (the sections of {', '.join(carried)} carried over from the earlier table)" if carried else "")
+         + "; each row names the commit its run was made at. One seed per cell; the budget is `budget.params` of "
+         "the config; latencies are LiteRT medians at batch 1, 1 thread, on a shared 2-core machine (±40 % between "
+         "runs).", ""]
+  for case in CASES:
+    if case not in cases:
+      if case in carried:
+        out += [kept[CASES[case][0]].rstrip("\n"), ""]
+      continue
     title, config, extra, input_shape = CASES[case]
     dirs = {c: args.root / f"{case}_{'coupled' if c else 'per_layer'}" for c in (False, True)}
     if not args.report_only:
@@ -130,6 +142,12 @@ def main() -> None:
                                         for c in done) + " |" for n in names]
     out.append("")
   print("\n".join(out))
+
+
+def _sections(text: str) -> dict[str, str]:
+  """``## title`` → the section's text (from its heading to the next one) of an earlier table."""
+  parts = text.split("\n## ")[1:]
+  return {part.split("\n", 1)[0]: "## " + part for part in parts}
 
 
 if __name__ == "__main__":
