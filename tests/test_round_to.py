@@ -137,3 +137,17 @@ def test_load_expanded_puts_the_saved_weights_back_and_shrinks_to_the_same_model
   assert surgery.count_params(again) == report.params_after
   rounded = surgery.shrink(full, x, round_to=8)
   assert surgery.max_output_diff(rounded, model, x) <= 1e-4
+
+
+def test_load_expanded_keeps_rng_state_of_a_model_with_dropout(tmp_path):
+  """MobileNetV2 holds a Dropout's RNG key (a PRNG-key array numpy cannot hold): it is carried over as it is."""
+  model = models.create("mobilenet_v2", width=0.35, in_channels=1, seed=0)
+  _kill_random_channels(model, seed=5)
+  x = np.random.default_rng(6).normal(size=(2, 32, 32, 1)).astype(np.float32)
+  small, report = surgery.shrink_with_report(model, x)
+  surgery.save(tmp_path / "m", small, factory="mobilenet_v2", kwargs={"width": 0.35, "in_channels": 1, "seed": 0},
+               cuts=report.cuts)
+  full = surgery.load_expanded(tmp_path / "m")
+  assert surgery.count_params(full) == report.params_before
+  assert surgery.max_output_diff(full, model, x) <= 1e-4
+  assert surgery.count_params(surgery.shrink(full, x)) == report.params_after

@@ -202,10 +202,10 @@ def load_expanded(directory: str | pathlib.Path, factories: Mapping[str, Factory
   for path, var in variables_by_path(full).items():
     if path not in small_vars:
       continue
-    value = np.asarray(small_vars[path].get_value())
-    if path not in cuts:
-      var.set_value(jnp.asarray(value))
+    if path not in cuts:  # uncut: the saved value as it is (also RNG keys, e.g. a Dropout's, which numpy cannot hold)
+      var.set_value(small_vars[path].get_value())
       continue
+    value = np.asarray(small_vars[path].get_value())
     shape = np.shape(var.get_value())
     index = np.ix_(*[np.asarray(cuts[path].get(axis, range(n)), np.int64) for axis, n in enumerate(shape)])
     expanded = np.zeros(shape, value.dtype)
