@@ -18,12 +18,14 @@ from experiments.grid import record
 
 
 def run_cell(cell: cells_lib.Cell, runs: pathlib.Path, extra: Sequence[str] = (),
-             log: Callable[[str], None] = lambda message: None, records: pathlib.Path = record.CELLS) -> str:
+             log: Callable[[str], None] = lambda message: None, records: pathlib.Path = record.CELLS,
+             code: str | None = None) -> str:
   """Runs (or resumes) one cell; returns 'done', 'missed budget', 'diverged', 'busy' or 'no data'.
 
   ``extra``: config overrides ``KEY=VALUE`` added to every cell (recorded in its ``cell.json``);
   ``log``: receives the pipeline's lines (resume point, one per epoch, the summary); ``records``: where the
-  finished cell's record goes (``experiments.grid.record``).
+  finished cell's record goes (``experiments.grid.record``); ``code``: the commit of the code this process
+  imported (``commit()`` when it started; HEAD may have moved since), recorded as the cell's.
   """
   import jax
 
@@ -31,11 +33,12 @@ def run_cell(cell: cells_lib.Cell, runs: pathlib.Path, extra: Sequence[str] = ()
   from mobileprune_jax.train import pipeline
 
   wd = cell.workdir(runs)
+  code = code or commit()
   cfg = cells_lib.cell_config(cell, runs, extra)
   wd.mkdir(parents=True, exist_ok=True)
   if not (wd / "cell.json").exists():  # what made the cell: kept through resumes
     config = " ".join([cell.config_string, *(f"--config.{o}" for o in extra)])
-    _write_json(wd / "cell.json", {"config": config, "init_from": cfg.init_from and "dense cell", "commit": commit()})
+    _write_json(wd / "cell.json", {"config": config, "init_from": cfg.init_from and "dense cell", "commit": code})
   try:
     pipeline.run(cfg, wd, resume=(wd / "checkpoints").exists(), log=log)
     status = "done"
@@ -52,7 +55,7 @@ def run_cell(cell: cells_lib.Cell, runs: pathlib.Path, extra: Sequence[str] = ()
   finally:
     jax.clear_caches()  # one process runs hundreds of cells: keep the compiled executables bounded
   info = json.loads((wd / "cell.json").read_text())
-  _write_json(wd / "cell.json", {**info, "commit_finished": commit()})  # a resumed cell: the code it finished on
+  _write_json(wd / "cell.json", {**info, "commit_finished": code})  # a resumed cell: the code it finished on
   record.write(record.make(cell, cfg, wd), record.path_of(cell, records))
   return status
 
@@ -101,7 +104,7 @@ def main() -> None:
   parser.add_argument("--quiet", action="store_true", help="one line per finished cell, no per-epoch lines")
   args = parser.parse_args()
   _persistent_compilation_cache(args.runs / ".jax_cache")
-  start, skipped_data = time.time(), set()
+  start, skipped_data, code = time.time(), set(), commit()  # the code this process runs
   todo = cells_lib.cells(args.datasets, args.models, args.methods, args.budgets, args.seeds)
   for i, cell in enumerate(todo):
     wd = cell.workdir(args.runs)
@@ -116,7 +119,7 @@ def main() -> None:
     if not args.quiet:
       print(f"cell {i + 1}/{len(todo)}: {name}", flush=True)
     status = run_cell(cell, args.runs, args.set, log=(lambda m: None) if args.quiet else _prefixed(name),
-                      records=args.records)
+                      records=args.records, code=code)
     if status == "no data":
       skipped_data.add(cell.dataset)
     print(json.dumps({"cell": cell.config_arg, "seed": cell.seed, "status": status,

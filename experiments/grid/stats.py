@@ -40,7 +40,13 @@ class Paired(NamedTuple):
   def describe(self, a: str, b: str) -> str:
     """E.g. ``+0.42 pt [−0.10, +0.94] (n=3), McNemar 41 vs 29, p = 0.19: within noise``."""
     ci = f" [{100 * self.low:+.2f}, {100 * self.high:+.2f}]" if self.n > 1 else ""
-    verdict = (f"{a if self.mean > 0 else b} leads" if self.lead else "within noise")
+    ahead = a if self.mean > 0 else b
+    if self.lead:
+      verdict = f"{ahead} leads"
+    elif self.n == 1 and self.p < 0.05:
+      verdict = f"{ahead} ahead on this seed's test examples (one seed: no interval, no lead claimed)"
+    else:
+      verdict = "within noise"
     return (f"{100 * self.mean:+.2f} pt{ci} (n={self.n}), McNemar {self.only_a} vs {self.only_b}, "
             f"p = {self.p:.2g}: {verdict}")
 
