@@ -251,6 +251,10 @@ class Controller:
     """Whether a model of this size can still be landed on the targets by trimming (ratio ≥ 1)."""
     return ratio(measured, self.targets) >= 1
 
+  def below_tolerance(self, measured: dict[str, float]) -> bool:
+    """Whether a model of this size is too small for the targets' tolerance (``land`` then uses its fallback)."""
+    return ratio(measured, self.targets) < 1 - self.tolerance
+
   def start(self, model: nnx.Module, regulariser: Regulariser, step_size: float, steps: int,
             preview: Preview | None = None) -> float:
     """A starting multiplier: min(1, m₁ / ``steps``), where one prox step at m₁ would take ``model`` to the target.
@@ -296,11 +300,11 @@ class Controller:
 
     Returns the multiplier in force afterwards (``multiplier`` when nothing was done).
     """
-    r = ratio(self.measure(model, preview), self.targets)
-    if r < 1 - self.tolerance and fallback is not None:
+    measured = self.measure(model, preview)
+    if fallback is not None and self.below_tolerance(measured):
       nnx.update(model, jax.tree.map(jnp.asarray, fallback))
-      r = ratio(self.measure(model, preview), self.targets)
-    if r <= 1 + self.tolerance / 2:
+      measured = self.measure(model, preview)
+    if ratio(measured, self.targets) <= 1 + self.tolerance / 2:
       return multiplier
     prox, params = self._prox(regulariser, step_size), nnx.state(model, nnx.Param)
 

@@ -103,8 +103,7 @@ class Steering:
     if not phase.lands:
       return
     before = self.controller.measure(model, phase.on_end)
-    from_anchor = (self.anchor is not None
-                   and budget.ratio(before, self.targets) < 1 - self.controller.tolerance)
+    from_anchor = self.anchor is not None and self.controller.below_tolerance(before)
     m = self.controller.land(model, phase.regulariser, phase.step_size, state.multiplier, phase.on_end,
                              fallback=self.anchor)
     self.anchor = None  # landed: later phases train the landed model's support
