@@ -279,3 +279,60 @@ def test_a_model_below_the_target_lands_from_its_anchor_and_never_ends_below():
     a = np.asarray(a)
     np.testing.assert_array_equal(a[a != 0], d[a != 0])  # the anchor's values, trimmed by |w| > s·m
     assert np.abs(a[a != 0]).min(initial=np.inf) >= np.abs(d[(a == 0) & (d != 0)]).max(initial=0)
+
+
+def test_a_landing_that_would_empty_a_kernel_keeps_its_strongest_row():
+  """fc2's weights are 1000x smaller than the others': the ℓ1 trim to 30 % zeroes all of fc2 (its threshold s·m is
+  above fc2's largest weight, checked by hand), which would leave only the skip path. The landing keeps fc2's row with
+  the largest norm (found here by numpy) at its values, so the branch still carries a signal."""
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from mobileprune_jax import regularisers
+
+  class Skip(nnx.Module):
+    def __init__(self):
+      self.fc1, self.fc2 = nnx.Linear(40, 20, rngs=nnx.Rngs(3)), nnx.Linear(20, 10, rngs=nnx.Rngs(4))
+      self.skip = nnx.Linear(40, 10, rngs=nnx.Rngs(5))
+
+    def __call__(self, x, train=False):
+      return self.fc2(nnx.relu(self.fc1(x))) + self.skip(x)
+
+  model, sample = Skip(), jnp.ones((2, 40))
+  model.fc2.kernel[...] = model.fc2.kernel[...] * 0.001
+  fc2 = np.asarray(model.fc2.kernel[...])
+  controller = budget.Controller.for_model(model, sample, nonzero=0.3)
+  m = controller.land(model, regularisers.l1(1.0), 0.05, 1.0)
+  assert np.abs(fc2).max() <= 0.05 * m  # the soft threshold alone would zero every fc2 weight
+  strongest = int(np.argmax(np.linalg.norm(fc2, axis=1)))
+  expected = np.zeros_like(fc2)
+  expected[strongest] = fc2[strongest]
+  np.testing.assert_array_equal(np.asarray(model.fc2.kernel[...]), expected)
+  assert controller.report(model, m)["within_tolerance"]
+
+
+def test_spare_emptied_kernels_by_role():
+  """Units by hand: a conv kernel's input channel, a depthwise channel, a head of (in, heads, d); biases untouched."""
+  import jax.numpy as jnp
+  import numpy as np
+
+  rng = np.random.default_rng(0)
+  conv, dw, heads = (rng.normal(size=shape).astype(np.float32) for shape in ((3, 3, 4, 5), (3, 3, 1, 6), (8, 2, 4)))
+  conv[:, :, 2] *= 3  # channel 2 strongest
+  dw[..., 4] *= 3
+  heads[:, 1] *= 3
+  bias = rng.normal(size=5).astype(np.float32)
+  before = {"a": conv, "b": dw, "c": heads, "d": bias, "e": conv}
+  after = {k: np.zeros_like(v) for k, v in before.items()}
+  after["e"] = np.where(np.abs(conv) > 1, conv, 0)  # not emptied: left as it is
+  out = budget.spare_emptied_kernels(before, after, ["conv", "depthwise", "heads_in", "bias", "conv"])
+  expect_conv = np.zeros_like(conv)
+  expect_conv[:, :, 2] = conv[:, :, 2]
+  expect_dw = np.zeros_like(dw)
+  expect_dw[..., 4] = dw[..., 4]
+  expect_heads = np.zeros_like(heads)
+  expect_heads[:, 1] = heads[:, 1]
+  for key, want in (("a", expect_conv), ("b", expect_dw), ("c", expect_heads), ("d", np.zeros(5)), ("e", after["e"])):
+    np.testing.assert_array_equal(np.asarray(out[key]), want, err_msg=key)
+  assert jnp.asarray(out["a"]).dtype == jnp.asarray(conv).dtype

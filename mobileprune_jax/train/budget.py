@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from mobileprune_jax import metrics, surgery
+from mobileprune_jax import groups, metrics, surgery
 from mobileprune_jax.regularisers import Regulariser
 
 KINDS = ("nonzero", "params", "macs")
@@ -293,7 +293,8 @@ class Controller:
     and trimmed from there, so a run whose size oscillates around the target (PALM's large steps regrow
     weights when the multiplier drops, then lose them again) still ends on it.
 
-    The weights the prox at m* zeroes are zeroed; the others keep their values. (Applying the prox
+    The weights the prox at m* zeroes are zeroed; the others keep their values, and a kernel the trim would
+    empty keeps its strongest unit (``spare_emptied_kernels``: one step must not cut the network in two). (Applying the prox
     itself would also shrink every surviving group by the large m*'s threshold: on the last phase of
     a run, EGL's penalised retraining, that step left LeNet-300 at chance accuracy.) The penalty still
     decides what goes: the groups and weights its prox removes first.
@@ -308,8 +309,11 @@ class Controller:
       return multiplier
     prox, params = self._prox(regulariser, step_size), nnx.state(model, nnx.Param)
 
+    roles = groups.leaf_roles(params, list(regulariser.rules or []) + groups.rules_for_model(model))
+
     def landed(m: float) -> Any:
-      return jax.tree.map(lambda p, q: jnp.where(q != 0, p, jnp.zeros_like(p)), params, prox(params, jnp.float32(m)))
+      trimmed = jax.tree.map(lambda p, q: jnp.where(q != 0, p, jnp.zeros_like(p)), params, prox(params, jnp.float32(m)))
+      return spare_emptied_kernels(params, trimmed, roles)
 
     def ratio_at(m: float) -> float:
       candidate = nnx.clone(model)
@@ -325,3 +329,40 @@ class Controller:
   def report(self, model: nnx.Module, multiplier: float, preview: Preview | None = None) -> dict[str, Any]:
     """Target, reached fractions, multiplier and whether the binding target is within the tolerance."""
     return report(self.measure(model, preview), self.targets, multiplier, self.tolerance)
+
+
+# how a kernel of each role is cut into the units it reads (units on axis 0): rows, input channels, depthwise
+# channels, heads — MobilePrune's reader convention, per layer
+_UNITS_OF = {
+    "dense": groups.to_neuron_groups,
+    "conv": groups.to_channel_trees,
+    "conv_out_in": lambda k: groups.to_channel_trees(jnp.swapaxes(k, -1, -2)),
+    "depthwise": groups.to_depthwise_trees,
+    "heads_in": lambda k: groups.to_head_groups(k, "heads_in"),
+    "heads_out": lambda k: groups.to_head_groups(k, "heads_out"),
+}
+
+
+def spare_emptied_kernels(before: Any, after: Any, roles: list[str]) -> Any:
+  """``after`` where every kernel that ``before`` had non-zero and ``after`` zeroes entirely keeps its strongest unit.
+
+  A unit is what the layer reads through one input (a dense row, an input channel's filter taps, a depthwise
+  channel, a head), the one with the largest ‖·‖₂ in ``before``, with ``before``'s values. Like Torch-Pruning's
+  pruners, which keep at least one channel per layer: a landing that empties a kernel (a classifier whose rows
+  are weaker than every conv unit, removed in one step) leaves a network whose output no longer depends on its
+  input. Leaves of other roles (biases, normalisation) are left as ``after`` has them.
+  """
+  leaves_before, treedef = jax.tree.flatten(before)
+  leaves_after = treedef.flatten_up_to(after)
+  out = []
+  for role, b, a in zip(roles, leaves_before, leaves_after):
+    split = _UNITS_OF.get(role)
+    if split is None or not bool(jnp.any(b != 0)) or bool(jnp.any(a != 0)):
+      out.append(a)
+      continue
+    units = split(b).reshape(split(b).shape[0], -1)
+    strongest = int(jnp.argmax(jnp.sum(jnp.square(units.astype(jnp.float32)), axis=1)))
+    position = split(jnp.arange(b.size).reshape(b.shape)).reshape(units.shape[0], -1)[strongest]
+    keep = jnp.zeros(b.size, bool).at[position].set(True).reshape(b.shape)
+    out.append(jnp.where(keep, b, a))
+  return treedef.unflatten(out)
