@@ -56,7 +56,8 @@ def test_tables_statistics_best_marks_and_the_side_by_side(tmp_path):
   values = [98.5, 98.4, 98.3]
   want = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n=3)"
   assert row == f"| ℓ1-SGL | **{want}** |"  # best among the cells within budget in every seed
-  assert "Among the group penalties only (ℓ0 and ℓ1 act on single weights): 1 %: ℓ1-SGL (98.40)." in text
+  # the best mean against the next best (DEGL missed its budget in a seed): no per-example bits in run directories
+  assert "* 1 %: ℓ1-SGL (98.40) vs MobilePrune (prox-SGD) (97.50): no seed with both cells recorded: not compared" in text
   degl = next(line for line in text.splitlines() if line.startswith("| DEGL |"))
   assert degl.endswith("†** |") is False and "†" in degl and "**" not in degl
   assert "Dense baseline (test / validation accuracy %): 99.00 ± 0.00 (n=3)" in text and "abc1234" in text
@@ -82,6 +83,60 @@ def test_tables_statistics_best_marks_and_the_side_by_side(tmp_path):
   assert "| DEGL @ 2 % | 3 | 99.00 ± 0.00 → 99.20 ± 0.10 † |" in degl5
   assert "issue 15's audit" in side and all(d.split("**")[1] in side for d in paper.DIFFERENCES)
   assert len(written) == 3
+
+
+def _summary(acc_bits: np.ndarray, seed: int, within: bool = True) -> dict:
+  return {"pruned_accuracy": float(acc_bits.mean()), "val_accuracy": 0.9, "nonzero_params": 10, "params_remaining": 20,
+          "params_total": 1000, "macs_pruned": 40, "macs_dense": 2000, "seed": seed, "_correct": acc_bits,
+          "_commit": "abc1234", "_seconds": 60.0, "budget": {"within_tolerance": within}}
+
+
+def test_a_lead_needs_the_paired_interval_and_mcnemar_to_agree():
+  """Hand-made correctness bits on 1,000 test examples: A beats B by 3 points on every seed (30 examples only A gets
+  right, none only B) is a lead; a 0.2-point difference that flips sign between seeds is within noise; one seed is
+  never a lead, however large its McNemar count."""
+  rng = np.random.default_rng(0)
+
+  def results(deltas):
+    out = {}
+    for seed, delta in enumerate(deltas):
+      base = rng.random(1000) < 0.9
+      a = base.copy()
+      b = base.copy()
+      flip = np.flatnonzero(base)[: abs(delta)]
+      (b if delta > 0 else a)[flip] = False  # the other method misses |delta| examples the first gets right
+      out[cells.Cell("mnist_subset", "lenet5", "dense", None, seed)] = _summary(base, seed)
+      out[cells.Cell("mnist_subset", "lenet5", "l1_sgl", 0.01, seed)] = _summary(a, seed)
+      out[cells.Cell("mnist_subset", "lenet5", "degl", 0.01, seed)] = _summary(b, seed)
+    return out
+
+  lead = report.best_vs_next(report.group(results([30, 30, 30]), "mnist_subset", "lenet5"), [0.01])
+  assert lead[0].startswith("* 1 %: ℓ1-SGL (") and lead[0].endswith("ℓ1-SGL leads"), lead
+  assert "+3.00 pt [+3.00, +3.00] (n=3), McNemar 90 vs 0" in lead[0], lead
+  noise = report.best_vs_next(report.group(results([2, -1, 1]), "mnist_subset", "lenet5"), [0.01])
+  assert noise[0].endswith("within noise") and "McNemar 3 vs 1" in noise[0], noise
+  one = report.best_vs_next(report.group(results([60]), "mnist_subset", "lenet5"), [0.01])
+  assert "no lead claimed" in one[0] and "leads" not in one[0], one
+
+
+def test_the_reviewer_summary_is_short_and_counts_the_palm_pairs():
+  rng = np.random.default_rng(1)
+  out = {}
+  for seed in range(3):
+    base = rng.random(1000) < 0.98
+    palm = base.copy()
+    palm[np.flatnonzero(base)[:40]] = False  # PALM misses 40 more digits on every seed: prox-SGD leads
+    out[cells.Cell("mnist_subset", "lenet5", "dense", None, seed)] = _summary(base, seed)
+    out[cells.Cell("mnist_subset", "lenet5", "mobileprune", 0.005, seed)] = _summary(base, seed)
+    out[cells.Cell("mnist_subset", "lenet5", "mobileprune_palm", 0.005, seed)] = _summary(palm, seed, within=seed != 2)
+  text = paper.side_by_side(out)
+  summary = text.split("## Reviewer's summary")[1].split("\n\nPaper columns")[0].strip().splitlines()
+  assert len(summary) <= 15
+  joined = "\n".join(summary)
+  assert "lands on its budget** in 2 of 3 cells" in joined
+  # seed 2 missed the budget: paired on seeds 0 and 1 (80 digits only prox-SGD gets right): a lead for prox-SGD
+  assert "prox-SGD leads at 1, PALM at 0, within noise at 0 of 1" in joined
+  assert "Not run:** the HAR, CIFAR-10 and Tiny-ImageNet rows" in joined
 
 
 def test_report_without_runs_says_what_to_do(tmp_path):

@@ -91,14 +91,54 @@ def best_methods(cells_of, budgets, among=None) -> dict[float, tuple[set[str], f
   return best
 
 
-def mobileprune_margins(cells_of, budgets) -> list[tuple[str, float, float]]:
-  """(solver, budget, MobilePrune's mean test accuracy minus the best other method's) at 1 %; the others count
-  only where they met the budget in every seed (``best_methods``)."""
-  others = best_methods(cells_of, [b for b in budgets if b == 0.01],
-                        among=[m for m in cells_lib.METHODS if not m.startswith("mobileprune")])
-  return [(kind, b, statistics.mean(pct(s, "test") for s in cells_of[(method, b)]) - acc)
-          for method, kind in (("mobileprune", "prox-SGD"), ("mobileprune_palm", "PALM"))
-          for b, (_, acc) in others.items() if (method, b) in cells_of]
+def paired_cells(cells_of, a: str, b: str, budget: float) -> stats.Paired | None:
+  """A vs B at ``budget`` on the seeds where both cells met the budget and carry per-example correctness."""
+  def usable(method):
+    return {s.get("seed"): s["_correct"] for s in cells_of.get((method, budget), [])
+            if s.get("_correct") is not None and (s.get("budget") or {}).get("within_tolerance")}
+  sa, sb = usable(a), usable(b)
+  seeds = sorted(set(sa) & set(sb))
+  return stats.paired([sa[k] for k in seeds], [sb[k] for k in seeds]) if seeds else None
+
+
+def ranked(cells_of, budget: float, among=None) -> list[tuple[str, float]]:
+  """(method, mean test accuracy) of the cells at ``budget`` that met it in every seed, best first."""
+  scored = {m: statistics.mean(pct(s, "test") for s in ss) for (m, bb), ss in cells_of.items()
+            if bb == budget and m != "dense" and (among is None or m in among)
+            and all((s.get("budget") or {}).get("within_tolerance", False) for s in ss)}
+  return sorted(scored.items(), key=lambda kv: -kv[1])
+
+
+def best_vs_next(cells_of, budgets, among=None) -> list[str]:
+  """Per budget: the best mean against the next best, paired (a lead only where ``stats`` says so)."""
+  lines = []
+  for b in budgets:
+    order = ranked(cells_of, b, among)
+    if len(order) < 2:
+      continue
+    (first, acc1), (second, acc2) = order[:2]
+    pair = paired_cells(cells_of, first, second, b)
+    verdict = (pair.describe(METHOD_NAMES[first], METHOD_NAMES[second]) if pair
+               else "no seed with both cells recorded: not compared")
+    lines.append(f"* {100 * b:g} %: {METHOD_NAMES[first]} ({acc1:.2f}) vs {METHOD_NAMES[second]} ({acc2:.2f}): "
+                 f"{verdict}")
+  return lines
+
+
+def mobileprune_margins(cells_of, budgets) -> list[str]:
+  """MobilePrune (each solver) against the best other method within the budget at 1 %, paired."""
+  lines = []
+  for b in [b for b in budgets if b == 0.01]:
+    others = ranked(cells_of, b, [m for m in cells_lib.METHODS if not m.startswith("mobileprune")])
+    if not others:
+      continue
+    other = others[0][0]
+    for method, kind in (("mobileprune", "prox-SGD"), ("mobileprune_palm", "PALM")):
+      pair = paired_cells(cells_of, method, other, b) if (method, b) in cells_of else None
+      if pair:
+        lines.append(f"MobilePrune ({kind}) vs the best other method within the budget at {100 * b:g} % non-zero "
+                     f"({METHOD_NAMES[other]}): {pair.describe(f'MobilePrune ({kind})', METHOD_NAMES[other])}.\n")
+  return lines
 
 
 def collapsed_cells(cells_of, classes: int) -> list[tuple[str, float, int, int]]:
@@ -128,17 +168,15 @@ def model_section(results, dataset: str, model: str) -> list[str]:
            f"`experiments/configs/budget_grid.py:{model},METHOD,{dataset},BUDGET --config.seed=S "
            f"--config.init_from=<dense run of seed S>/model{DATA_DIR.get(dataset, '')}`.\n"]
   best = best_methods(cells_of, budgets)
-  lines.append("Best per budget (mean test accuracy, cells within the budget in every seed): " + "; ".join(
-      f"{100 * b:g} %: {' = '.join(sorted(METHOD_NAMES[m] for m in best[b][0]))} ({best[b][1]:.2f})"
-      for b in budgets if b in best) + ".\n")
-  structured = best_methods(cells_of, budgets, STRUCTURED)
+  paired_note = ("paired on the same seeds and test examples (`experiments/grid/stats.py`: 95 % t interval of the "
+                 "accuracy difference over seeds and McNemar's exact test on the test examples; a lead only where both "
+                 "agree, \"within noise\" otherwise)")
+  lines += [f"Best mean test accuracy per budget (cells within the budget in every seed) against the next best, "
+            f"{paired_note}:\n", *best_vs_next(cells_of, budgets), ""]
+  structured = best_vs_next(cells_of, budgets, STRUCTURED)
   if structured:
-    lines.append("Among the group penalties only (ℓ0 and ℓ1 act on single weights): "
-                 + "; ".join(f"{100 * b:g} %: {' = '.join(sorted(METHOD_NAMES[m] for m in structured[b][0]))} "
-                             f"({structured[b][1]:.2f})" for b in budgets if b in structured) + ".\n")
-  lines += [f"MobilePrune ({kind}) minus the best other method within the budget at {100 * b:g} % non-zero: "
-            f"{diff:+.2f} pt.\n"
-            for kind, b, diff in mobileprune_margins(cells_of, budgets)]
+    lines += ["The same among the group penalties only (ℓ0 and ℓ1 act on single weights):\n", *structured, ""]
+  lines += mobileprune_margins(cells_of, budgets)
   collapsed = collapsed_cells(cells_of, CLASSES[dataset])
   if collapsed:
     lines.append(f"At chance accuracy (≤ {100 / CLASSES[dataset] + 1:g} %: the network stopped carrying a signal): "
@@ -150,7 +188,8 @@ def model_section(results, dataset: str, model: str) -> list[str]:
                            ("Parameters of the shrunk model (% of dense)", "params", "{:.2f}"),
                            ("MACs of the shrunk model (% of dense, compacted convention)", "macs", "{:.2f}"),
                            ("Non-zero weights reached (% of dense; target ±10 %)", "nonzero", "{:.2f}")):
-    lines += [f"**{title}**" + (" — bold: the best mean per budget among cells within the budget in every seed; "
+    lines += [f"**{title}**" + (" — bold: the best mean per budget among cells within the budget in every seed (a "
+                                "lead only where the paired comparison above says so); "
                                 "† a seed missed the budget's tolerance" if kind == "test" else "") + "\n",
               header, rule]
     for method in cells_lib.METHODS:
@@ -166,7 +205,7 @@ def model_section(results, dataset: str, model: str) -> list[str]:
       if any(t != "–" for t in row):
         lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(row) + " |")
     lines.append("")
-  lines += ["**Minutes per cell** (wall clock, mean over seeds; two to four processes shared 2 CPU cores)\n", header, rule]
+  lines += ["**Minutes per cell** (wall clock, mean over seeds, on a shared 2-core CPU machine)\n", header, rule]
   for method in cells_lib.METHODS:
     row = [mean_std([s["_seconds"] / 60 for s in cells_of.get((method, b), []) if s["_seconds"]], "{:.1f}")
            for b in budgets]
@@ -180,11 +219,15 @@ def tables(results) -> str:
            "Every method pruned to the same fraction of non-zero weights by the budget controller (`budget.nonzero`), "
            "starting from the same dense model per seed; the penalty's strength is set by the controller, the schedule "
            "is the same for every method (`experiments/configs/budget_grid.py` lists it and every deviation from the "
-           "papers). Accuracy of the physically shrunk model; mean ± sample std over seeds (n). Regenerate with "
-           "`python -m experiments.grid.run --runs runs/grid` (resumable; `--hours H` for a chunk) then "
-           "`python -m experiments.grid.report --runs runs/grid`.\n"]
+           "papers). Accuracy of the physically shrunk model; mean ± sample std over seeds (n). Made from the committed "
+           "cell records (`experiments/results/cells/DATASET/CELL.json`: config, commits, summary, per-example test "
+           "correctness) by `python -m experiments.grid.report`; the records come from `python -m experiments.grid.run "
+           "--runs runs/grid` (resumable; `--hours H` for a chunk).\n"]
   for dataset, models in cells_lib.MODELS.items():
     sections = [line for model in models for line in model_section(results, dataset, model)]
+    if not any(c.dataset == dataset for c in results):
+      sections = [f"No committed cell records for {dataset} yet (its earlier runs predate the records and were not "
+                  f"kept): `python -m experiments.grid.run --runs runs/grid --datasets {dataset}` makes them.\n"]
     if sections:
       lines += [f"# {dataset}\n", f"Data: {DATA_NOTES[dataset]}.\n", *sections]
   return "\n".join(lines) + "\n"
