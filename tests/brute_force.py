@@ -56,6 +56,20 @@ def brute_pi(y: np.ndarray, lam: float, eta: float) -> float:
   return float(np.min(objective_pi(cand, y[None], lam, eta)))
 
 
+def best_pi_by_size(y: np.ndarray, lam: float, eta: float) -> float:
+  """min of the π objective for one long vector y: for each support size k only the k largest |y_j| can be best
+  (swapping a kept entry for a larger dropped one lowers ½‖x − y‖² at equal norm penalty), so enumerating k in
+  float64 is exact where enumerating supports is not feasible."""
+  y = np.asarray(y, np.float64)
+  a = np.sort(np.abs(y))[::-1]
+  s = np.sqrt(np.concatenate([[0.0], np.cumsum(a * a)]))
+  total = 0.5 * np.sum(y * y)
+  # x = top-k scaled by (1 − lam/s_k)_+: objective = ½‖y‖² − ½(s_k − lam)_+² + eta·k (k = 0: ½‖y‖²)
+  kept = np.maximum(s - lam, 0)
+  objective = total - 0.5 * kept**2 + eta * np.arange(a.size + 1) * (kept > 0)
+  return float(np.min(objective))
+
+
 def brute_theta(y: np.ndarray, alpha: float, beta: float, gamma: float) -> float:
   """min of the θ objective for one tree y of shape (L, F), by enumerating supports."""
   y = np.asarray(y, np.float64)

@@ -270,6 +270,68 @@ def test_many_ambiguous_groups_are_solved_chunk_by_chunk():
     assert bf.objective_theta(x[i], y[i], alpha[i], beta[i], gamma[i]) <= bf.brute_theta(y[i], alpha[i], beta[i], gamma[i]) + TOL
 
 
+@pytest.mark.parametrize("band_fits", [True, False])
+def test_long_ambiguous_groups_ranked_between_their_bounds(band_fits):
+  """Coupled-unit-sized groups (8,000 entries, LeNet-5's flattened channels at a training step's coefficients): in
+  float32 many are ambiguous by a few entries; those are solved by ranking only the entries between the bracket's
+  bounds (``pi_banded``). With ``band_fits=False`` groups of equal magnitudes put more than ``BAND`` entries between
+  the bounds and the batch is sorted instead. Objectives against the float64 enumeration of support sizes."""
+  rng = np.random.default_rng(11)
+  g, n = 24, 8000
+  y = (rng.normal(size=(g, n)) * 0.05).astype(np.float32)
+  mult = rng.uniform(1, 10, g)
+  lam, eta = (0.0025 * mult).astype(np.float32), (2.5e-5 * mult).astype(np.float32)
+  if not band_fits:
+    for _ in range(3):  # 300 equal entries at the ℓ0 threshold η/w* with w* = Φ'(H) = ½(1 − λ/‖y‖): a wide band
+      w = 0.5 * (1 - lam[:3, None] / np.linalg.norm(y[:3].astype(np.float64), axis=1, keepdims=True))
+      y[:3, :300] = np.sqrt(eta[:3, None] / w).astype(np.float32)
+  _, ambiguous, inner, outer = jax.jit(group_l0.pi_bounds)(jnp.asarray(y), jnp.asarray(lam), jnp.asarray(eta))
+  band = np.asarray(jnp.sum(outer & ~inner, -1))[np.asarray(ambiguous)]
+  assert np.sum(ambiguous) >= 3, "the test must see ambiguous groups"
+  assert (band.max() > group_l0.BAND) != band_fits, band
+  x = _run(prox.pi, np.float32, y, lam, eta)
+  y64 = y.astype(np.float64)
+  for i in range(g):
+    best = bf.best_pi_by_size(y64[i], float(lam[i]), float(eta[i]))
+    assert bf.objective_pi(x[i], y64[i], float(lam[i]), float(eta[i])) <= best + 1e-5 * (1 + abs(best))
+
+
+def _numpy_theta():
+  """The benchmark's plain numpy θ (a stack-built hull per leaf, float64): an independent reference for trees too
+  large to enumerate."""
+  import importlib.util
+  import pathlib
+
+  path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_theta.py"
+  spec = importlib.util.spec_from_file_location("bench_theta", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.theta_numpy_one_channel
+
+
+@pytest.mark.parametrize("band", [tree_l0.BAND, 1])
+def test_wide_ambiguous_trees_ranked_between_their_bounds(band, monkeypatch):
+  """Conv trees of 9 taps × 200 filters at a training step's coefficients: in float32 some trees are ambiguous and
+  are solved by ranking only the entries between the bracket's bounds (``theta_banded``). With ``BAND`` = 1 the
+  bands do not fit and the batch goes through the full sort (``theta_exact``). Objectives against numpy's θ."""
+  monkeypatch.setattr(tree_l0, "BAND", band)
+  rng = np.random.default_rng(13)
+  t = (rng.normal(size=(96, 9, 200)) * np.sqrt(2 / (9 * 200))).astype(np.float32)
+  t[:12] *= 0.05  # channels about to be pruned
+  alpha, beta, gamma = 1e-6, 1e-4, 5e-3
+  coef = lambda v: jnp.full(t.shape[:1], v, jnp.float32)
+  _, ambiguous, inner, outer = jax.jit(tree_l0.theta_bounds)(jnp.asarray(t), coef(alpha), coef(beta), coef(gamma))
+  widths = np.asarray(jnp.sum(outer & ~inner, -1))[np.asarray(ambiguous)]
+  assert np.sum(ambiguous) >= 2, "the test must see ambiguous trees"
+  assert (widths.max() > band) == (band == 1), widths  # the bands fit BAND, and do not fit 1
+  x = np.asarray(jax.jit(lambda y: prox.theta(y, alpha, beta, gamma))(t), np.float64)
+  reference, t64 = _numpy_theta(), t.astype(np.float64)
+  for i in np.flatnonzero(np.asarray(ambiguous)):
+    ref = reference(t64[i], alpha, beta, gamma)
+    mine, theirs = bf.objective_theta(x[i], t64[i], alpha, beta, gamma), bf.objective_theta(ref, t64[i], alpha, beta, gamma)
+    assert mine <= theirs + 1e-6 * (1 + abs(theirs)), (i, mine, theirs)
+
+
 # ----------------------------------------------------------------- convex operators ---
 
 

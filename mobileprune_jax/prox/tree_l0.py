@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mobileprune_jax.prox.bracketing import (
+  as_ordered_int,
   bracket,
   cumsum,
   phi,
@@ -49,8 +50,8 @@ def theta(y: ArrayLike, alpha: ArrayLike, beta: ArrayLike, gamma: ArrayLike) -> 
   alpha, beta, gamma = tree_coefs(y, "theta", alpha=alpha, beta=beta, gamma=gamma)
   yc = y.astype(alpha.dtype).reshape((-1,) + y.shape[-2:])
   alpha, beta, gamma = alpha.reshape(-1), beta.reshape(-1), gamma.reshape(-1)
-  x_fast, ambiguous = theta_bracketed(yc, alpha, beta, gamma)
-  x = settle_ambiguous(x_fast, ambiguous, theta_exact, (yc, alpha, beta, gamma))
+  x_fast, ambiguous, inner, outer = theta_bounds(yc, alpha, beta, gamma)
+  x = settle_ambiguous(x_fast, ambiguous, theta_between, (yc, alpha, beta, gamma, inner, outer))
   return x.reshape(y.shape).astype(y.dtype)
 
 
@@ -63,6 +64,13 @@ def theta_bracketed(yc: Array, alpha: Array, beta: Array, gamma: Array) -> tuple
   inner support at w_lo equals the outer one at w_hi, that support is θ's.
   Shapes: yc (T, L, F); alpha, gamma (T,); beta (T,) or per leaf (T, L).
   """
+  x, ambiguous, _, _ = theta_bounds(yc, alpha, beta, gamma)
+  return x, ambiguous
+
+
+def theta_bounds(yc: Array, alpha: Array, beta: Array, gamma: Array) -> tuple[Array, Array, Array, Array]:
+  """``theta_bracketed`` and, per entry, the inner and outer supports between which every optimum of an
+  ambiguous tree lies (``bracket``)."""
   rel = 1024 * float(np.finfo(yc.dtype).eps)
   sq = jnp.square(yc)
   u_all = jnp.sum(sq, -1)
@@ -73,9 +81,49 @@ def theta_bracketed(yc: Array, alpha: Array, beta: Array, gamma: Array) -> tuple
     leaf_h = g(u, b)
     return take, leaf_h, jnp.sum(leaf_h, -1), jnp.sum(count, -1).astype(yc.dtype)
 
-  take, _, ambiguous, zero = bracket(state, jnp.sum(g(u_all, b), -1), alpha, gamma)
+  take, _, ambiguous, zero, inner = bracket(state, jnp.sum(g(u_all, b), -1), alpha, gamma)
   keep = take & ~zero[:, None, None]
-  return tree_shrink(jnp.where(keep, yc, 0), beta, gamma), ambiguous
+  return tree_shrink(jnp.where(keep, yc, 0), beta, gamma), ambiguous, inner, take
+
+
+BAND = 64  # entries a leaf of an ambiguous tree may hold between its bounds for ``theta_banded``
+
+
+def theta_between(yc: Array, alpha: Array, beta: Array, gamma: Array, inner: Array, outer: Array) -> Array:
+  """θ on trees whose optima lie between ``inner`` ⊆ S* ⊆ ``outer``: ``theta_banded`` when no leaf of the batch
+  holds more than ``BAND`` entries in between, else ``theta_exact`` (sorts every leaf)."""
+  width = min(BAND, yc.shape[-1])
+  if width == yc.shape[-1]:
+    return theta_banded(yc, alpha, beta, gamma, inner, outer, width)
+  fits = jnp.all(jnp.sum(outer & ~inner, -1) <= width)
+  return jax.lax.cond(fits, lambda: theta_banded(yc, alpha, beta, gamma, inner, outer, width),
+                      lambda: theta_exact(yc, alpha, beta, gamma))
+
+
+def theta_banded(yc: Array, alpha: Array, beta: Array, gamma: Array, inner: Array, outer: Array, width: int) -> Array:
+  """θ when inner ⊆ S* ⊆ outer and no leaf has more than ``width`` entries in its band outer ∖ inner.
+
+  Within a leaf an optimum keeps the largest |y_j| for its size, so each leaf's support is its inner part plus
+  the j largest of its band: hᵢ(j) = (√(u_in + Σ top-j band y²) − betaᵢ)_+², j = 0..|bandᵢ| (``lax.top_k``, no
+  sort of the leaf), swept from the state j = 0 everywhere exactly as ``theta_swept`` sweeps from the empty one.
+  Shapes as ``theta_bracketed``.
+  """
+  sq = jnp.square(yc)
+  band = outer & ~inner
+  values, index = jax.lax.top_k(jnp.where(band, jnp.abs(yc), -1), width)  # (T, L, width): the band, largest first
+  in_band = values >= 0
+  u_in = jnp.sum(jnp.where(inner, sq, 0), -1)
+  k_in = jnp.sum(inner, (-2, -1)).astype(yc.dtype)
+  zeros = jnp.zeros(u_in.shape + (1,), yc.dtype)
+  u = u_in[..., None] + jnp.concatenate([zeros, cumsum(jnp.where(in_band, jnp.square(values), 0))], -1)
+  h = jnp.square(jnp.maximum(jnp.sqrt(u) - leaf_beta(beta, yc)[..., None], 0))  # (T, L, width + 1)
+  # past the band h stays flat (equal to the last real point): the hull drops those points as dominated
+  steps, zero = sweep(h, alpha, gamma, k_in)
+  from_band = jnp.zeros(yc.shape, bool)
+  t, leaves = jnp.indices(yc.shape[:2])
+  from_band = from_band.at[t[..., None], leaves[..., None], index].set(jnp.arange(width) < steps[..., None])
+  keep = (inner | from_band) & ~zero[:, None, None]
+  return tree_shrink(jnp.where(keep, yc, 0), beta, gamma)
 
 
 def leaf_beta(beta: Array, yc: Array) -> Array:
@@ -90,8 +138,8 @@ def theta_leafwise(y: Array, alpha: Array, beta: Array, gamma: Array) -> Array:
   for any non-negative per-leaf coefficients. Internal: no checks, shapes y (T, L, F), alpha and gamma
   (T,), beta (T, L); computed in y's dtype.
   """
-  x_fast, ambiguous = theta_bracketed(y, alpha, beta, gamma)
-  return settle_ambiguous(x_fast, ambiguous, theta_exact, (y, alpha, beta, gamma))
+  x_fast, ambiguous, inner, outer = theta_bounds(y, alpha, beta, gamma)
+  return settle_ambiguous(x_fast, ambiguous, theta_between, (y, alpha, beta, gamma, inner, outer))
 
 
 def leaf_outer(sq: Array, u_all: Array, w: Array, alpha: Array, beta: Array, rel: float):
@@ -162,15 +210,31 @@ def theta_exact(yc: Array, alpha: Array, beta: Array, gamma: Array) -> Array:
 def theta_swept(yc: Array, a_sorted: Array, h: Array, alpha: Array, beta: Array, gamma: Array) -> Array:
   """θ by the full sweep: per-leaf upper hulls, all switch events merged and sorted, best prefix.
 
-  Shapes as ``theta_bracketed``.
+  Shapes as ``theta_bracketed``; h (T, L, F + 1) the value of each leaf's top-k, k = 0..F.
+  """
+  k_leaf, zero = sweep(h, alpha, gamma, jnp.zeros(h.shape[:1], h.dtype))
+  keep = top_k_mask(jnp.abs(yc), a_sorted, jnp.where(zero[:, None], 0, k_leaf))
+  return tree_shrink(jnp.where(keep, yc, 0), beta, gamma)
+
+
+def sweep(h: Array, alpha: Array, gamma: Array, k_base: Array) -> tuple[Array, Array]:
+  """The best state of max Φ(Σᵢ hᵢ(jᵢ)) − alpha·(k_base + Σᵢ jᵢ) over jᵢ = 0..J, and whether x = 0 beats it.
+
+  hᵢ is non-decreasing in j (T, L, J + 1); jᵢ counts entries beyond a base state of k_base entries per tree
+  (hᵢ(0) its value). Per-leaf upper hulls give each leaf's switch events; merged and sorted by slope w, the
+  states after every run of equal w (and the base state) are the maximisers of the linearisation for
+  every w, so the best of them is the optimum. Returns (j per leaf (T, L), zero (T,)). Slopes must be ≥ 0
+  (alpha ≥ 0): they are sorted as integers.
   """
   dt = h.dtype
-  trees, leaves, width = yc.shape
+  trees, leaves, width = h.shape
+  base_h = jnp.sum(h[..., 0], -1)
+  h = h - h[..., :1]  # the hull and the events do not change; every leaf now starts at 0
   alive, prev = upper_hull(h)
 
   # One switch event per hull vertex k > 0: the leaf goes from its previous vertex p to k
   # once w ≥ alpha·(k − p)/(h[k] − h[p]).
-  idx = jnp.arange(width + 1)
+  idx = jnp.arange(width)
   event = alive & (idx > 0)
   dk = jnp.where(event, idx - prev, 0)
   dh = jnp.where(event, h - jnp.take_along_axis(h, prev, -1), 0)
@@ -178,26 +242,31 @@ def theta_swept(yc: Array, a_sorted: Array, h: Array, alpha: Array, beta: Array,
   # Rounding must not reorder a leaf's own events: make them non-decreasing per leaf.
   w = scan(jnp.maximum, jnp.where(event, w, -jnp.inf))
   w = jnp.where(event, w, jnp.inf)
+  w = jnp.where(w == 0, 0, w)  # -0.0 (alpha = -0.0) is +0.0: the integer keys below order them alike
 
-  # Merge all leaves' events of one tree and sweep w upwards. The state after all events
-  # with slope ≤ w maximises the linearisation at w, so it suffices to evaluate the gain
-  # at the last event of each run of equal w (and at the empty state).
-  w_flat = w.reshape(trees, leaves * (width + 1))
-  order = jnp.argsort(w_flat, axis=-1, stable=True)  # ascending w
-  w_sorted = jnp.take_along_axis(w_flat, order, -1)
-  big_h = cumsum(jnp.take_along_axis(dh.reshape(w_flat.shape), order, -1))
-  big_k = cumsum(jnp.take_along_axis(dk.reshape(w_flat.shape).astype(dt), order, -1))
-  gain = phi(big_h, gamma[:, None]) - alpha[:, None] * big_k
-  run_end = jnp.concatenate([w_sorted[:, 1:] != w_sorted[:, :-1], jnp.ones((trees, 1), bool)], -1)
-  gain = jnp.where(run_end & (w_sorted < jnp.inf), gain, -jnp.inf)
+  # Merge all leaves' events of one tree and sweep w upwards. The state after all events with slope ≤ w
+  # maximises the linearisation at w, so it suffices to evaluate the gain at the last event of each run of
+  # equal w (and at the base state). Sorting the slopes alone is an integer sort (``sort_nonnegative``);
+  # each event's dh and dk are added at the last slot of its run (a binary search), so prefix sums over
+  # the sorted slots give the state at every run end without sorting the events themselves.
+  keys = as_ordered_int(w.reshape(trees, leaves * width))
+  sorted_keys = jax.lax.sort(keys, dimension=1, is_stable=False)
+  slot = jax.vmap(lambda row, k: jnp.searchsorted(row, k, side="right"))(sorted_keys, keys) - 1
+  rows = jnp.arange(trees)[:, None]
+  at_slots = lambda v: cumsum(jnp.zeros(keys.shape, dt).at[rows, slot].add(v.reshape(trees, -1).astype(dt)))
+  big_h, big_k = base_h[:, None] + at_slots(dh), k_base[:, None] + at_slots(dk)
+  run_end = jnp.concatenate([sorted_keys[:, 1:] != sorted_keys[:, :-1], jnp.ones((trees, 1), bool)], -1)
+  real = sorted_keys < as_ordered_int(jnp.asarray(jnp.inf, dt))
+  gain = jnp.where(run_end & real, phi(big_h, gamma[:, None]) - alpha[:, None] * big_k, -jnp.inf)
   best = jnp.argmax(gain, axis=-1)
-  w_best = jnp.where(jnp.take_along_axis(gain, best[:, None], -1)[:, 0] > 0,
-                     jnp.take_along_axis(w_sorted, best[:, None], -1)[:, 0], -jnp.inf)  # ties → 0
+  best_gain = jnp.take_along_axis(gain, best[:, None], -1)[:, 0]
+  base_gain = phi(base_h, gamma) - alpha * k_base
+  zero = jnp.maximum(base_gain, best_gain) <= 0  # ties → 0
+  w_best = jax.lax.bitcast_convert_type(jnp.take_along_axis(sorted_keys, best[:, None], -1)[:, 0], dt)
+  w_best = jnp.where(base_gain >= best_gain, -1, w_best)  # the base state (ties: the smaller support)
 
-  # Leaf support sizes of the best state, and the entries that make them up.
-  k_leaf = jnp.sum(jnp.where(w <= w_best[:, None, None], dk, 0), axis=-1)  # (T, L)
-  keep = top_k_mask(jnp.abs(yc), a_sorted, k_leaf)
-  return tree_shrink(jnp.where(keep, yc, 0), beta, gamma)
+  # Each leaf's steps in the best state.
+  return jnp.sum(jnp.where(w <= w_best[:, None, None], dk, 0), axis=-1), zero
 
 
 def upper_hull(h: Array) -> tuple[Array, Array]:
