@@ -22,7 +22,7 @@ grid_config = import_file(CONFIG)
 METHODS = grid_config.METHODS
 BUDGETS = grid_config.BUDGETS
 MODELS = {"mnist_subset": ("lenet5", "lenet300"), "basic_motions": ("har_cnn",), "fashion_mnist_idx": ("lenet5", "mobilenet_v2")}
-SEEDS = {"mnist_subset": (0, 1, 2), "basic_motions": (0, 1, 2), "fashion_mnist_idx": (0,)}
+SEEDS = {"mnist_subset": (0, 1, 2), "basic_motions": (0, 1, 2), "fashion_mnist_idx": (0, 1, 2)}  # seed-major: all of seed 0 first
 
 
 @dataclasses.dataclass(frozen=True)
