@@ -57,7 +57,7 @@ def test_tables_statistics_best_marks_and_the_side_by_side(tmp_path):
   want = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n=3)"
   assert row == f"| ℓ1-SGL | **{want}** |"  # best among the cells within budget in every seed
   # the best mean against the next best (DEGL missed its budget in a seed): no per-example bits in run directories
-  assert "* 1 %: ℓ1-SGL (98.40) vs MobilePrune (prox-SGD) (97.50): no seed with both cells recorded: not compared" in text
+  assert "* 1 %: ℓ1-SGL − MobilePrune (prox-SGD): no seed with both cells recorded: not compared" in text
   degl = next(line for line in text.splitlines() if line.startswith("| DEGL |"))
   assert degl.endswith("†** |") is False and "†" in degl and "**" not in degl
   assert "Dense baseline (test / validation accuracy %): 99.00 ± 0.00 (n=3)" in text and "abc1234" in text
@@ -111,7 +111,7 @@ def test_a_lead_needs_the_paired_interval_and_mcnemar_to_agree():
     return out
 
   lead = report.best_vs_next(report.group(results([30, 30, 30]), "mnist_subset", "lenet5"), [0.01])
-  assert lead[0].startswith("* 1 %: ℓ1-SGL (") and lead[0].endswith("ℓ1-SGL leads"), lead
+  assert lead[0].startswith("* 1 %: ℓ1-SGL − DEGL: ") and lead[0].endswith("ℓ1-SGL leads"), lead
   assert "+3.00 pt [+3.00, +3.00] (n=3), McNemar 90 vs 0" in lead[0], lead
   noise = report.best_vs_next(report.group(results([2, -1, 1]), "mnist_subset", "lenet5"), [0.01])
   assert noise[0].endswith("within noise") and "McNemar 3 vs 1" in noise[0], noise
@@ -248,3 +248,14 @@ def test_paired_statistics_against_hand_computed_values():
   assert not r.lead and "within noise" in r.describe("PALM", "prox-SGD")
   with pytest.raises(ValueError, match="same seeds"):
     stats.paired(a, b[:1])
+
+
+def test_the_docs_excerpt_is_the_report_of_the_committed_records():
+  """docs/experiments.md's MNIST tables and paired comparisons are written by `python -m experiments.grid.report`
+  between its markers, never typed: they must equal the excerpt of the committed cell records."""
+  from experiments.grid import record
+
+  text = report.DOCS.read_text()
+  block = text.split(report.EXCERPT_START, 1)[1].split(report.EXCERPT_END, 1)[0].strip("\n")
+  assert block == report.excerpt(record.load_all(record.CELLS))
+  assert "| MobilePrune (prox-SGD) |" in block and "McNemar" in block

@@ -1,7 +1,8 @@
 """Tables and curves of the budget grid, from the committed cell records (``experiments/results/cells``).
 
     python -m experiments.grid.report                  # writes experiments/results/budget_grid.md,
-                                                       # plots/budget_*.png and paper_vs_ours.md from the records
+                                                       # plots/budget_*.png and paper_vs_ours.md from the records,
+                                                       # and docs/experiments.md's excerpt
     python -m experiments.grid.report --landings       # only palm_landings.md: every PALM cell's target vs reached
     python -m experiments.grid.report --runs runs/grid # from run directories instead (before records existed)
 """
@@ -94,7 +95,7 @@ def best_methods(cells_of, budgets, among=None) -> dict[float, tuple[set[str], f
 def paired_cells(cells_of, a: str, b: str, budget: float) -> stats.Paired | None:
   """A vs B at ``budget`` on the seeds where both cells met the budget and carry per-example correctness."""
   def usable(method):
-    return {s.get("seed"): s["_correct"] for s in cells_of.get((method, budget), [])
+    return {s.get("seed", i): s["_correct"] for i, s in enumerate(cells_of.get((method, budget), []))
             if s.get("_correct") is not None and (s.get("budget") or {}).get("within_tolerance")}
   sa, sb = usable(a), usable(b)
   seeds = sorted(set(sa) & set(sb))
@@ -102,10 +103,17 @@ def paired_cells(cells_of, a: str, b: str, budget: float) -> stats.Paired | None
 
 
 def ranked(cells_of, budget: float, among=None) -> list[tuple[str, float]]:
-  """(method, mean test accuracy) of the cells at ``budget`` that met it in every seed, best first."""
-  scored = {m: statistics.mean(pct(s, "test") for s in ss) for (m, bb), ss in cells_of.items()
-            if bb == budget and m != "dense" and (among is None or m in among)
-            and all((s.get("budget") or {}).get("within_tolerance", False) for s in ss)}
+  """(method, mean test accuracy) of the cells at ``budget`` that met it in every seed, best first; the means are
+  over the seeds every such method has (a partly run grid compares like with like)."""
+  candidates = {m: {s.get("seed", i): s for i, s in enumerate(ss)} for (m, bb), ss in cells_of.items()
+                if bb == budget and m != "dense" and (among is None or m in among)
+                and all((s.get("budget") or {}).get("within_tolerance", False) for s in ss)}
+  if not candidates:
+    return []
+  seeds = set.intersection(*(set(by_seed) for by_seed in candidates.values()))
+  if not seeds:
+    return []
+  scored = {m: statistics.mean(pct(by_seed[k], "test") for k in seeds) for m, by_seed in candidates.items()}
   return sorted(scored.items(), key=lambda kv: -kv[1])
 
 
@@ -116,12 +124,11 @@ def best_vs_next(cells_of, budgets, among=None) -> list[str]:
     order = ranked(cells_of, b, among)
     if len(order) < 2:
       continue
-    (first, acc1), (second, acc2) = order[:2]
+    (first, _), (second, _) = order[:2]
     pair = paired_cells(cells_of, first, second, b)
     verdict = (pair.describe(METHOD_NAMES[first], METHOD_NAMES[second]) if pair
                else "no seed with both cells recorded: not compared")
-    lines.append(f"* {100 * b:g} %: {METHOD_NAMES[first]} ({acc1:.2f}) vs {METHOD_NAMES[second]} ({acc2:.2f}): "
-                 f"{verdict}")
+    lines.append(f"* {100 * b:g} %: {METHOD_NAMES[first]} − {METHOD_NAMES[second]}: {verdict}")
   return lines
 
 
@@ -171,8 +178,8 @@ def model_section(results, dataset: str, model: str) -> list[str]:
   paired_note = ("paired on the same seeds and test examples (`experiments/grid/stats.py`: 95 % t interval of the "
                  "accuracy difference over seeds and McNemar's exact test on the test examples; a lead only where both "
                  "agree, \"within noise\" otherwise)")
-  lines += [f"Best mean test accuracy per budget (cells within the budget in every seed) against the next best, "
-            f"{paired_note}:\n", *best_vs_next(cells_of, budgets), ""]
+  lines += [f"The two best mean test accuracies per budget (cells within the budget in every seed; means over the "
+            f"seeds all such cells share), {paired_note}:\n", *best_vs_next(cells_of, budgets), ""]
   structured = best_vs_next(cells_of, budgets, STRUCTURED)
   if structured:
     lines += ["The same among the group penalties only (ℓ0 and ℓ1 act on single weights):\n", *structured, ""]
@@ -335,6 +342,39 @@ def palm_landings(results) -> str:
   return "\n".join(lines) + "\n"
 
 
+EXCERPT_START, EXCERPT_END = "<!-- grid_excerpt -->", "<!-- /grid_excerpt -->"
+DOCS = cells_lib.HERE.parent / "docs" / "experiments.md"
+EXCERPT_MODELS = (("mnist_subset", "lenet5", "LeNet-5"), ("mnist_subset", "lenet300", "LeNet-300-100"))
+
+
+def excerpt(results) -> str:
+  """docs/experiments.md's excerpt: the MNIST test-accuracy tables and the paired comparisons, from ``results``."""
+  out = ["Written by `python -m experiments.grid.report` from the committed cell records (never typed): test "
+         "accuracy %, mean ± std over n seeds, bold the best mean within the budget (not a lead by itself), † a seed "
+         "outside the budget's ±10 %; the comparisons are paired (same seeds and test digits).", ""]
+  for dataset, model, label in EXCERPT_MODELS:
+    section = model_section(results, dataset, model)
+    if not section or section[1].startswith("Not run"):
+      continue
+    dense = mean_std([pct(s, "test") for s in group(results, dataset, model)[("dense", None)]])
+    start = section.index(next(line for line in section if line.startswith("**Test accuracy (%)**")))
+    table = section[start + 1:section.index("", start + 1)]
+    paired = [line for line in section if line.startswith(("* ", "MobilePrune (", "The two best", "The same among"))]
+    out += [f"{label} (dense {dense}):", "", *table, "", *[line.rstrip("\n") for line in paired], ""]
+  return "\n".join(out).rstrip("\n")
+
+
+def write_excerpt(path: pathlib.Path, results) -> bool:
+  """Replaces the text between the excerpt markers of ``path`` (False when it has none)."""
+  text = path.read_text() if path.exists() else ""
+  if EXCERPT_START not in text:
+    return False
+  head, rest = text.split(EXCERPT_START, 1)
+  _, tail = rest.split(EXCERPT_END, 1)
+  path.write_text(f"{head}{EXCERPT_START}\n{excerpt(results)}\n{EXCERPT_END}{tail}")
+  return True
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--cells", default=record.CELLS, type=pathlib.Path, help="the committed cell records")
@@ -357,6 +397,8 @@ def main() -> None:
     return
   for path in write_tables(results, args.out, args.runs or args.cells):
     print(path)
+  if args.runs is None and args.out == RESULTS and write_excerpt(DOCS, results):  # the records' own report only
+    print(DOCS)
 
 
 if __name__ == "__main__":
