@@ -13,7 +13,7 @@ import pytest
 from brute_force import brute_theta_leafwise, objective_theta_leafwise
 from flax import nnx
 
-from mobileprune_jax import models, regularisers, surgery, transforms
+from mobileprune_jax import models, prox, regularisers, surgery, transforms
 from mobileprune_jax.prox import tree_l0
 from mobileprune_jax.surgery.shrink import variables_by_path
 from mobileprune_jax.train import palm
@@ -499,6 +499,16 @@ def test_single_level_units_take_pi_and_agree_with_theta():
     obj = lambda z, y=y, g=g: (0.5 * np.sum((z - y.astype(np.float64)) ** 2) + a * np.count_nonzero(z)
                                + g * np.sqrt(np.sum(z.astype(np.float64) ** 2)))
     assert obj(got.astype(np.float64)) <= obj(ref.astype(np.float64)) + 1e-6
+  # conv1 reads the image (a channel that stays): each tap across its 20 filters is a fixed tree with the shape
+  # term only, solved in the same π bucket as fc2's rows (the narrower bucket is padded into the wider one)
+  a, lam = step * l0, step * 0.01
+  for h in range(5):
+    for w in range(5):
+      y, got = p["conv1/kernel"][h, w, 0], after["conv1/kernel"][h, w, 0]
+      ref = np.asarray(prox.pi(jnp.asarray(y), lam, a))
+      obj = lambda z, y=y: (0.5 * np.sum((z - y.astype(np.float64)) ** 2) + a * np.count_nonzero(z)
+                            + lam * np.sqrt(np.sum(z.astype(np.float64) ** 2)))
+      assert obj(got.astype(np.float64)) <= obj(ref.astype(np.float64)) + 1e-6
 
 
 def test_blocks_spanning_two_components_join_them():

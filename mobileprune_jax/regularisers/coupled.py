@@ -217,16 +217,22 @@ class CoupledRegulariser(Regulariser):
     return apply
 
 
+SMALL = 1 << 16  # entries below which a flat bucket is padded into a wider one rather than compiled on its own
+
+
 def _merge_trees(plans: list[tuple], pad: int) -> list[tuple]:
   """Buckets of two-level trees with leaf terms, merged by the power of two above their leaf count (zero leaves and
-  zero-padded widths: exact, zeros never enter a support), so θ compiles a few times, not once per bucket."""
-  keep, groups = [], {}
+  zero-padded widths: exact, zeros never enter a support), so θ compiles a few times, not once per bucket. Flat
+  buckets (one group level) become single leaves; a small one is padded into the next wider (``_merge_flat``)."""
+  keep, groups, flat = [], {}, []
   for plan in plans:
     idx, leaf_tap = plan[0], plan[1]
     if idx.shape[1] == 1 or not leaf_tap.any():
-      keep.append(plan)
+      tap = leaf_tap[:, :1] if idx.shape[1] == 1 else np.zeros((len(idx), 1), bool)
+      flat.append((idx.reshape(len(idx), 1, -1), tap, *plan[2:]))
     else:
       groups.setdefault(1 << (idx.shape[1] - 1).bit_length(), []).append(plan)
+  keep += _merge_flat(flat, pad)
   for n_leaves, members in sorted(groups.items()):
     width = max(m[0].shape[2] for m in members)
     idx = np.concatenate([np.pad(m[0], ((0, 0), (0, n_leaves - m[0].shape[1]), (0, width - m[0].shape[2])),
@@ -234,6 +240,23 @@ def _merge_trees(plans: list[tuple], pad: int) -> list[tuple]:
     tap = np.concatenate([np.pad(m[1], ((0, 0), (0, n_leaves - m[1].shape[1]))) for m in members])
     keep.append((idx, tap, *(np.concatenate([m[k] for m in members]) for k in (2, 3, 4))))
   return keep
+
+
+def _merge_flat(plans: list[tuple], pad: int) -> list[tuple]:
+  """Flat buckets (U, 1, W) from narrow to wide; a bucket joins the next wider one when padding it to that width
+  costs at most 4× its entries or under ``SMALL`` entries (π then compiles once for both)."""
+  out: list[tuple] = []
+  for plan in sorted(plans, key=lambda p: p[0].shape[2]):
+    if out:
+      prev = out[-1]
+      width = plan[0].shape[2]
+      if prev[0].shape[0] * width <= max(4 * prev[0].size, SMALL):
+        idx = np.concatenate([np.pad(prev[0], ((0, 0), (0, 0), (0, width - prev[0].shape[2])), constant_values=pad),
+                              plan[0]])
+        out[-1] = (idx, *(np.concatenate([prev[k], plan[k]]) for k in range(1, 5)))
+        continue
+    out.append(plan)
+  return out
 
 
 def _inverse_steps(steps: list[Any], values: list[Array], dt) -> Array:
