@@ -84,25 +84,26 @@ def make_palm_step(model: nnx.Module, regulariser: Regulariser, kernel_paths: Se
         new = regulariser.prox_leaves(block_roles, moved, s, multiplier=multiplier, paths=block_paths)
         d = [n - c for n, c in zip(new, current)]
         bound = f0 + sum(jnp.vdot(gi, di) for gi, di in zip(g, d)) + 0.5 * lip * sum(jnp.vdot(di, di) for di in d)
-        return new, block_loss(new) <= bound
+        f_new = block_loss(new)
+        return new, f_new <= bound, f_new
 
       def cond(state):
-        lip, _, ok, it = state
+        lip, _, ok, it, _ = state
         return (~ok) & (it < max_backtracks)
 
       def body(state, candidate=candidate):
-        lip, _, _, it = state
+        lip, _, _, it, _ = state
         lip = lip * gamma
-        new, ok = candidate(lip)
-        return lip, new, ok, it + 1
+        new, ok, f_new = candidate(lip)
+        return lip, new, ok, it + 1, f_new
 
       lip0 = jnp.asarray(1.0, jnp.float32)
-      new0, ok0 = candidate(lip0)
-      lip, new, _, _ = jax.lax.while_loop(cond, body, (lip0, new0, ok0, jnp.asarray(0)))
+      new0, ok0, f0_new = candidate(lip0)
+      lip, new, _, _, loss = jax.lax.while_loop(cond, body, (lip0, new0, ok0, jnp.asarray(0), f0_new))
       for i, v in zip(block, new):
         leaves[i] = v
       l_values.append(lip)
-    return leaves, loss_of(leaves, rest, x, y), jnp.mean(jnp.stack(l_values))
+    return leaves, loss, jnp.mean(jnp.stack(l_values))  # the loss after the last block's update: the sweep's
 
   def run(model: nnx.Module, x, y, multiplier=1.0):
     _, params, rest = nnx.split(model, nnx.Param, ...)
