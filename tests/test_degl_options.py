@@ -104,3 +104,34 @@ def test_bad_degl_options_are_config_errors(override, message):
   config_lib.apply_overrides(cfg, [override])
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(cfg)
+
+
+def test_the_threshold_keeps_the_strongest_unit_of_a_layer_it_would_empty():
+  """Every hidden unit of fc1 has max |w| below t_th: DEGL's rule would remove all of them (and with them the output's
+  dependence on the input). The strongest (largest max |w|, found here by numpy) stays with its weights; the others
+  go with their bias and their fc2 rows. A second layer with units above t_th is untouched."""
+  from mobileprune_jax.train import actions
+
+  class MLP(nnx.Module):
+    def __init__(self):
+      self.fc1, self.fc2 = nnx.Linear(6, 5, rngs=nnx.Rngs(0)), nnx.Linear(5, 3, rngs=nnx.Rngs(1))
+
+    def __call__(self, x, train=False):
+      return self.fc2(nnx.relu(self.fc1(x)))
+
+  m = MLP()
+  rng = np.random.default_rng(0)
+  k1 = (rng.uniform(-1, 1, (6, 5)) * 1e-3).astype(np.float32)  # every unit under t_th = 1e-2
+  m.fc1.kernel[...] = jnp.asarray(k1)
+  m.fc1.bias[...] = jnp.ones(5)
+  k2 = np.asarray(m.fc2.kernel[...]).copy()
+  info = actions.degl_threshold(m, jnp.ones((2, 6)), 1e-2, "fc2/kernel")
+  keep = int(np.argmax(np.abs(k1).max(axis=0)))
+  want1 = np.zeros_like(k1)
+  want1[:, keep] = k1[:, keep]
+  np.testing.assert_array_equal(np.asarray(m.fc1.kernel[...]), want1)
+  np.testing.assert_array_equal(np.asarray(m.fc1.bias[...]), np.eye(5, dtype=np.float32)[keep])
+  want2 = np.zeros_like(k2)
+  want2[keep] = k2[keep]
+  np.testing.assert_array_equal(np.asarray(m.fc2.kernel[...]), want2)
+  assert info["degl_removed_units"] == 4

@@ -24,7 +24,10 @@ def degl_threshold(model: nnx.Module, sample_input, t_th: float, exclude: str, c
   cut it exactly. Per layer (``coupled=False``), units tied to others by a residual add are left
   alone; with ``coupled=True`` the rule acts on each coupled set (writer units: every producer's
   filter of a residual-stream channel, a depthwise chain's expand and depthwise filters), which goes
-  iff the largest incoming weight of all its filters is < t_th.
+  iff the largest incoming weight of all its filters is < t_th. A layer all of whose units fall under t_th keeps
+  the one with the largest incoming weight (as Torch-Pruning keeps a channel per layer): removing them all would
+  leave a network whose output no longer depends on its input (the paper's rule does not say; it never happens on
+  its models, but on BasicMotions' HAR CNN a whole layer fell under t_th at once and the run collapsed to chance).
   """
   graph = depgraph.trace(model, sample_input)
   variables = variables_by_path(model)
@@ -43,9 +46,13 @@ def degl_threshold(model: nnx.Module, sample_input, t_th: float, exclude: str, c
     for f, node in enumerate(layer.out_nodes.tolist()):
       root = graph.find(node)
       largest[root] = max(largest.get(root, 0.0), float(peak[f]))
-  for root, peak in largest.items():
-    if root in blocked or peak >= t_th or (len(members[root]) > 1 and not coupled):
-      continue
+  dead_roots = {root for root, peak in largest.items()
+                if root not in blocked and peak < t_th and (len(members[root]) == 1 or coupled)}
+  for layer in graph.layers:  # a layer whose every unit would go keeps its strongest: the network stays connected
+    roots = {graph.find(int(n)) for n in layer.out_nodes}
+    if layer.sliceable and layer.kernel_path != exclude and roots and roots <= dead_roots:
+      dead_roots.discard(max(sorted(roots), key=lambda r: largest[r]))
+  for root in dead_roots:
     dead_nodes.update(members[root])
   removed = sum(1 for layer in graph.layers if layer.sliceable
                 for n in layer.out_nodes.tolist() if n in dead_nodes and layer.groups == 1)
