@@ -296,6 +296,25 @@ def test_long_ambiguous_groups_ranked_between_their_bounds(band_fits):
     assert bf.objective_pi(x[i], y64[i], float(lam[i]), float(eta[i])) <= best + 1e-5 * (1 + abs(best))
 
 
+def test_theta_with_tied_slopes_across_leaves_against_enumeration():
+  """Identical leaves (and repeated magnitudes inside them) give switch events with exactly equal slopes: the sweep
+  must evaluate the state after the whole run of equal slopes, not in between. Exhaustive supports as reference."""
+  rng = np.random.default_rng(21)
+  worst = -np.inf
+  with jax.enable_x64(True):
+    for _ in range(60):
+      leaf = np.round(rng.normal(size=3) * 4) / 4  # repeated magnitudes
+      y = np.stack([leaf, leaf, rng.permutation(leaf)])  # three leaves with the same events
+      alpha, beta, gamma = rng.uniform(0, 0.5, 3) ** 2
+      best = bf.brute_theta(y, alpha, beta, gamma)
+      x = np.asarray(prox.theta(y, alpha, beta, gamma), np.float64)
+      coefs = [jnp.asarray([v]) for v in (alpha, beta, gamma)]
+      swept = np.asarray(_jit_exact_theta(jnp.asarray(y[None]), *coefs), np.float64)[0]  # the sweep, always
+      worst = max(worst, bf.objective_theta(x, y, alpha, beta, gamma) - best,
+                  bf.objective_theta(swept, y, alpha, beta, gamma) - best)
+  assert worst <= TOL
+
+
 def _numpy_theta():
   """The benchmark's plain numpy θ (a stack-built hull per leaf, float64): an independent reference for trees too
   large to enumerate."""
