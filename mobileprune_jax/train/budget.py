@@ -45,7 +45,7 @@ import ml_collections
 from flax import nnx
 
 from mobileprune_jax import groups, metrics, surgery
-from mobileprune_jax.regularisers import Regulariser
+from mobileprune_jax.regularisers import Regulariser, base
 
 KINDS = ("nonzero", "params", "macs")
 
@@ -331,16 +331,9 @@ class Controller:
     return report(self.measure(model, preview), self.targets, multiplier, self.tolerance)
 
 
-# how a kernel of each role is cut into the units it reads (units on axis 0): rows, input channels, depthwise
-# channels, heads — MobilePrune's reader convention, per layer
-_UNITS_OF = {
-    "dense": groups.to_neuron_groups,
-    "conv": groups.to_channel_trees,
-    "conv_out_in": lambda k: groups.to_channel_trees(jnp.swapaxes(k, -1, -2)),
-    "depthwise": groups.to_depthwise_trees,
-    "heads_in": lambda k: groups.to_head_groups(k, "heads_in"),
-    "heads_out": lambda k: groups.to_head_groups(k, "heads_out"),
-}
+# the units a kernel of each role reads (axis 0 of its layout's split): MobilePrune's per-layer groups
+_UNITS_OF = {"dense": base.ROWS, "conv": base.CHANNEL_TREES, "conv_out_in": base.CHANNEL_TREES_OUT_IN,
+             "depthwise": base.DEPTHWISE_TREES, "heads_in": base.HEADS_IN, "heads_out": base.HEADS_OUT}
 
 
 def spare_emptied_kernels(before: Any, after: Any, roles: list[str]) -> Any:
@@ -356,11 +349,13 @@ def spare_emptied_kernels(before: Any, after: Any, roles: list[str]) -> Any:
   leaves_after = treedef.flatten_up_to(after)
   out = []
   for role, b, a in zip(roles, leaves_before, leaves_after):
-    split = _UNITS_OF.get(role)
-    if split is None or not bool(jnp.any(b != 0)) or bool(jnp.any(a != 0)):
+    layout = _UNITS_OF.get(role)
+    if layout is None or not bool(jnp.any(b != 0)) or bool(jnp.any(a != 0)):
       out.append(a)
       continue
-    units = split(b).reshape(split(b).shape[0], -1)
+    split = layout.split
+    units = split(b)
+    units = units.reshape(units.shape[0], -1)
     strongest = int(jnp.argmax(jnp.sum(jnp.square(units.astype(jnp.float32)), axis=1)))
     position = split(jnp.arange(b.size).reshape(b.shape)).reshape(units.shape[0], -1)[strongest]
     keep = jnp.zeros(b.size, bool).at[position].set(True).reshape(b.shape)
