@@ -74,9 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
   # momentum or Adam's b1 (0: none for both)
   c.pretrain = ml_collections.ConfigDict(dict(epochs=5, optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0,
                                               schedule="constant"))
-  # MobilePrune schedule (docs/algorithms.md §B): T iterations of P pruning epochs (or steps) then R retraining epochs
+  # MobilePrune schedule (docs/algorithms.md §B): T iterations of P pruning epochs (or steps) then R retraining epochs;
+  # palm_warm_start: each PALM block starts its backtracking near its last L instead of at 1 (train/palm.py)
   c.prune = ml_collections.ConfigDict(dict(iterations=2, epochs=2, lr=0.05, momentum=0.9,
-                                           palm_max_backtracks=100, palm_gamma=1.1))
+                                           palm_max_backtracks=100, palm_gamma=1.1, palm_warm_start=False))
   c.prune.steps = _unset(int)  # prune for this many steps instead of `epochs` (None: epochs)
   c.retrain = ml_collections.ConfigDict(dict(epochs=2, optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0,
                                              schedule="constant"))
@@ -347,6 +348,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _check(numbers[name] < 1, f"config value {name} must be in [0, 1), got {numbers[name]!r}")
   _check(isinstance(cfg.val_fraction, (int, float)) and 0 <= cfg.val_fraction < 1,
          f"val_fraction must be in [0, 1), got {cfg.val_fraction!r}")
+  _check(isinstance(cfg.prune.palm_warm_start, bool),
+         f"prune.palm_warm_start must be True or False, got {cfg.prune.palm_warm_start!r}")
   _check(cfg.prune.palm_gamma > 1, f"prune.palm_gamma must be > 1, got {cfg.prune.palm_gamma!r}")
   for kind in ("nonzero", "params", "macs"):
     value = cfg.budget[kind]

@@ -380,3 +380,29 @@ def test_non_finite_inputs_are_rejected_at_load():
   ds = Dataset("toy", x, np.zeros(4, np.int32), np.zeros((2, 3, 2), np.float32), np.zeros(2, np.int32), 2)
   with pytest.raises(InvalidDataError, match="toy: train inputs hold 1 NaN/inf values"):
     ds.check()
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_palm_backtracking_starts_at_one_or_two_gamma_steps_below_the_last_l(warm):
+  """The papers' PALM tries L = 1, γ, γ², … per block; warm start begins at max(1, L⁻/γ²) (L⁻: last step's)."""
+  from mobileprune_jax import regularisers
+  from mobileprune_jax.train import palm
+
+  gamma = 1.1
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(32, 28, 28, 1)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, 32))
+  m = models.create("lenet300")
+  kernels = ["fc1/kernel", "fc2/kernel", "fc3/kernel"]
+  step = palm.make_palm_step(m, regularisers.l0_sparse_group_lasso(l0=1e-4, neuron=1e-3), kernels, gamma=gamma,
+                             warm_start=warm)
+  assert step.items() == ({"palm": {"lipschitz": step.lipschitz}} if warm else {})
+  high = gamma ** 30  # far above what a random LeNet-300 needs (its first step accepts L = 1 or a few γ)
+  step.restore({"palm": {"lipschitz": np.full(3, high, np.float32)}})
+  _, mean_l = step(m, x, y)
+  exponents = np.log(np.asarray(step.lipschitz, np.float64)) / np.log(gamma)
+  if warm:  # the search starts at γ^28 and the first candidate passes the test there
+    np.testing.assert_allclose(exponents, 28, atol=1e-3)
+  else:  # the stored L is ignored: every block starts at L = 1 and accepts some γ^k with k far below 28
+    assert np.all(exponents < 20) and np.allclose(exponents, np.round(exponents), atol=1e-3)
+  assert float(mean_l) == pytest.approx(float(np.mean(np.asarray(step.lipschitz))))

@@ -41,6 +41,12 @@ CHAINS = {
                      "--config.augment_shift=1"],
                     ["saved:2", "checkpoint_write:2", "epoch_end:1", "phase_end:1",
                      "phase_start:1", "epoch_end:1", "finish:1", "finish_model:1"]),
+    # PALM with warm-started backtracking: each block's last accepted L is run state (checkpointed mid-phase); the
+    # second kill is after a mid-phase checkpoint of the pruning phase
+    "palm_warm": (["--config.mode=palm", "--config.prune.palm_warm_start=True", "--config.pretrain.epochs=1",
+                   "--config.prune.iterations=1", "--config.prune.epochs=2", "--config.retrain.epochs=1",
+                   "--config.coef.neuron=0.01", "--config.coef.l0=1e-4"],  # accepted L ≈ 2-3 (> γ²: the start matters)
+                  ["saved:4", "saved:1", "random"]),
     # select (2 epochs) → DEGL threshold → debias (1 epoch): kills before the threshold and at the debias start; the
     # paper's subgradient selection and the plateau (reduce_on_plateau's state is optimizer state)
     "degl": (["--config.method=degl", "--config.degl.select_epochs=2", "--config.degl.retrain_epochs=1",

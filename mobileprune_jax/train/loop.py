@@ -47,7 +47,8 @@ from mobileprune_jax.train.steps import evaluate
 _FREE_KEYS = ("progress", "checkpoint_every_steps", "checkpoint_keep", "data_parallel", "export", "distributed")
 _LATER_KEYS = {"val_fraction": 0.0, "augment_shift": 0, "init_from": "", "degl.selection": "prox",
                "degl.plateau_patience": 0, "degl.plateau_factor": 0.1,
-               "coef.coupled": False, "round_to": 1}  # per-layer groups: the fingerprint runs had before coupled units
+               "coef.coupled": False, "round_to": 1,
+               "prune.palm_warm_start": False}  # per-layer groups: the fingerprint runs had before coupled units
 
 
 def config_fingerprint(cfg: ml_collections.ConfigDict) -> str:

@@ -39,15 +39,19 @@ class Stepper:
   """
 
   def __init__(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
-               palm_step: Callable[[nnx.Module, jax.Array, jax.Array], tuple] | None = None):
+               palm_step: palm.PalmStep | None = None):
     self.model, self.optimizer, self.palm_step = model, optimizer, palm_step
 
   def items(self) -> dict[str, Any]:
-    return {"optimizer": nnx.state(self.optimizer)} if self.optimizer is not None else {}
+    if self.optimizer is not None:
+      return {"optimizer": nnx.state(self.optimizer)}
+    return self.palm_step.items() if self.palm_step is not None else {}
 
   def restore(self, trees: dict[str, Any]) -> None:
     if self.optimizer is not None:
       nnx.update(self.optimizer, trees["optimizer"])
+    elif self.palm_step is not None:
+      self.palm_step.restore(trees)
 
   def start(self, placement: Placement) -> Callable[..., tuple[jax.Array, jax.Array | None]]:
     if self.optimizer is None:
@@ -107,10 +111,11 @@ def optax_phase(name: str, epochs: int, make_tx: Callable[[], optax.GradientTran
 
 
 def palm_phase(name: str, epochs: int, steps: int, regulariser: regularisers.Regulariser, kernel_paths: Sequence[str],
-               gamma: float, max_backtracks: int, lands: bool = False) -> Phase:
-  """A PALM pruning phase (docs/algorithms.md §B): block Gauss–Seidel prox steps with backtracking, no optimizer state."""
+               gamma: float, max_backtracks: int, lands: bool = False, warm_start: bool = False) -> Phase:
+  """A PALM pruning phase (docs/algorithms.md §B): block Gauss–Seidel prox steps with backtracking, no optimizer
+  state (the blocks' last L under ``warm_start``)."""
   return Phase(name, epochs, steps, build=lambda m: Stepper(
-      m, palm_step=palm.make_palm_step(m, regulariser, kernel_paths, gamma, max_backtracks)),
+      m, palm_step=palm.make_palm_step(m, regulariser, kernel_paths, gamma, max_backtracks, warm_start)),
       scaled=True, controlled=True, regulariser=regulariser, step_size=1.0 / gamma, lands=lands)
 
 
@@ -253,7 +258,7 @@ def build_phases(cfg: ml_collections.ConfigDict, kernel_paths: Sequence[str] | n
   for t in range(1, pr.iterations + 1):
     if cfg.mode == "palm" and method.palm:
       phases.append(palm_phase(f"prune/{t}", pr.epochs, pr.steps, reg, kernel_paths, pr.palm_gamma,
-                               pr.palm_max_backtracks, lands=t == pr.iterations))
+                               pr.palm_max_backtracks, lands=t == pr.iterations, warm_start=pr.palm_warm_start))
     else:
       phases.append(optax_phase(f"prune/{t}", pr.epochs, lambda: optax.chain(
           optax.sgd(pr.lr, momentum=pr.momentum or None), reg.as_transform(pr.lr)), steps=pr.steps,
