@@ -261,10 +261,25 @@ def rules_for_model(model: Any) -> list[tuple[str, str]]:
   grouped convs get ``"none"`` (not penalised: the input-channel tree would mix their groups;
   surgery still cuts a whole group once its outputs are unread or its inputs dead).
   ``nnx.ConvTranspose(transpose_kernel=True)`` (kernel (*spatial, out, in)) gets ``"conv_out_in"``.
+  Tables and layers whose parameter shapes do not say which axis they read get ``"none"`` (not
+  penalised; surgery still shrinks the layers around them): ``nnx.Embed`` (its rows are tokens),
+  ``nnx.Einsum`` (any contraction) and ``nnx.LinearGeneral`` with several input or output axes (a
+  2-D one is a dense layer; those of ``nnx.MultiHeadAttention`` keep their head roles).
   """
   rules = []
+  attention = {id(child) for _, node in nnx.iter_graph(model) if isinstance(node, nnx.MultiHeadAttention)
+               for child in (node.query, node.key, node.value, node.out)}  # heads_in / heads_out by shape
   for path, node in nnx.iter_graph(model):
-    if isinstance(node, nnx.Conv) and node.feature_group_count > 1:
+    name = f"^{re.escape(path_to_str(path))}/"
+    if isinstance(node, nnx.Embed):
+      rules.append((name + "embedding$", "none"))
+    elif isinstance(node, nnx.Einsum):
+      rules.append((name + "(kernel|bias)$", "none"))
+    elif isinstance(node, nnx.LinearGeneral) and id(node) not in attention:
+      dense = jnp.ndim(node.kernel[...]) == 2
+      rules.append((name + "kernel$", "dense" if dense else "none"))
+      rules.append((name + "bias$", "bias" if dense else "none"))
+    elif isinstance(node, nnx.Conv) and node.feature_group_count > 1:
       depthwise = node.feature_group_count == node.in_features == node.out_features
       rules.append((f"^{re.escape(path_to_str(path))}/kernel$", "depthwise" if depthwise else "none"))
     elif isinstance(node, nnx.ConvTranspose) and node.transpose_kernel:

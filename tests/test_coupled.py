@@ -13,7 +13,7 @@ import pytest
 from brute_force import brute_theta_leafwise, objective_theta_leafwise
 from flax import nnx
 
-from mobileprune_jax import models, prox, regularisers, surgery, transforms
+from mobileprune_jax import groups, models, prox, regularisers, surgery, transforms
 from mobileprune_jax.prox import tree_l0
 from mobileprune_jax.surgery.shrink import variables_by_path
 from mobileprune_jax.train import palm
@@ -532,3 +532,56 @@ def test_old_per_layer_configs_keep_their_fingerprint():
   assert config_fingerprint(cfg) == config_fingerprint(config_lib.ml_collections.ConfigDict(old))
   cfg.coef.coupled = True
   assert config_fingerprint(cfg) != config_fingerprint(config_lib.ml_collections.ConfigDict(old))
+
+
+class TokenNet(nnx.Module):
+  """Embedding → attention (flax's) → MLP, plus a LinearGeneral with two output axes and an Einsum: layers whose
+  parameter shapes do not say which axis they read."""
+
+  def __init__(self, rngs):
+    self.emb = nnx.Embed(50, 16, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(num_heads=2, in_features=16, qkv_features=16, decode=False, rngs=rngs)
+    self.ff1 = nnx.Linear(16, 32, rngs=rngs)
+    self.split = nnx.LinearGeneral(32, (2, 8), rngs=rngs)
+    self.flat = nnx.LinearGeneral(16, 16, rngs=rngs)
+    self.mix = nnx.Einsum("bi,io->bo", (16, 16), (16,), rngs=rngs)
+    self.out = nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, t, train=False):
+    h = self.emb(t)
+    h = (h + self.attn(h)).mean(1)
+    h = nnx.relu(self.split(nnx.relu(self.ff1(h)))).reshape(t.shape[0], -1)
+    return self.out(nnx.relu(self.mix(nnx.relu(self.flat(h)))))
+
+
+def test_embeddings_einsums_and_multi_axis_linear_layers_train_and_shrink_with_for_model():
+  """Per-leaf inference cannot group them (it asks for a rule); with the model at hand their roles are known."""
+  model = TokenNet(nnx.Rngs(0))
+  t = jnp.asarray(np.random.default_rng(0).integers(0, 50, (8, 6)))
+  y = jnp.arange(8) % 3
+  with pytest.raises(ValueError, match="emb/embedding"):
+    regularisers.group_lasso(neuron=0.1).roles(nnx.state(model, nnx.Param))
+  roles = dict(zip(groups.leaf_paths(nnx.state(model, nnx.Param)),
+                   groups.leaf_roles(nnx.state(model, nnx.Param), groups.rules_for_model(model))))
+  assert [roles[p] for p in ("emb/embedding", "split/kernel", "split/bias", "mix/kernel", "mix/bias")] == ["none"] * 5
+  assert (roles["flat/kernel"], roles["flat/bias"], roles["ff1/kernel"]) == ("dense", "bias", "dense")
+  assert (roles["attn/query/kernel"], roles["attn/out/kernel"]) == ("heads_in", "heads_out")  # flax's LinearGenerals
+  reg = regularisers.group_lasso(neuron=0.1).for_model(model, t)
+  tx = transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), reg)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer):
+    loss, g = nnx.value_and_grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(t), y).mean())(model)
+    optimizer.update(model, g)
+    return loss
+
+  for _ in range(40):
+    step(model, optimizer)
+  assert not np.any(np.asarray(model.emb.embedding[...]) == 0)  # the table is not penalised
+  dead = int(jnp.sum(jnp.all(model.out.kernel[...] == 0, axis=1)))  # mix's output units: the classifier's rows
+  assert 0 < dead < 16
+  small = surgery.shrink(model, t)
+  assert small.mix.kernel.shape == (16, 16 - dead) and small.mix.bias.shape == (16 - dead,)  # Einsum's bias reshape
+  assert small.emb.embedding.shape == (50, 16)  # the stream meets an embedding lookup: its channels stay
+  np.testing.assert_allclose(np.asarray(small(t)), np.asarray(model(t)), atol=1e-5)

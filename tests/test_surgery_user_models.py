@@ -635,3 +635,31 @@ def test_scanned_layers_are_kept_and_the_layers_around_them_still_shrink():
   assert any("'scan' is not understood" in note for note in report.notes), report.notes
   assert new.blocks.fc.kernel.shape == (3, 8, 8) and (new.blocks.fc.in_features, new.blocks.fc.out_features) == (8, 8)
   assert (new.inp2.in_features, new.inp2.kernel.shape) == (6, (6, 8))
+
+
+class EmbeddingAttentionNet(nnx.Module):
+  def __init__(self, rngs):
+    self.emb = nnx.Embed(50, 16, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(num_heads=2, in_features=16, qkv_features=16, decode=False, rngs=rngs)
+    self.ff1 = nnx.Linear(16, 8, rngs=rngs)
+    self.out = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, t, train=False):
+    h = self.emb(t)
+    h = h + self.attn(h)
+    return self.out(nnx.relu(self.ff1(h.mean(1))))
+
+
+@pytest.mark.parametrize("dead", [10, 16])
+def test_a_stream_that_starts_at_an_embedding_lookup_keeps_its_channels(dead):
+  """Every reader of stream channels 0..dead-1 is zero, but the lookup that writes them is an op the trace does
+  not slice: the channels stay (before the fix the attention's output was cut and the add failed)."""
+  m = EmbeddingAttentionNet(nnx.Rngs(0))
+  t = jnp.asarray(np.random.default_rng(0).integers(0, 50, (8, 6)))
+  for layer in (m.ff1, m.attn.query, m.attn.key, m.attn.value):
+    k = np.array(layer.kernel[...])
+    k[:dead] = 0
+    layer.kernel[...] = jnp.asarray(k)
+  small = surgery.shrink(m, t)
+  assert small.emb.embedding.shape == (50, 16) and small.attn.out.kernel.shape[-1] == 16
+  np.testing.assert_allclose(np.asarray(small(t)), np.asarray(m(t)), atol=1e-6)

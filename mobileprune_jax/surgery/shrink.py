@@ -257,6 +257,10 @@ def _sync_attributes(model: nnx.Module) -> None:
       n_in, n_out = len(node.in_features), len(node.out_features)
       shape = node.kernel.shape[-(n_in + n_out):]
       node.in_features, node.out_features = tuple(shape[:n_in]), tuple(shape[n_in:])
+    elif isinstance(node, nnx.Einsum):  # its forward reshapes the bias with these
+      node.kernel_shape = tuple(node.kernel.shape[-len(node.kernel_shape):])
+      if node.bias is not None:
+        node.bias_shape = tuple(node.bias.shape[-len(node.bias_shape):])
     elif isinstance(node, (nnx.BatchNorm, nnx.LayerNorm)):
       vec = node.scale if node.scale is not None else node.bias
       if vec is not None:

@@ -258,6 +258,10 @@ class Tracer:
       lonely = np.setdiff1d(nodes, met)
       if len(lonely):
         self.pin(lonely, "channels added to a zero-padded channel (e.g. a ResNet option-A shortcut) are kept")
+      opaque = (x.ids >= 0) & (y.ids < 0) & ~y.known  # met an op the trace does not understand (e.g. an embedding
+      if opaque.any():                                 # lookup): that side cannot be sliced with them
+        self.pin(np.unique(x.ids[opaque]), "channels combined with the output of an op the trace does not "
+                 "understand (e.g. an embedding lookup) are kept")
 
   def select(self, eqn, ins: list[Any]) -> Act:
     shape = tuple(eqn.outvars[0].aval.shape)
