@@ -281,9 +281,9 @@ def rules_for_model(model: Any) -> list[tuple[str, str]]:
       rules.append((name + "bias$", "bias" if dense else "none"))
     elif isinstance(node, nnx.Conv) and node.feature_group_count > 1:
       depthwise = node.feature_group_count == node.in_features == node.out_features
-      rules.append((f"^{re.escape(path_to_str(path))}/kernel$", "depthwise" if depthwise else "none"))
+      rules.append((name + "kernel$", "depthwise" if depthwise else "none"))
     elif isinstance(node, nnx.ConvTranspose) and node.transpose_kernel:
-      rules.append((f"^{re.escape(path_to_str(path))}/kernel$", "conv_out_in"))
+      rules.append((name + "kernel$", "conv_out_in"))
   return rules
 
 

@@ -193,6 +193,8 @@ def test_resuming_with_another_config_is_refused(finished, tmp_path):
   workdir, _ = _copy(finished, tmp_path)
   with pytest.raises(pipeline.ConfigMismatchError, match=r"different config \(coef.l0: 0.002 -> 0.001\)"):
     pipeline.run(_cfg("coef.l0=1e-3"), workdir, resume=True, log=lambda *_: None)
+  with pytest.raises(pipeline.ConfigMismatchError, match=r"\(prune.palm_warm_start: its default -> True\)"):
+    pipeline.run(_cfg("prune.palm_warm_start=True"), workdir, resume=True, log=lambda *_: None)  # a key at its default
   # keys that do not change the computation may differ
   pipeline.run(_cfg("checkpoint_every_steps=3", "progress=True"), workdir, resume=True, log=lambda *_: None)
   assert _outputs(workdir) == finished[1]

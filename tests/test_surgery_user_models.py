@@ -663,3 +663,27 @@ def test_a_stream_that_starts_at_an_embedding_lookup_keeps_its_channels(dead):
   small = surgery.shrink(m, t)
   assert small.emb.embedding.shape == (50, 16) and small.attn.out.kernel.shape[-1] == 16
   np.testing.assert_allclose(np.asarray(small(t)), np.asarray(m(t)), atol=1e-6)
+
+
+class EmbeddingOrDenseNet(nnx.Module):
+  """jnp.where picks, per token, the embedding itself or a dense layer of it."""
+
+  def __init__(self, rngs):
+    self.emb = nnx.Embed(50, 16, rngs=rngs)
+    self.fc1 = nnx.Linear(16, 16, rngs=rngs)
+    self.fc2 = nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, t, train=False):
+    e = self.emb(t)
+    return self.fc2(jnp.where(t[..., None] > 25, e, nnx.relu(self.fc1(e))).mean(1))
+
+
+def test_a_select_between_a_layer_and_an_embedding_lookup_keeps_the_layers_channels():
+  m = EmbeddingOrDenseNet(nnx.Rngs(0))
+  t = jnp.asarray(np.random.default_rng(0).integers(0, 50, (8, 6)))
+  k = np.array(m.fc2.kernel[...])
+  k[:10] = 0  # nothing reads fc1's outputs 0..9 any more, but the lookup fills the same positions
+  m.fc2.kernel[...] = jnp.asarray(k)
+  small = surgery.shrink(m, t)
+  assert small.fc1.kernel.shape == (16, 16)
+  np.testing.assert_allclose(np.asarray(small(t)), np.asarray(m(t)), atol=1e-6)

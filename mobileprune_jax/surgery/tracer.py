@@ -241,6 +241,7 @@ class Tracer:
     if len(acts) == 2:
       self.union(a.ids, b.ids)
       self.pin_unpartnered(a, b)
+      self.pin_met_by_opaque([a, b])
     ids = np.where(a.ids >= 0, a.ids, b.ids)
     value = self.constant_values(eqn, ins)
     if name in ("mul", "and"):  # 0 · anything = 0
@@ -258,9 +259,18 @@ class Tracer:
       lonely = np.setdiff1d(nodes, met)
       if len(lonely):
         self.pin(lonely, "channels added to a zero-padded channel (e.g. a ResNet option-A shortcut) are kept")
-      opaque = (x.ids >= 0) & (y.ids < 0) & ~y.known  # met an op the trace does not understand (e.g. an embedding
-      if opaque.any():                                 # lookup): that side cannot be sliced with them
-        self.pin(np.unique(x.ids[opaque]), "channels combined with the output of an op the trace does not "
+
+  def pin_met_by_opaque(self, acts: list[Act]) -> None:
+    """Pins channels that meet, element for element, the output of an op the trace does not understand (e.g. an
+    embedding lookup) in another operand of an element-wise op: that operand cannot be sliced with them."""
+    for i, x in enumerate(acts):
+      met = np.zeros(x.ids.shape, bool)
+      for j, y in enumerate(acts):
+        if j != i:
+          met |= (y.ids < 0) & ~y.known
+      met &= x.ids >= 0
+      if met.any():
+        self.pin(np.unique(x.ids[met]), "channels combined with the output of an op the trace does not "
                  "understand (e.g. an embedding lookup) are kept")
 
   def select(self, eqn, ins: list[Any]) -> Act:
@@ -272,6 +282,7 @@ class Tracer:
     acts = [c for x, c in zip(ins[1:], cases) if isinstance(x, Act)]
     for c in acts[1:]:
       self.union(acts[0].ids, c.ids)
+    self.pin_met_by_opaque(acts)
     ids = acts[0].ids if acts else np.full(shape, NO_NODE, np.int64)
     first = cases[0].value
     same = np.logical_and.reduce([c.value == first for c in cases])  # every case the same constant

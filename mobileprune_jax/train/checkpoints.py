@@ -184,6 +184,7 @@ def _config_difference(saved: str, current: str, workdir: pathlib.Path) -> str:
   except json.JSONDecodeError:
     return f"{workdir} was started with a different config"
   keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-  shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:4]) + (" ..." if len(keys) > 4 else "")
+  value = lambda d, k: repr(d[k]) if k in d else "its default"  # the fingerprint leaves out keys at their default
+  shown = ", ".join(f"{k}: {value(a, k)} -> {value(b, k)}" for k in keys[:4]) + (" ..." if len(keys) > 4 else "")
   return (f"{workdir} was started with a different config ({shown}); resume with the same config and overrides, "
           "or use a new workdir")

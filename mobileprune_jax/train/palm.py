@@ -17,7 +17,7 @@ The papers' code restarts L at 1 for every block and mini-batch. On a trained Le
 L is 5-60, so each block tries log_γ L ≈ 18-43 candidates (a prox and a forward pass each) and a
 PALM step costs ~10 prox-SGD steps. ``warm_start=True`` starts each block's search two γ-steps below
 the L it accepted at the previous mini-batch (never below 1): the accepted L are the same grid
-γᵏ, one candidate is rejected before a typical accept, and L may fall by γ² per step when the
+γᵏ, a block whose L holds still tries three candidates, and L may fall by γ² per step when the
 landscape flattens (it rises as far as needed at once). It changes which steps are taken (a
 deviation from the papers' solver, off by default); its state, one L per block, is checkpointed.
 """
@@ -63,13 +63,15 @@ class PalmStep:
   def __init__(self, sweep, treedef, num_blocks: int, gamma: float, warm_start: bool):
     self._sweep, self._treedef, self._gamma, self.warm_start = sweep, treedef, gamma, warm_start
     self.lipschitz = jnp.ones((num_blocks,), jnp.float32)  # each block's L accepted at the previous step
+    self._ones = self.lipschitz  # the papers' start, placed like the params at the first call
 
   def __call__(self, model: nnx.Module, x, y, multiplier=1.0):
     _, params, rest = nnx.split(model, nnx.Param, ...)
     leaves = jax.tree.leaves(params)
-    start = (jnp.maximum(self.lipschitz / self._gamma ** WARM_DROP, 1.0) if self.warm_start
-             else jnp.ones_like(self.lipschitz))
-    start = jax.device_put(start, leaves[0].sharding)  # placed like the params at every call: one compilation
+    if self.warm_start:  # the previous step's L came out of the sweep placed like the params, a restored one not
+      start = jax.device_put(jnp.maximum(self.lipschitz / self._gamma ** WARM_DROP, 1.0), leaves[0].sharding)
+    else:
+      start = self._ones = jax.device_put(self._ones, leaves[0].sharding)  # a no-op after the first call
     new_leaves, loss, lips = self._sweep(leaves, rest, x, y, jnp.asarray(multiplier, jnp.float32), start)
     nnx.update(model, jax.tree.unflatten(self._treedef, new_leaves))
     self.lipschitz = lips
