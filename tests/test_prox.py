@@ -521,3 +521,18 @@ def test_bad_input_is_a_clear_error():
     prox.pi(y, np.ones(3), 0.0)
   with pytest.raises(ValueError, match="at least 2 dimension"):
     prox.theta(np.ones(3, np.float32), 0.1, 0.1, 0.1)
+
+
+def test_top_k_mask_takes_tied_entries_first_come_against_a_stable_sort():
+  """Exactly k entries, the largest first and ties at the cut in axis order (the sorted paths of π and θ)."""
+  from mobileprune_jax.prox.bracketing import sort_nonnegative, top_k_mask
+
+  rng = np.random.default_rng(7)
+  for n in (5, 70, 300):  # short groups and ones longer than the band (their ties are ranked by a running count)
+    a = rng.choice([0.0, 0.5, 1.0, 2.0], size=(40, n)).astype(np.float32)
+    k = rng.integers(0, n + 1, size=40)
+    mask = np.asarray(top_k_mask(jnp.asarray(a), jnp.flip(sort_nonnegative(jnp.asarray(a)), -1), jnp.asarray(k)))
+    for row, kk, m in zip(a, k, mask):
+      expected = np.zeros(n, bool)
+      expected[np.argsort(-row, kind="stable")[:kk]] = True  # largest first, equal values in axis order
+      np.testing.assert_array_equal(m, expected)
