@@ -19,7 +19,8 @@ Every leaf of a parameter pytree gets a *role*, inferred from its path and shape
   ``key``, ``value`` and (heads, head_dim, out) of ``out`` (``nnx.MultiHeadAttention``): one
   group per head, so whole heads become zero (and surgery removes them).
 * ``"none"``: not regularised: normalisation parameters (a ``scale``/``bias`` pair, as in
-  BatchNorm and LayerNorm) and normalisation statistics (``mean``, ``var``).
+  BatchNorm and LayerNorm, or a 1-D ``scale`` with no kernel beside it, as in RMSNorm) and
+  normalisation statistics (``mean``, ``var``).
 
 Anything else (an embedding table, a custom parameter) is an error naming the path, unless
 a rule says what it is. Rules are ``(regex, role)`` pairs matched with ``re.search``
@@ -62,6 +63,8 @@ Rules = Sequence[tuple[str, str]]
 ROLES = ("dense", "conv", "conv_out_in", "bias", "none", "depthwise", "heads_in", "heads_out")
 _ATTENTION_INPUTS = {"query", "key", "value"}
 _NORM_STATS = ("mean", "var")
+_NORMS = tuple(getattr(nnx, n) for n in ("BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm")
+               if hasattr(nnx, n))
 
 __all__ = [
     "ROLES",
@@ -134,8 +137,8 @@ def _infer_role(path: str, shape: tuple[int, ...], siblings: set[str], uncles: s
     return "bias"
   if name in _NORM_STATS:
     return "none"
-  if name == "scale" and "bias" in siblings:
-    return "none"
+  if name == "scale" and ("bias" in siblings or "kernel" not in siblings) and len(shape) == 1:
+    return "none"  # a normalisation's scale: with its bias, or alone (RMSNorm, LayerNorm(use_bias=False))
   if name == "bias" and len(shape) == 1:
     if "kernel" in siblings:
       return "bias"
@@ -264,7 +267,8 @@ def rules_for_model(model: Any) -> list[tuple[str, str]]:
   Tables and layers whose parameter shapes do not say which axis they read get ``"none"`` (not
   penalised; surgery still shrinks the layers around them): ``nnx.Embed`` (its rows are tokens),
   ``nnx.Einsum`` (any contraction) and ``nnx.LinearGeneral`` with several input or output axes (a
-  2-D one is a dense layer; those of ``nnx.MultiHeadAttention`` keep their head roles).
+  2-D one is a dense layer; those of ``nnx.MultiHeadAttention`` keep their head roles). Normalisation
+  layers (BatchNorm, LayerNorm, RMSNorm, GroupNorm, InstanceNorm) get ``"none"`` whatever their names.
   """
   rules = []
   attention = {id(child) for _, node in nnx.iter_graph(model) if isinstance(node, nnx.MultiHeadAttention)
@@ -284,6 +288,8 @@ def rules_for_model(model: Any) -> list[tuple[str, str]]:
       rules.append((name + "kernel$", "depthwise" if depthwise else "none"))
     elif isinstance(node, nnx.ConvTranspose) and node.transpose_kernel:
       rules.append((name + "kernel$", "conv_out_in"))
+    elif isinstance(node, _NORMS):
+      rules.append((name + "(scale|bias)$", "none"))
   return rules
 
 

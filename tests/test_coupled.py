@@ -585,3 +585,51 @@ def test_embeddings_einsums_and_multi_axis_linear_layers_train_and_shrink_with_f
   assert small.mix.kernel.shape == (16, 16 - dead) and small.mix.bias.shape == (16 - dead,)  # Einsum's bias reshape
   assert small.emb.embedding.shape == (50, 16)  # the stream meets an embedding lookup: its channels stay
   np.testing.assert_allclose(np.asarray(small(t)), np.asarray(model(t)), atol=1e-5)
+
+
+class SwiGLUNet(nnx.Module):
+  """A pre-norm SwiGLU MLP block (RMSNorm, gate ⊙ up → down) on a residual stream: RMSNorm has a scale and no bias."""
+
+  def __init__(self, rngs):
+    self.emb = nnx.Linear(12, 16, rngs=rngs)
+    self.norm = nnx.RMSNorm(16, rngs=rngs)
+    self.gate = nnx.Linear(16, 48, rngs=rngs)
+    self.up = nnx.Linear(16, 48, rngs=rngs)
+    self.down = nnx.Linear(48, 16, rngs=rngs)
+    self.head = nnx.Linear(16, 5, rngs=rngs)
+
+  def __call__(self, x, train=False):
+    h = self.emb(x)
+    z = self.norm(h)
+    h = h + self.down(nnx.silu(self.gate(z)) * self.up(z))
+    return self.head(h.mean(1))
+
+
+def test_rmsnorm_swiglu_blocks_train_and_shrink_with_for_model():
+  """RMSNorm's lone scale is a normalisation parameter; a hidden unit is down's row, and gate's and up's columns go with it."""
+  model = SwiGLUNet(nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(8, 6, 12)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 5, 8))
+  params = nnx.state(model, nnx.Param)
+  assert dict(zip(groups.leaf_paths(params), groups.leaf_roles(params)))["norm/scale"] == "none"  # from the params alone
+  reg = regularisers.group_lasso(neuron=0.2).for_model(model, x)
+  optimizer = nnx.Optimizer(model, transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), reg),
+                            wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer):
+    loss, g = nnx.value_and_grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean())(model)
+    optimizer.update(model, g)
+    return loss
+
+  for _ in range(60):
+    step(model, optimizer)
+  assert not np.any(np.asarray(model.norm.scale[...]) == 0)  # not penalised
+  dead = np.all(np.asarray(model.down.kernel[...]) == 0, axis=1)  # hidden units nobody reads
+  assert 0 < dead.sum() < 48
+  small = surgery.shrink(model, x)
+  assert small.down.kernel.shape[0] <= 48 - dead.sum() and small.gate.kernel.shape[1] == small.down.kernel.shape[0]
+  assert small.up.kernel.shape[1] == small.down.kernel.shape[0]
+  assert small.norm.scale.shape == (16,)  # RMSNorm reads every stream channel: the stream stays
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)
