@@ -71,6 +71,7 @@ __all__ = [
     "path_to_str",
     "leaf_paths",
     "leaf_roles",
+    "unknown_leaves",
     "to_neuron_groups",
     "from_neuron_groups",
     "to_channel_trees",
@@ -154,6 +155,33 @@ def _check_shape(path: str, role: str, shape: tuple[int, ...]) -> None:
     raise ValueError(f"parameter {path!r} of shape {shape} cannot have role {role!r}")
 
 
+def _resolve_roles(params: Any, rules: Rules | None) -> list[tuple[str, tuple[int, ...], str | None, bool]]:
+  """(path, shape, role or None, whether the role was inferred rather than given by a rule) per leaf."""
+  compiled = _validate_rules(rules)
+  flat = jax.tree.flatten_with_path(params)[0]
+  paths = [path_to_str(p) for p, _ in flat]
+  children: dict[str, set[str]] = {}
+  for path in paths:
+    parts = path.split("/")
+    for i in range(len(parts)):  # every ancestor knows its children (modules as well as leaves)
+      children.setdefault("/".join(parts[:i]), set()).add(parts[i])
+  out = []
+  for path, (_, leaf) in zip(paths, flat):
+    shape = tuple(jnp.shape(leaf))
+    role = next((r for pattern, r in compiled if pattern.search(path)), None)
+    inferred = role is None
+    if inferred:
+      parent = path.rpartition("/")[0]
+      role = _infer_role(path, shape, children[parent], children.get(parent.rpartition("/")[0], set()))
+    out.append((path, shape, role, inferred))
+  return out
+
+
+def unknown_leaves(params: Any, rules: Rules | None = None) -> list[str]:
+  """Paths of the leaves no rule covers and whose role their path and shape do not tell (``leaf_roles`` raises on them)."""
+  return [path for path, _, role, _ in _resolve_roles(params, rules) if role is None]
+
+
 def leaf_roles(params: Any, rules: Rules | None = None) -> list[str]:
   """The role of every leaf of ``params`` (in ``jax.tree.leaves`` order).
 
@@ -165,24 +193,11 @@ def leaf_roles(params: Any, rules: Rules | None = None) -> list[str]:
     ValueError: naming the path of a leaf whose role cannot be inferred and that no rule
       covers, or of a leaf whose shape does not fit the role a rule gives it.
   """
-  compiled = _validate_rules(rules)
-  flat = jax.tree.flatten_with_path(params)[0]
-  paths = [path_to_str(p) for p, _ in flat]
-  children: dict[str, set[str]] = {}
-  for path in paths:
-    parts = path.split("/")
-    for i in range(len(parts)):  # every ancestor knows its children (modules as well as leaves)
-      children.setdefault("/".join(parts[:i]), set()).add(parts[i])
   roles = []
   lookalikes = []  # (k, k, 1, C) kernels no rule names: depthwise, or a conv reading one channel
-  for path, (_, leaf) in zip(paths, flat):
-    shape = tuple(jnp.shape(leaf))
-    role = next((r for pattern, r in compiled if pattern.search(path)), None)
-    if role is None:
-      parent = path.rpartition("/")[0]
-      role = _infer_role(path, shape, children[parent], children.get(parent.rpartition("/")[0], set()))
-      if role == "conv" and len(shape) == 4 and shape[-2] == 1 and shape[-1] > 1:
-        lookalikes.append(path)
+  for path, shape, role, inferred in _resolve_roles(params, rules):
+    if inferred and role == "conv" and len(shape) == 4 and shape[-2] == 1 and shape[-1] > 1:
+      lookalikes.append(path)
     if role is None:
       raise ValueError(
           f"cannot tell how to group parameter {path!r} of shape {shape}: it is not a "

@@ -5,6 +5,8 @@ References are independent of the library's analysis: units are written down fro
 and group lasso's single factor per unit is computed by hand.
 """
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -613,7 +615,7 @@ def test_rmsnorm_swiglu_blocks_train_and_shrink_with_for_model():
   y = jnp.asarray(rng.integers(0, 5, 8))
   params = nnx.state(model, nnx.Param)
   assert dict(zip(groups.leaf_paths(params), groups.leaf_roles(params)))["norm/scale"] == "none"  # from the params alone
-  reg = regularisers.group_lasso(neuron=0.2).for_model(model, x)
+  reg = regularisers.group_lasso(neuron=0.16).for_model(model, x)
   optimizer = nnx.Optimizer(model, transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), reg),
                             wrt=nnx.Param)
 
@@ -632,4 +634,51 @@ def test_rmsnorm_swiglu_blocks_train_and_shrink_with_for_model():
   assert small.down.kernel.shape[0] <= 48 - dead.sum() and small.gate.kernel.shape[1] == small.down.kernel.shape[0]
   assert small.up.kernel.shape[1] == small.down.kernel.shape[0]
   assert small.norm.scale.shape == (16,)  # RMSNorm reads every stream channel: the stream stays
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)
+
+
+class RawParamNet(nnx.Module):
+  """A custom parameter used directly (x @ self.w) between ordinary layers."""
+
+  def __init__(self, rngs):
+    self.w = nnx.Param(jax.random.normal(rngs.params(), (12, 32)) * 0.3)
+    self.fc = nnx.Linear(32, 32, rngs=rngs)
+    self.out = nnx.Linear(32, 5, rngs=rngs)
+
+  def __call__(self, x, train=False):
+    return self.out(nnx.relu(self.fc(nnx.relu(x @ self.w))))
+
+
+def test_for_model_leaves_custom_parameters_unpenalised_with_one_warning_and_still_shrinks():
+  model = RawParamNet(nnx.Rngs(0))
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(16, 12)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 5, 16))
+  with pytest.raises(ValueError, match="parameter 'w' of shape"):  # from the params alone: a rule is needed
+    regularisers.group_lasso(neuron=0.1).roles(nnx.state(model, nnx.Param))
+  with pytest.warns(UserWarning, match=r"group_lasso.for_model: 1 parameter\(s\) .* not penalised: w \(") as caught:
+    reg = regularisers.group_lasso(neuron=0.16).for_model(model, x)
+  assert len(caught) == 1
+  assert reg.roles(nnx.state(model, nnx.Param))[-1] == "none" and groups.leaf_paths(nnx.state(model, nnx.Param))[-1] == "w"
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # a rule for it: no warning, and it is penalised as a dense kernel
+    ruled = regularisers.group_lasso(neuron=0.2, rules=[(r"^w$", "dense")]).for_model(model, x)
+  assert ruled.roles(nnx.state(model, nnx.Param))[-1] == "dense"
+  optimizer = nnx.Optimizer(model, transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), reg),
+                            wrt=nnx.Param)
+  w0 = np.asarray(model.w[...])
+
+  @nnx.jit
+  def step(model, optimizer):
+    loss, g = nnx.value_and_grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean())(model)
+    optimizer.update(model, g)
+    return loss
+
+  for _ in range(60):
+    step(model, optimizer)
+  assert not np.any(np.asarray(model.w[...]) == 0) and not np.allclose(np.asarray(model.w[...]), w0)  # trained, not pruned
+  dead = int(np.sum(np.all(np.asarray(model.fc.kernel[...]) == 0, axis=1)))  # w's output units nobody reads
+  assert 0 < dead < 32
+  small = surgery.shrink(model, x)
+  assert small.w.shape[1] <= 32 - dead and small.w.shape[1] == small.fc.kernel.shape[0]
   np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)

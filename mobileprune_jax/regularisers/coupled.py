@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -269,6 +271,12 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
   """``reg`` on ``model``'s coupled units (see ``Regulariser.for_model``)."""
   require_nnx(model, f"{reg.name}.for_model", "Regulariser.for_model(model, sample_input) takes a flax.nnx model")
   rules = list(reg.rules or []) + groups.rules_for_model(model)
+  unknown = groups.unknown_leaves(nnx.state(model, nnx.Param), rules)
+  if unknown:  # custom parameters (x @ self.w): their layout names no unit surgery removes
+    warnings.warn(f"{reg.name}.for_model: {len(unknown)} parameter(s) the model's layers do not explain are not "
+                  f"penalised: {', '.join(unknown[:4])}{', ...' if len(unknown) > 4 else ''} (pass rules=[(path, role)] "
+                  "to penalise them)", stacklevel=3)
+    rules += [(f"^{re.escape(path)}$", "none") for path in unknown]
   if reg.unit_prox is None:
     if any(rule.layout.group_ndim for rule in reg.rules_by_role.values() if rule.layout is not ELEMENTS):
       raise ValueError(f"{reg.name}: these groups have no coupled form (conv_grouping='output_filter' groups what a "
