@@ -682,3 +682,50 @@ def test_for_model_leaves_custom_parameters_unpenalised_with_one_warning_and_sti
   small = surgery.shrink(model, x)
   assert small.w.shape[1] <= 32 - dead and small.w.shape[1] == small.fc.kernel.shape[0]
   np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)
+
+
+class GRUNet(nnx.Module):
+  """A GRU (flax's nnx.RNN scan) between dense layers: the trace cannot enter the scan."""
+
+  def __init__(self, rngs):
+    self.inp = nnx.Linear(6, 16, rngs=rngs)
+    self.rnn = nnx.RNN(nnx.GRUCell(16, 16, rngs=rngs))
+    self.hidden = nnx.Linear(16, 32, rngs=rngs)
+    self.out = nnx.Linear(32, 5, rngs=rngs)
+
+  def __call__(self, x, train=False):
+    h = self.rnn(nnx.relu(self.inp(x)))[:, -1]
+    return self.out(nnx.relu(self.hidden(h)))
+
+
+def test_layers_inside_a_scan_are_not_penalised_and_the_layers_around_them_shrink():
+  """Per-layer groups zeroed every row of the GRU's recurrent kernel (surgery cannot remove any of it)."""
+  model = GRUNet(nnx.Rngs(0))
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(8, 10, 6)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 5, 8))
+  with pytest.warns(UserWarning, match=r"group_lasso.for_model: 2 kernel\(s\) the trace cannot see .*rnn/cell/dense_h/kernel"):
+    reg = regularisers.group_lasso(neuron=0.3).for_model(model, x)
+  params = nnx.state(model, nnx.Param)
+  roles = dict(zip(groups.leaf_paths(params), reg.roles(params)))
+  assert {p: r for p, r in roles.items() if p.startswith("rnn/")} == {
+      "rnn/cell/dense_h/kernel": "none", "rnn/cell/dense_i/kernel": "none", "rnn/cell/dense_i/bias": "none"}
+  cell = {k: np.asarray(v) for k, v in jax.tree.leaves_with_path(nnx.state(model.rnn, nnx.Param))}
+  optimizer = nnx.Optimizer(model, transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), reg),
+                            wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer):
+    loss, g = nnx.value_and_grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean())(model)
+    optimizer.update(model, g)
+    return loss
+
+  for _ in range(60):
+    step(model, optimizer)
+  after = {k: np.asarray(v) for k, v in jax.tree.leaves_with_path(nnx.state(model.rnn, nnx.Param))}
+  assert all(not np.any(after[k] == 0) and not np.allclose(after[k], cell[k]) for k in cell)  # trained, never zeroed
+  dead = int(np.sum(np.all(np.asarray(model.out.kernel[...]) == 0, axis=1)))
+  assert 0 < dead < 32
+  small = surgery.shrink(model, x)
+  assert small.hidden.kernel.shape == (16, 32 - dead) and small.rnn.cell.dense_h.kernel.shape == (16, 48)
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)

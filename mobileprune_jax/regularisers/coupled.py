@@ -267,6 +267,12 @@ def _inverse_steps(steps: list[Any], values: list[Array], dt) -> Array:
   return jnp.concatenate(parts + [jnp.zeros((1,), dt)])
 
 
+def _hidden_layers(graph: Any, roles: Mapping[str, str]) -> list[str]:
+  """Kernel paths the trace saw no layer for (used inside an opaque op) that no rule already names."""
+  seen = {layer.kernel_path for layer in graph.layers}
+  return [p for p, role in roles.items() if role not in ("none", "bias") and p not in seen]
+
+
 def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -> Regulariser:
   """``reg`` on ``model``'s coupled units (see ``Regulariser.for_model``)."""
   require_nnx(model, f"{reg.name}.for_model", "Regulariser.for_model(model, sample_input) takes a flax.nnx model")
@@ -288,6 +294,15 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
   paths = groups.leaf_paths(params)
   shapes = {p: tuple(np.shape(x)) for p, x in zip(paths, jax.tree.leaves(params))}
   roles = dict(zip(paths, groups.leaf_roles(params, rules)))
+  hidden = _hidden_layers(graph, roles)
+  if hidden:  # layers inside an op the trace cannot enter (a scan, an RNN cell): per-layer groups would zero rows
+    warnings.warn(f"{reg.name}.for_model: {len(hidden)} kernel(s) the trace cannot see (inside a scan or another "
+                  f"opaque op) are not penalised: {', '.join(hidden[:4])}{', ...' if len(hidden) > 4 else ''}; "
+                  "surgery keeps them whole (pass rules=[(path, role)] to penalise them anyway)", stacklevel=3)
+    hidden_rules = [(f"^{re.escape(path.rpartition('/')[0])}/(kernel|bias)$" if "/" in path else
+                     f"^{re.escape(path)}$", "none") for path in hidden]
+    rules = hidden_rules + rules
+    roles = dict(zip(paths, groups.leaf_roles(params, rules)))
   covered = [layer.kernel_path for layer in graph.layers
              if roles.get(layer.kernel_path) in reg.rules_by_role and roles[layer.kernel_path] != "bias"]
   units = units_lib.units_from_graph(graph, shapes, covered, reg.unit_side)
