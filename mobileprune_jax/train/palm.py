@@ -12,6 +12,8 @@ A block is a layer's kernel and bias; the prox is the regulariser's (``Regularis
 step s (π on dense kernels, θ on conv kernels for MobilePrune). With coupled units
 (``Regulariser.for_model``) the layers a unit spans form one block (``Regulariser.blocks``): the
 penalty is then separable across blocks, so each block's prox is exact. There is no learning rate.
+Parameters in no block (normalisation scales and biases, layers the trace cannot see, such as those
+inside a scan) are held fixed by PALM; the retraining phases train them.
 
 The papers' code restarts L at 1 for every block and mini-batch. On a trained LeNet-5 the accepted
 L is 5-60, so each block tries log_γ L ≈ 18-43 candidates (a prox and a forward pass each) and a
