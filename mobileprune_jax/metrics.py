@@ -81,10 +81,14 @@ def layer_stats(model: nnx.Module, sample_input: Any, graph: depgraph.Graph | No
       nonzero = int(np.count_nonzero(kernel))
     # a depthwise filter reads only its own channel: its live taps are its own non-zeros
     live_macs = nonzero if layer.kind == "depthwise" and kernel is not None else n_out * live_in
+    if layer.kind == "embedding":  # a lookup: no multiply-adds
+      size_macs, live_macs = 0, 0
+    else:
+      size_macs = size
     stats.append(LayerStats(
         path=layer.kernel_path, kind=layer.kind, n_in=n_in, n_out=n_out, out_spatial=layer.out_spatial,
         live_in=live_in, alive_out=alive_out, weights=size, nonzero_weights=nonzero,
-        macs_dense=layer.out_spatial * size, macs_sparse=layer.out_spatial * live_macs))
+        macs_dense=layer.out_spatial * size_macs, macs_sparse=layer.out_spatial * live_macs))
   return stats
 
 
@@ -95,7 +99,8 @@ def macs(model: nnx.Module, sample_input: Any, sparse: bool = False) -> int:
 
 def architecture(stats: list[LayerStats]) -> str:
   """Alive conv filters and non-zero dense inputs, e.g. "5-14-151-57" (MobilePrune's LeNet-5)."""
-  return "-".join(str(s.alive_out if s.kind in ("conv", "depthwise", "grouped") else s.live_in) for s in stats)
+  return "-".join(str(s.alive_out if s.kind in ("conv", "depthwise", "grouped") else s.live_in) for s in stats
+                  if s.kind != "embedding")
 
 
 def filter_sizes(stats: list[LayerStats]) -> str:
@@ -134,7 +139,7 @@ def summary(dense: nnx.Module, shrunk: nnx.Module, sample_input: Any,
       "macs_pruned": sum(s.macs_sparse for s in after),
       "macs_shrunk_dense": sum(s.macs_dense for s in after),
       "architecture_dense": "-".join(str(s.n_out if s.kind in ("conv", "depthwise", "grouped") else s.n_in)
-                                     for s in before),
+                                     for s in before if s.kind != "embedding"),
       "architecture": architecture(after),
       "filter_sizes": filter_sizes(after),
       "widths_before": {s.path: s.n_out for s in before},

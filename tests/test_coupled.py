@@ -585,7 +585,7 @@ def test_embeddings_einsums_and_multi_axis_linear_layers_train_and_shrink_with_f
   assert 0 < dead < 16
   small = surgery.shrink(model, t)
   assert small.mix.kernel.shape == (16, 16 - dead) and small.mix.bias.shape == (16 - dead,)  # Einsum's bias reshape
-  assert small.emb.embedding.shape == (50, 16)  # the stream meets an embedding lookup: its channels stay
+  assert small.emb.embedding.shape == (50, 16)  # every stream channel is still read (attention, ff1): the table stays
   np.testing.assert_allclose(np.asarray(small(t)), np.asarray(model(t)), atol=1e-5)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mobileprune_jax import surgery
+from mobileprune_jax import metrics, surgery
 
 TOL = 1e-5
 
@@ -651,9 +651,9 @@ class EmbeddingAttentionNet(nnx.Module):
 
 
 @pytest.mark.parametrize("dead", [10, 16])
-def test_a_stream_that_starts_at_an_embedding_lookup_keeps_its_channels(dead):
-  """Every reader of stream channels 0..dead-1 is zero, but the lookup that writes them is an op the trace does
-  not slice: the channels stay (before the fix the attention's output was cut and the add failed)."""
+def test_a_stream_that_starts_at_an_embedding_lookup_is_cut_with_the_tables_columns(dead):
+  """Every reader of stream channels 0..dead-1 is zero: the lookup's table columns and the attention output's
+  columns that write them go (all 16 dead: one channel stays so the layers keep a width)."""
   m = EmbeddingAttentionNet(nnx.Rngs(0))
   t = jnp.asarray(np.random.default_rng(0).integers(0, 50, (8, 6)))
   for layer in (m.ff1, m.attn.query, m.attn.key, m.attn.value):
@@ -661,7 +661,10 @@ def test_a_stream_that_starts_at_an_embedding_lookup_keeps_its_channels(dead):
     k[:dead] = 0
     layer.kernel[...] = jnp.asarray(k)
   small = surgery.shrink(m, t)
-  assert small.emb.embedding.shape == (50, 16) and small.attn.out.kernel.shape[-1] == 16
+  width = max(16 - dead, 1)
+  assert small.emb.embedding.shape == (50, width) and small.emb.features == width
+  assert small.attn.out.kernel.shape[-1] == width and small.attn.query.kernel.shape[0] == width
+  assert small.ff1.kernel.shape[0] == width and (dead == 16 or small.ff1.kernel.shape == (width, 8))
   np.testing.assert_allclose(np.asarray(small(t)), np.asarray(m(t)), atol=1e-6)
 
 
@@ -687,3 +690,56 @@ def test_a_select_between_a_layer_and_an_embedding_lookup_keeps_the_layers_chann
   small = surgery.shrink(m, t)
   assert small.fc1.kernel.shape == (16, 16)
   np.testing.assert_allclose(np.asarray(small(t)), np.asarray(m(t)), atol=1e-6)
+
+
+class TokenAndPositionNet(nnx.Module):
+  """Token and position embeddings (a lookup at fixed positions) summed into a stream, an MLP, mean pooling."""
+
+  def __init__(self, rngs):
+    self.emb = nnx.Embed(50, 16, rngs=rngs)
+    self.pos = nnx.Embed(8, 16, rngs=rngs)
+    self.fc1 = nnx.Linear(16, 32, rngs=rngs)
+    self.fc2 = nnx.Linear(32, 16, rngs=rngs)
+    self.head = nnx.Linear(16, 5, rngs=rngs)
+
+  def __call__(self, t, train=False):
+    h = self.emb(t) + self.pos(jnp.arange(t.shape[1]))[None]
+    h = h + self.fc2(nnx.gelu(self.fc1(h)))
+    return self.head(h.mean(1))
+
+
+def test_token_and_position_tables_lose_the_stream_channels_nobody_reads():
+  m = TokenAndPositionNet(nnx.Rngs(0))
+  t = jnp.asarray(np.random.default_rng(0).integers(0, 50, (4, 8)))
+  assert metrics.macs(m, t) == 16 * 32 + 32 * 16 + 16 * 5  # lookups cost no multiply-adds
+  for layer, index in ((m.fc1, np.s_[:5]), (m.head, np.s_[:5]), (m.fc2, np.s_[:, :5])):  # stream channels 0..4
+    k = np.array(layer.kernel[...])
+    k[index] = 0
+    layer.kernel[...] = jnp.asarray(k)
+  small = surgery.shrink(m, t)
+  assert small.emb.embedding.shape == (50, 11) and small.pos.embedding.shape == (8, 11)
+  assert small.fc1.kernel.shape == (11, 32) and small.fc2.kernel.shape == (32, 11) and small.head.kernel.shape == (11, 5)
+  np.testing.assert_allclose(np.asarray(small(t)), np.asarray(m(t)), atol=1e-6)
+
+
+class FixedShiftNet(nnx.Module):
+  SHIFT = np.linspace(-1, 1, 16).astype(np.float32)  # an array written into the code, not a parameter
+
+  def __init__(self, rngs):
+    self.fc1 = nnx.Linear(12, 16, rngs=rngs)
+    self.fc2 = nnx.Linear(16, 5, rngs=rngs)
+
+  def __call__(self, x, train=False):
+    return self.fc2(nnx.relu(self.fc1(x) + self.SHIFT))
+
+
+def test_channels_combined_with_an_array_written_into_the_code_are_kept():
+  """Cutting fc1's unread outputs would leave the 16-long constant unmatched (the rebuilt model failed)."""
+  m = FixedShiftNet(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 12)), jnp.float32)
+  k = np.array(m.fc2.kernel[...])
+  k[:5] = 0
+  m.fc2.kernel[...] = jnp.asarray(k)
+  small = surgery.shrink(m, x)
+  assert small.fc1.kernel.shape == (12, 16)
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(m(x)), atol=1e-6)

@@ -21,8 +21,9 @@ class Layer:
   """A conv, dense (incl. ``LinearGeneral``) or depthwise conv layer found in the trace.
 
   Attributes:
-    kind: "conv", "dense", "depthwise" (``feature_group_count`` = channels, one filter each) or
-      "grouped" (``feature_group_count`` = ``groups``, several channels per group).
+    kind: "conv", "dense", "depthwise" (``feature_group_count`` = channels, one filter each),
+      "grouped" (``feature_group_count`` = ``groups``, several channels per group) or "embedding"
+      (a table lookup: rows are tokens with no node, columns the channels it writes).
     kernel_path: parameter path of the kernel.
     in_axes / out_axes: the kernel axes of input and output features (several for a
       ``LinearGeneral`` kernel such as attention's (in, heads, head_dim)); a depthwise kernel

@@ -6,6 +6,7 @@
   filter per channel) is the case of one channel per group.
 * ``dot``: ``nnx.Linear`` and ``nnx.LinearGeneral`` (any number of contracted and output
   kernel axes, e.g. attention's (in, heads, head_dim) and (heads, head_dim, out) kernels).
+* ``lookup``: a row lookup in a parameter table (``nnx.Embed``): one node per table column.
 * ``dot_of_activations``: a product of two activations (attention's q·kᵀ and p·v): every node
   in one batch slice (one attention head) is joined into one group, so a head goes as a whole.
 """
@@ -107,6 +108,30 @@ def dot(t: Tracer, eqn, ins: list) -> Act:
   shape[first:first + len(out_axes)] = feature_shape
   return Act.of_zero(np.broadcast_to(out_nodes.reshape(shape), out_shape).copy(),
                      np.broadcast_to(out_zero.reshape(shape), out_shape).copy())
+
+
+def lookup(t: Tracer, eqn, table: Const, indices: Act) -> Act:
+  """A row lookup in a parameter table (``nnx.Embed``: ``jnp.take(table, tokens, axis=0)``): one node per column.
+
+  The table's rows are tokens, never cut; its columns are the channels it writes, cut like a layer's outputs.
+  Any other gather from a parameter is opaque.
+  """
+  dn = eqn.params["dimension_numbers"]
+  out_shape = tuple(eqn.outvars[0].aval.shape)
+  path, value = t.kernel_param(table), table.value
+  plain = (path is not None and value.ndim == 2 and tuple(dn.collapsed_slice_dims) == (0,)
+           and tuple(dn.start_index_map) == (0,) and tuple(dn.offset_dims) == (len(out_shape) - 1,)
+           and tuple(eqn.params["slice_sizes"]) == (1, value.shape[1])
+           and not getattr(dn, "operand_batching_dims", ()) and out_shape[-1] == value.shape[1])
+  if not plain:
+    return t.opaque(eqn, [table, indices])[0]
+  rows, n_out = value.shape
+  out_nodes = t.new_nodes(n_out)
+  layer = Layer("embedding", path, (0,), (1,), np.full(rows, NO_NODE, np.int64), out_nodes, 1, tuple(value.shape))
+  t.add_layer(layer, np.zeros(rows, bool), value)
+  out_zero = ~np.any(value != 0, axis=0)
+  axis = len(out_shape) - 1
+  return Act.of_zero(_per_channel(out_shape, axis, out_nodes), _per_channel(out_shape, axis, out_zero))
 
 
 def dot_of_activations(t: Tracer, eqn, a: Act, b: Act) -> Act:

@@ -257,6 +257,8 @@ def _sync_attributes(model: nnx.Module) -> None:
       n_in, n_out = len(node.in_features), len(node.out_features)
       shape = node.kernel.shape[-(n_in + n_out):]
       node.in_features, node.out_features = tuple(shape[:n_in]), tuple(shape[n_in:])
+    elif isinstance(node, nnx.Embed):  # its columns are the channels it writes
+      node.features = node.embedding.shape[-1]
     elif isinstance(node, nnx.Einsum):  # its forward reshapes the bias with these
       node.kernel_shape = tuple(node.kernel.shape[-len(node.kernel_shape):])
       if node.bias is not None:

@@ -168,6 +168,8 @@ class Tracer:
       return [producers.dot(self, eqn, ins)]
     if name == "gather" and isinstance(ins[0], Act) and isinstance(ins[1], Const):
       return [linear_maps.gather(self, eqn, ins[0], ins[1])]
+    if name == "gather" and isinstance(ins[0], Const) and isinstance(ins[1], Act):
+      return [producers.lookup(self, eqn, ins[0], ins[1])]
     if name == "dot_general":
       return [producers.dot_of_activations(self, eqn, ins[0], ins[1])]
     return self.opaque(eqn, ins)
@@ -186,6 +188,11 @@ class Tracer:
     origin: dict[str, np.ndarray] = {}
     if name in _STRUCTURAL and ins[0].origin:
       origin = {p: self.structural_array(eqn, idx) for p, idx in ins[0].origin.items()}
+    elif name == "gather" and ins[0].origin:  # e.g. a position-embedding lookup at fixed positions
+      params = {**eqn.primitive.get_bind_params(eqn.params), "fill_value": 0}
+      pick = lambda idx: np.asarray(eqn.primitive.bind(jnp.asarray(idx + 1, jnp.int32), jnp.asarray(ins[1].value),
+                                                       **params)).astype(np.int64) - 1
+      origin = {p: pick(idx) for p, idx in ins[0].origin.items()}
     elif (name in _BINARY or name in _UNARY_ZERO_PRESERVING or name in _UNARY_OTHER) and len(values) == 1:
       shape = values[0].shape
       for c in ins:
@@ -237,6 +244,7 @@ class Tracer:
     for x in ins:
       if isinstance(x, Const) and acts:
         self.attach(x, acts[0], shape)
+        self.pin_met_by_fixed_array(x, acts[0], shape)
     a, b = (self.as_act(x, shape) for x in ins[:2])
     if len(acts) == 2:
       self.union(a.ids, b.ids)
@@ -272,6 +280,22 @@ class Tracer:
       if met.any():
         self.pin(np.unique(x.ids[met]), "channels combined with the output of an op the trace does not "
                  "understand (e.g. an embedding lookup) are kept")
+
+  def pin_met_by_fixed_array(self, const: Const, act: Act, shape: tuple[int, ...]) -> None:
+    """Pins channels that an array written into the code (no parameter origin, e.g. a numpy constant) varies
+    along: its length along the channel axis is fixed, so those channels cannot be cut."""
+    value = np.asarray(const.value)
+    fixed = np.ones(value.shape, bool)
+    for idx in const.origin.values():
+      fixed &= idx < 0
+    if value.ndim == 0 or not fixed.any():
+      return
+    ids = np.broadcast_to(act.ids, shape)
+    aligned = (1,) * (len(shape) - value.ndim) + value.shape
+    channel_axes = [d for d in range(len(shape)) if aligned[d] > 1 and np.any(np.diff(ids, axis=d) != 0)]
+    if channel_axes:
+      met = np.broadcast_to(fixed.reshape(aligned), shape) & (ids >= 0)
+      self.pin(np.unique(ids[met]), "channels combined with an array written into the code are kept")
 
   def select(self, eqn, ins: list[Any]) -> Act:
     shape = tuple(eqn.outvars[0].aval.shape)
