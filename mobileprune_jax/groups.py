@@ -23,7 +23,8 @@ Every leaf of a parameter pytree gets a *role*, inferred from its path and shape
   normalisation statistics (``mean``, ``var``).
 
 Anything else (an embedding table, a custom parameter) is an error naming the path, unless
-a rule says what it is. Rules are ``(regex, role)`` pairs matched with ``re.search``
+a rule says what it is (``rules_for_model`` knows embedding tables; ``Regulariser.for_model`` leaves
+custom parameters unpenalised with one warning). Rules are ``(regex, role)`` pairs matched with ``re.search``
 against the leaf's path string (e.g. ``"conv1/kernel"``, ``"params/Dense_0/bias"``); the
 first matching rule wins and overrides the inference, as big_vision's masks do::
 
