@@ -336,3 +336,28 @@ def test_spare_emptied_kernels_by_role():
   for key, want in (("a", expect_conv), ("b", expect_dw), ("c", expect_heads), ("d", np.zeros(5)), ("e", after["e"])):
     np.testing.assert_array_equal(np.asarray(out[key]), want, err_msg=key)
   assert jnp.asarray(out["a"]).dtype == jnp.asarray(conv).dtype
+
+
+def test_a_target_below_what_the_penalty_can_reach_warns_at_the_start():
+  """A GRU's cell is not penalised (the trace cannot enter its scan): no multiplier takes the model below it."""
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from test_coupled import GRUNet
+
+  from mobileprune_jax import regularisers
+
+  model = GRUNet(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 10, 6)), jnp.float32)
+  with pytest.warns(UserWarning, match="trace cannot see"):
+    reg = regularisers.group_lasso(neuron=1e-3).for_model(model, x)
+  params = nnx.state(model, nnx.Param)
+  cell = sum(v.size for p, v in jax.tree.leaves_with_path(params) if "rnn" in jax.tree_util.keystr(p))
+  total = sum(v.size for v in jax.tree.leaves(params))
+  assert cell / total > 0.5  # the floor: more than half of the parameters are the cell's
+  with pytest.warns(UserWarning, match=r"budget params=40 % is out of this penalty's reach: .* keeps params=(\d+)"):
+    budget.Controller.for_model(model, x, params=0.4).start(model, reg, 0.1, steps=100)
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    budget.Controller.for_model(model, x, params=0.8).start(model, reg, 0.1, steps=100)  # reachable: no warning

@@ -743,3 +743,18 @@ def test_channels_combined_with_an_array_written_into_the_code_are_kept():
   small = surgery.shrink(m, x)
   assert small.fc1.kernel.shape == (12, 16)
   np.testing.assert_allclose(np.asarray(small(x)), np.asarray(m(x)), atol=1e-6)
+
+
+def test_an_all_zero_stream_under_rmsnorm_keeps_the_channels_its_scale_varies_along():
+  """RMSNorm of an all-zero stream is rsqrt(eps)·scale, known but no channel's: cutting the stream left the scale
+  at 16 entries and the rebuilt model failed to reshape it."""
+  from test_coupled import SwiGLUNet
+
+  m = SwiGLUNet(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6, 12)), jnp.float32)
+  for layer in (m.emb, m.gate, m.up, m.down, m.head):
+    layer.kernel[...] = jnp.zeros_like(layer.kernel[...])
+    layer.bias[...] = jnp.zeros_like(layer.bias[...])
+  small = surgery.shrink(m, x)
+  assert small.norm.scale.shape == small.emb.kernel.shape[1:] == (16,)
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(m(x)), atol=1e-6)

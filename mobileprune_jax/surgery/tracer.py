@@ -269,13 +269,15 @@ class Tracer:
         self.pin(lonely, "channels added to a zero-padded channel (e.g. a ResNet option-A shortcut) are kept")
 
   def pin_met_by_opaque(self, acts: list[Act]) -> None:
-    """Pins channels that meet, element for element, the output of an op the trace does not understand (e.g. an
-    embedding lookup) in another operand of an element-wise op: that operand cannot be sliced with them."""
+    """Pins channels that meet, element for element, values with no channel in another operand of an element-wise
+    op: the output of an op the trace does not understand, or a known non-zero value (e.g. RMSNorm's
+    rsqrt(mean(x²) + eps)·scale when x is all zero: the scale's channels are no node's). That operand cannot be
+    sliced with them."""
     for i, x in enumerate(acts):
       met = np.zeros(x.ids.shape, bool)
       for j, y in enumerate(acts):
         if j != i:
-          met |= (y.ids < 0) & ~y.known
+          met |= (y.ids < 0) & ~y.wild
       met &= x.ids >= 0
       if met.any():
         self.pin(np.unique(x.ids[met]), "channels combined with the output of an op the trace does not "

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -110,6 +111,10 @@ def wanted_fraction(target: float, progress: float, ramp: float) -> float:
   """target^f, f = progress / ramp (capped at 1): a geometric ramp from 1 (dense) to the target."""
   f = min(progress / ramp, 1.0) if ramp > 0 else 1.0
   return target ** f
+
+
+def _fractions(sizes: dict[str, float]) -> str:
+  return ", ".join(f"{k}={100 * v:.3g} %" for k, v in sizes.items())
 
 
 def bisect_multiplier(ratio_at: Callable[[float], float], multiplier: float, span: float = 16.0,
@@ -270,13 +275,29 @@ class Controller:
     aim = {k: v * (1 + 3 * self.tolerance) for k, v in self.targets.items()}
     prox, params = self._prox(regulariser, step_size), nnx.state(model, nnx.Param)
 
-    def ratio_at(m: float) -> float:
-      candidate = nnx.clone(model)
-      nnx.update(candidate, prox(params, jnp.float32(m)))
-      return ratio(self.measure(candidate, preview), aim)
+    seen: dict[float, dict[str, float]] = {}
 
-    one_step = bisect_multiplier(ratio_at, 1.0, span=1e6, iterations=24)
+    def sizes_at(m: float) -> dict[str, float]:
+      if m not in seen:
+        candidate = nnx.clone(model)
+        nnx.update(candidate, prox(params, jnp.float32(m)))
+        seen[m] = self.measure(candidate, preview)
+      return seen[m]
+
+    floor = self._floor(model, regulariser, params, preview)
+    if ratio(floor, self.targets) > 1 + self.tolerance:
+      warnings.warn(f"budget {_fractions(self.targets)} is out of this penalty's reach: with everything it penalises "
+                    f"at zero the model keeps {_fractions(floor)} (layers it does not penalise and channels surgery "
+                    "must keep stay); the run will end above its target", stacklevel=2)
+    one_step = bisect_multiplier(lambda m: ratio(sizes_at(m), aim), 1.0, span=1e6, iterations=24)
     return 1.0 if one_step is None else min(1.0, one_step / max(steps, 1))
+
+  def _floor(self, model: nnx.Module, regulariser: Regulariser, params: Any, preview: Preview | None) -> dict[str, float]:
+    """The size with every leaf the penalty acts on set to zero: no multiplier takes the model below it."""
+    roles = iter(regulariser.roles(params))
+    candidate = nnx.clone(model)
+    nnx.update(candidate, jax.tree.map(lambda p: p if next(roles) == "none" else jnp.zeros_like(p), params))
+    return self.measure(candidate, preview)
 
   def _prox(self, regulariser: Regulariser, step_size: float):
     key = (id(regulariser), float(step_size))
