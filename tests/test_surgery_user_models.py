@@ -758,3 +758,18 @@ def test_an_all_zero_stream_under_rmsnorm_keeps_the_channels_its_scale_varies_al
   small = surgery.shrink(m, x)
   assert small.norm.scale.shape == small.emb.kernel.shape[1:] == (16,)
   np.testing.assert_allclose(np.asarray(small(x)), np.asarray(m(x)), atol=1e-6)
+
+
+def test_magnitude_thresholding_leaves_embedding_tables_alone():
+  """DEGL's threshold acts on the layers it regularises; a lookup table is not one of them."""
+  from mobileprune_jax.train.actions import magnitude_threshold
+
+  m = TokenAndPositionNet(nnx.Rngs(0))
+  t = jnp.asarray(np.random.default_rng(0).integers(0, 50, (4, 8)))
+  tables = (np.asarray(m.emb.embedding[...]).copy(), np.asarray(m.pos.embedding[...]).copy())
+  threshold = float(np.median(np.abs(np.asarray(m.fc1.kernel[...]))))
+  assert np.mean(np.abs(tables[0]) <= threshold) > 0.1  # the table has entries below the threshold
+  out = magnitude_threshold(m, t, threshold, layers="all", exclude="head/kernel")
+  np.testing.assert_array_equal(np.asarray(m.emb.embedding[...]), tables[0])
+  np.testing.assert_array_equal(np.asarray(m.pos.embedding[...]), tables[1])
+  assert np.mean(np.asarray(m.fc1.kernel[...]) == 0) >= 0.5 and out is not None

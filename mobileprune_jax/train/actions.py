@@ -77,15 +77,16 @@ def degl_threshold(model: nnx.Module, sample_input, t_th: float, exclude: str, c
 
 
 def magnitude_threshold(model: nnx.Module, sample_input, threshold: float, layers: str, exclude: str) -> dict[str, Any]:
-  """Zeroes every kernel weight with |w| <= threshold in conv layers (``layers="conv"``) or all layers but ``exclude``."""
+  """Zeroes every kernel weight with |w| <= threshold in conv layers (``layers="conv"``) or all layers but ``exclude``
+  (embedding tables are never thresholded)."""
   graph = depgraph.trace(model, sample_input)
   variables = variables_by_path(model)
   zeroed = 0
   for layer in graph.layers:
     var = variables[layer.kernel_path]
     kernel = var.get_value()
-    if layer.kernel_path == exclude or (layers == "conv" and kernel.ndim < 3):
-      continue
+    if layer.kernel_path == exclude or layer.kind == "embedding" or (layers == "conv" and kernel.ndim < 3):
+      continue  # tables are not regularised: not thresholded either
     small = jnp.abs(kernel) <= threshold
     zeroed += int(jnp.sum(small & (kernel != 0)))
     var.set_value(jnp.where(small, jnp.zeros_like(kernel), kernel))
