@@ -351,9 +351,9 @@ def test_adam_metric_takes_one_step_per_unit():
 # -------------------------------------------------------------------------- training & PALM ---
 
 
-def _train(model, reg, x, y, steps=300, lr=0.05, opt=None):
+def _train(model, reg, x, y, steps=300, lr=0.05, opt=None, momentum=0.9):
   if opt is None:
-    tx = transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=0.9), reg)
+    tx = transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum), reg)
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
   @nnx.jit
@@ -569,17 +569,7 @@ def test_embeddings_einsums_and_multi_axis_linear_layers_train_and_shrink_with_f
   assert (roles["flat/kernel"], roles["flat/bias"], roles["ff1/kernel"]) == ("dense", "bias", "dense")
   assert (roles["attn/query/kernel"], roles["attn/out/kernel"]) == ("heads_in", "heads_out")  # flax's LinearGenerals
   reg = regularisers.group_lasso(neuron=0.1).for_model(model, t)
-  tx = transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), reg)
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-  @nnx.jit
-  def step(model, optimizer):
-    loss, g = nnx.value_and_grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(t), y).mean())(model)
-    optimizer.update(model, g)
-    return loss
-
-  for _ in range(40):
-    step(model, optimizer)
+  _train(model, reg, t, y, steps=40, lr=0.1, momentum=0.0)
   assert not np.any(np.asarray(model.emb.embedding[...]) == 0)  # the table is not penalised
   dead = int(jnp.sum(jnp.all(model.out.kernel[...] == 0, axis=1)))  # mix's output units: the classifier's rows
   assert 0 < dead < 16
@@ -616,17 +606,7 @@ def test_rmsnorm_swiglu_blocks_train_and_shrink_with_for_model():
   params = nnx.state(model, nnx.Param)
   assert dict(zip(groups.leaf_paths(params), groups.leaf_roles(params)))["norm/scale"] == "none"  # from the params alone
   reg = regularisers.group_lasso(neuron=0.16).for_model(model, x)
-  optimizer = nnx.Optimizer(model, transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), reg),
-                            wrt=nnx.Param)
-
-  @nnx.jit
-  def step(model, optimizer):
-    loss, g = nnx.value_and_grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean())(model)
-    optimizer.update(model, g)
-    return loss
-
-  for _ in range(60):
-    step(model, optimizer)
+  _train(model, reg, x, y, steps=60, lr=0.1, momentum=0.0)
   assert not np.any(np.asarray(model.norm.scale[...]) == 0)  # not penalised
   dead = np.all(np.asarray(model.down.kernel[...]) == 0, axis=1)  # hidden units nobody reads
   assert 0 < dead.sum() < 48
@@ -664,18 +644,8 @@ def test_for_model_leaves_custom_parameters_unpenalised_with_one_warning_and_sti
     warnings.simplefilter("error")  # a rule for it: no warning, and it is penalised as a dense kernel
     ruled = regularisers.group_lasso(neuron=0.2, rules=[(r"^w$", "dense")]).for_model(model, x)
   assert ruled.roles(nnx.state(model, nnx.Param))[-1] == "dense"
-  optimizer = nnx.Optimizer(model, transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), reg),
-                            wrt=nnx.Param)
   w0 = np.asarray(model.w[...])
-
-  @nnx.jit
-  def step(model, optimizer):
-    loss, g = nnx.value_and_grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean())(model)
-    optimizer.update(model, g)
-    return loss
-
-  for _ in range(60):
-    step(model, optimizer)
+  _train(model, reg, x, y, steps=60, lr=0.1, momentum=0.0)
   assert not np.any(np.asarray(model.w[...]) == 0) and not np.allclose(np.asarray(model.w[...]), w0)  # trained, not pruned
   dead = int(np.sum(np.all(np.asarray(model.fc.kernel[...]) == 0, axis=1)))  # w's output units nobody reads
   assert 0 < dead < 32
@@ -711,17 +681,7 @@ def test_layers_inside_a_scan_are_not_penalised_and_the_layers_around_them_shrin
   assert {p: r for p, r in roles.items() if p.startswith("rnn/")} == {
       "rnn/cell/dense_h/kernel": "none", "rnn/cell/dense_i/kernel": "none", "rnn/cell/dense_i/bias": "none"}
   cell = {k: np.asarray(v) for k, v in jax.tree.leaves_with_path(nnx.state(model.rnn, nnx.Param))}
-  optimizer = nnx.Optimizer(model, transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), reg),
-                            wrt=nnx.Param)
-
-  @nnx.jit
-  def step(model, optimizer):
-    loss, g = nnx.value_and_grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean())(model)
-    optimizer.update(model, g)
-    return loss
-
-  for _ in range(60):
-    step(model, optimizer)
+  _train(model, reg, x, y, steps=60, lr=0.1, momentum=0.0)
   after = {k: np.asarray(v) for k, v in jax.tree.leaves_with_path(nnx.state(model.rnn, nnx.Param))}
   assert all(not np.any(after[k] == 0) and not np.allclose(after[k], cell[k]) for k in cell)  # trained, never zeroed
   dead = int(np.sum(np.all(np.asarray(model.out.kernel[...]) == 0, axis=1)))
