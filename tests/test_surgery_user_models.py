@@ -708,7 +708,7 @@ class TokenAndPositionNet(nnx.Module):
     return self.head(h.mean(1))
 
 
-def test_token_and_position_tables_lose_the_stream_channels_nobody_reads():
+def test_token_and_position_tables_lose_the_stream_channels_nobody_reads(tmp_path):
   m = TokenAndPositionNet(nnx.Rngs(0))
   t = jnp.asarray(np.random.default_rng(0).integers(0, 50, (4, 8)))
   assert metrics.macs(m, t) == 16 * 32 + 32 * 16 + 16 * 5  # lookups cost no multiply-adds
@@ -720,6 +720,10 @@ def test_token_and_position_tables_lose_the_stream_channels_nobody_reads():
   assert small.emb.embedding.shape == (50, 11) and small.pos.embedding.shape == (8, 11)
   assert small.fc1.kernel.shape == (11, 32) and small.fc2.kernel.shape == (32, 11) and small.head.kernel.shape == (11, 5)
   np.testing.assert_allclose(np.asarray(small(t)), np.asarray(m(t)), atol=1e-6)
+  surgery.save(tmp_path, small, factory="token_position_net", kwargs={}, cuts=surgery.plan(m, t).cuts)
+  loaded = surgery.load(tmp_path, factories={"token_position_net": lambda: TokenAndPositionNet(nnx.Rngs(1))})
+  assert loaded.emb.features == 11  # the rebuilt table's attribute follows its columns
+  np.testing.assert_allclose(np.asarray(loaded(t)), np.asarray(m(t)), atol=1e-6)
 
 
 class FixedShiftNet(nnx.Module):
