@@ -113,10 +113,18 @@ def test_every_penalised_method_lands_on_a_budget(tmp_path, method, extra):
 
 def test_an_unreachable_budget_is_one_error_and_the_outputs_are_written(tmp_path):
   # the smallest LeNet-300 the surgery keeps (one unit per layer) has ~800 of 266,610 parameters (0.3 %)
+  import warnings
+
   cfg = _cfg("lenet300", **{"budget.params": 0.001, "train_subset": 2000, "prune.epochs": 1})
-  with pytest.raises(pipeline.BudgetNotReachedError, match=r"^lenet5_mobileprune_quick: the budget was not "
-                     r"reached within ±10 %: params .* \(target 0.1 %\)"):
-    pipeline.run(cfg, tmp_path, log=lambda *_: None)
+  events = []
+  with warnings.catch_warnings(), pytest.raises(pipeline.BudgetNotReachedError, match=r"^lenet5_mobileprune_quick: "
+                                                r"the budget was not reached within ±10 %: params .* \(target 0.1 %\)"):
+    warnings.simplefilter("always")
+    warnings.showwarning = lambda message, *args, **kwargs: events.append(("warning", str(message)))
+    pipeline.run(cfg, tmp_path, log=lambda message, *_: events.append(("log", str(message))))
+  reach = [i for i, (kind, text) in enumerate(events) if kind == "warning" and "out of this penalty's reach" in text]
+  first_epoch = next(i for i, (kind, text) in enumerate(events) if kind == "log" and "epoch" in text)
+  assert len(reach) == 1 and reach[0] < first_epoch, events[:first_epoch + 1]  # said once, before any training
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert not summary["budget"]["within_tolerance"] and (tmp_path / "model" / "weights.safetensors").exists()
 
@@ -361,3 +369,37 @@ def test_a_target_below_what_the_penalty_can_reach_warns_at_the_start():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     budget.Controller.for_model(model, x, params=0.8).start(model, reg, 0.1, steps=100)  # reachable: no warning
+
+
+def test_the_pipeline_reports_an_unreachable_target_before_any_training_and_once():
+  """``Steering`` (the pipeline's budget) checks the floor when it is built, before the first epoch, and the start of
+  the pruning phase does not repeat the warning."""
+  import warnings
+
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from test_coupled import GRUNet
+
+  from mobileprune_jax import config, regularisers
+  from mobileprune_jax.train.phases import Phase
+  from mobileprune_jax.train.state import RunState
+  from mobileprune_jax.train.steering import Steering
+
+  model = GRUNet(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 10, 6)), jnp.float32)
+  with pytest.warns(UserWarning, match="trace cannot see"):
+    reg = regularisers.group_lasso(neuron=1e-3).for_model(model, x)
+  phases = [Phase("pretrain", epochs=1), Phase("prune/1", epochs=1, scaled=True, controlled=True, regulariser=reg,
+                                               step_size=0.1)]
+  cfg = config.base_config()
+  cfg.budget.params = 0.4
+  with pytest.warns(UserWarning, match="budget params=40 % is out of this penalty's reach") as caught:
+    steering = Steering(cfg, model, x, phases, steps_per_epoch=10, record=lambda entry: None)
+  assert sum("out of this penalty's reach" in str(w.message) for w in caught) == 1
+  state = RunState()
+  state.phase = 1
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    steering.phase_starts(model, state)  # the pruning phase's start: no second warning
+  assert state.multiplier > 0

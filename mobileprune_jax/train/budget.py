@@ -197,6 +197,7 @@ class Controller:
   ramp: float = 0.6
   round_to: int = 1  # the size is the shrunk model's with widths rounded to multiples of this (surgery.shrink)
   _prox_fns: dict = dataclasses.field(default_factory=dict, repr=False)
+  _warned: list = dataclasses.field(default_factory=list, repr=False)  # regularisers already found out of reach
 
   @classmethod
   def for_model(cls, model: nnx.Module, sample, *, nonzero: float | None = None, params: float | None = None,
@@ -284,13 +285,25 @@ class Controller:
         seen[m] = self.measure(candidate, preview)
       return seen[m]
 
-    floor = self._floor(model, regulariser, params, preview)
-    if ratio(floor, self.targets) > 1 + self.tolerance:
-      warnings.warn(f"budget {_fractions(self.targets)} is out of this penalty's reach: with everything it penalises "
-                    f"at zero the model keeps {_fractions(floor)} (layers it does not penalise and channels surgery "
-                    "must keep stay); the run will end above its target", stacklevel=2)
+    self.check_reach(model, regulariser, preview)
     one_step = bisect_multiplier(lambda m: ratio(sizes_at(m), aim), 1.0, span=1e6, iterations=24)
     return 1.0 if one_step is None else min(1.0, one_step / max(steps, 1))
+
+  def check_reach(self, model: nnx.Module, regulariser: Regulariser, preview: Preview | None = None) -> bool:
+    """Whether the targets are within ``regulariser``'s reach; warns (once per regulariser) when they are not.
+
+    The floor is the size with every leaf the penalty acts on at zero: layers it does not penalise and
+    channels surgery must keep stay, so no multiplier takes the model below it. It hardly depends on the
+    weights, so the pipeline checks before any training (``Steering``) and ``start`` checks again.
+    """
+    floor = self._floor(model, regulariser, nnx.state(model, nnx.Param), preview)
+    reachable = ratio(floor, self.targets) <= 1 + self.tolerance
+    if not reachable and not any(r is regulariser for r in self._warned):
+      self._warned.append(regulariser)
+      warnings.warn(f"budget {_fractions(self.targets)} is out of this penalty's reach: with everything it penalises "
+                    f"at zero the model keeps {_fractions(floor)} (layers it does not penalise and channels surgery "
+                    "must keep stay); the run will end above its target", stacklevel=3)
+    return reachable
 
   def _floor(self, model: nnx.Module, regulariser: Regulariser, params: Any, preview: Preview | None) -> dict[str, float]:
     """The size with every leaf the penalty acts on set to zero: no multiplier takes the model below it."""

@@ -48,6 +48,9 @@ class Steering:
     self.phases, self.steps_per_epoch, self.record = phases, steps_per_epoch, record
     self.first = next((i for i, p in enumerate(phases) if p.controlled), None)
     self.anchor: Any = None  # host copy of nnx.state(model) at the last control point at or above the target
+    if self.first is not None:  # an unreachable target is reported before any training, not after pretraining
+      first = phases[self.first]
+      self.controller.check_reach(model, first.regulariser, first.on_end)
 
   @classmethod
   def for_run(cls, cfg: ml_collections.ConfigDict, *args, **kwargs) -> Steering | None:
