@@ -123,11 +123,11 @@ def _member_slices(layer: Layer, side: str) -> list[tuple[int, np.ndarray, bool]
   return [(f, io[:, f, :].reshape(1, -1), conv) for f in range(layer.n_out)]
 
 
-def _fixed_roots(graph: Graph, shared: set[str]) -> set[int]:
-  """Roots of the channel sets that must stay: pinned, made by a layer that cannot be cut, or by a shared kernel."""
+def _fixed_roots(graph: Graph) -> set[int]:
+  """Roots of the channel sets that must stay: pinned, or made or read by a layer that cannot be cut."""
   fixed = {graph.find(n) for n in graph.pinned}
   for layer in graph.layers:
-    if not layer.sliceable or layer.kernel_path in shared:
+    if not layer.sliceable:
       fixed.update(graph.find(int(n)) for n in layer.out_nodes)
       fixed.update(graph.find(int(n)) for n in layer.in_nodes if n >= 0)
   return fixed
@@ -144,16 +144,12 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
   Args:
     graph: the model's channel graph (``surgery.depgraph.trace``).
     kernel_shapes: shape of every parameter by path.
-    covered: kernel paths to partition (e.g. the penalised ones); a kernel used by several layers is
-      covered once, its entries fixed.
+    covered: kernel paths to partition (e.g. the penalised ones); a kernel several layers use is partitioned
+      once, by its first use (the trace joined its uses' features: ``surgery.depgraph.join_shared_kernels``).
     side: "reader" (MobilePrune, group lasso, ℓ1-SGL) or "writer" (DEGL/EGL).
   """
   if side not in SIDES:
     raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-  uses = defaultdict(int)
-  for layer in graph.layers:
-    uses[layer.kernel_path] += 1
-  shared = {p for p, n in uses.items() if n > 1}
   wanted = set(covered)
   layers, seen, notes = [], set(), []
   for layer in graph.layers:
@@ -166,7 +162,7 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
       continue
     seen.add(path)
     layers.append(layer)
-  fixed = _fixed_roots(graph, shared)
+  fixed = _fixed_roots(graph)
   paths = tuple(layer.kernel_path for layer in layers)
   offsets = np.concatenate([[0], np.cumsum([math.prod(layer.kernel_shape) for layer in layers])]).astype(np.int64)
 
@@ -176,7 +172,7 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
     nodes = layer.in_nodes if side == "reader" else layer.out_nodes
     for feature, entries, conv in _member_slices(layer, side):
       node = int(nodes[feature])
-      movable = layer.sliceable and layer.kernel_path not in shared and node >= 0
+      movable = layer.sliceable and node >= 0
       root = graph.find(node) if node >= 0 else -1
       if movable and root not in fixed:
         by_root[root].append((k, entries + offsets[k], conv))

@@ -11,6 +11,7 @@ vectors are attached to which channels (biases, BatchNorm), and which channels m
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -103,6 +104,7 @@ def trace(model: nnx.Module, sample_input: Any) -> Graph:
     args.append(Const(value, {path: np.arange(value.size, dtype=np.int64).reshape(value.shape)}))
   args.extend(Act.unknown(tuple(x.shape)) for x in inputs)
   outs = tracer.run(closed.jaxpr, closed.consts, args)
+  join_shared_kernels(tracer)
   output_shapes = []
   for o in outs:
     if isinstance(o, Act):
@@ -110,3 +112,44 @@ def trace(model: nnx.Module, sample_input: Any) -> Graph:
       output_shapes.append(tuple(o.ids.shape))
   return Graph(tracer.layers, tracer.parent, tracer.pinned, tracer.node_layer, tracer.attachments,
                list(dict.fromkeys(tracer.notes)), paths, output_shapes)
+
+
+def join_shared_kernels(tracer: Tracer) -> None:
+  """Couples the uses of a kernel several layers share, so that it is cut once, the same way for all of them.
+
+  A layer applied twice, a Siamese encoder, an embedding table that is also the output head (``attend``): the
+  features a use reads or writes along a kernel axis are joined, feature by feature, with the other uses'
+  features along that axis (a channel goes only where every use lets it go). A feature with no node at one use
+  (the model's input, token ids) pins the others'; uses whose axes do not match keep all the kernel's channels.
+  """
+  uses = defaultdict(list)
+  for layer in tracer.layers:
+    uses[layer.kernel_path].append(layer)
+  for path, layers in uses.items():
+    for other in layers[1:]:
+      pairs = _matching_features(layers[0], other)
+      if pairs is None:
+        for layer in layers:
+          tracer.pin(layer.in_nodes)
+          tracer.pin(layer.out_nodes)
+        tracer.notes.append(f"kernel {path!r} is used by {len(layers)} layers along different axes: its channels "
+                            "are kept")
+        break
+      for a, b in pairs:
+        tracer.union(a, b)
+        tracer.pin(a[b < 0])
+        tracer.pin(b[a < 0])
+
+
+def _matching_features(a: Layer, b: Layer) -> list[tuple[np.ndarray, np.ndarray]] | None:
+  """Pairs of node arrays that index the same kernel features at two uses (same axes, or input and output
+  swapped as in a tied output head); None when the uses do not line up."""
+  if a.groups != b.groups:
+    return None
+  if (a.in_axes, a.out_axes) == (b.in_axes, b.out_axes) and a.in_nodes.shape == b.in_nodes.shape \
+      and a.out_nodes.shape == b.out_nodes.shape:
+    return [(a.in_nodes, b.in_nodes), (a.out_nodes, b.out_nodes)]
+  if a.groups == 1 and (a.in_axes, a.out_axes) == (b.out_axes, b.in_axes) and a.in_nodes.shape == b.out_nodes.shape \
+      and a.out_nodes.shape == b.in_nodes.shape:
+    return [(a.in_nodes, b.out_nodes), (a.out_nodes, b.in_nodes)]
+  return None

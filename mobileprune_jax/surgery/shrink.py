@@ -163,16 +163,7 @@ def plan(model: nnx.Module, sample_input: Any, graph: depgraph.Graph | None = No
     raise ValueError("the model has no prunable layer (no conv_general_dilated / dot_general with a parameter kernel)")
   _, leaves, paths, _ = depgraph.forward_fn(model)
   shapes = {p: tuple(np.shape(leaf)) for p, leaf in zip(paths, leaves)}
-  extra: set[int] = set()
-  kernel_use = defaultdict(list)
-  for i, layer in enumerate(graph.layers):
-    kernel_use[layer.kernel_path].append(i)
-  for path, uses in kernel_use.items():  # a kernel shared by several layers: keep its channels
-    if len(uses) > 1:
-      for i in uses:
-        extra.update(int(x) for x in graph.layers[i].out_nodes)
-        extra.update(int(x) for x in graph.layers[i].in_nodes if x >= 0)
-      graph.notes.append(f"kernel {path!r} is used by {len(uses)} layers: its channels are kept")
+  extra: set[int] = set()  # a kernel several layers share: its uses' features are joined (depgraph.join_shared_kernels)
   placeholders: set[int] = set()  # dead channels kept so that a layer keeps a width of one
   kept_to_round: set[int] = set()
   while True:
@@ -213,11 +204,12 @@ def plan(model: nnx.Module, sample_input: Any, graph: depgraph.Graph | None = No
       out_alive = np.array([int(f) not in removed and int(f) not in placeholders for f in layer.out_nodes], bool)
       live = np.any(layer.nz[:, out_alive], axis=1) & ~layer.in_zero
       read_live.update(layer.in_nodes[live & (layer.in_nodes >= 0)].tolist())
-  changes = []
+  changes, cut_kernels = [], set()
   for layer in graph.layers:
     in_keep, out_keep = _kept(layer, removed)
     n_in, n_out = layer.n_in, layer.n_out
-    if layer.sliceable and (len(out_keep) < n_out or len(in_keep) < n_in):
+    if layer.sliceable and (len(out_keep) < n_out or len(in_keep) < n_in) and layer.kernel_path not in cut_kernels:
+      cut_kernels.add(layer.kernel_path)  # a shared kernel: every use keeps the same features, cut it once
       cuts.setdefault(layer.kernel_path, []).extend(layer.cuts(in_keep, out_keep))
     # output channels that stayed although no live weight reads them: say why
     kept_dead: dict[str, int] = defaultdict(int)

@@ -1,0 +1,125 @@
+"""Surgery and coupled units on kernels several layers share: a layer applied twice, a Siamese encoder, an
+embedding table that is also the output head. The channels to remove are planted by hand; the expected
+widths are written down; the rebuilt model must give the unpruned model's outputs.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mobileprune_jax import regularisers, surgery
+from mobileprune_jax.groups import path_to_str
+
+TOL = 1e-5
+
+
+def _zero(var, index):
+  value = np.asarray(var.get_value()).copy()
+  value[index] = 0
+  var.set_value(jnp.asarray(value))
+
+
+def _widths(model):
+  """Kernel and table shapes by parameter path."""
+  return {path_to_str(p): tuple(np.shape(v)) for p, v in jax.tree.leaves_with_path(nnx.state(model, nnx.Param))
+          if path_to_str(p).endswith(("kernel", "embedding"))}
+
+
+def _parity(model, small, x):
+  args = x if isinstance(x, tuple) else (x,)
+  np.testing.assert_allclose(np.asarray(small(*args)), np.asarray(model(*args)), atol=TOL, rtol=TOL)
+
+
+class TwiceNet(nnx.Module):
+  """One 8-wide dense layer applied twice in a row."""
+
+  def __init__(self, rngs):
+    self.inp = nnx.Linear(5, 8, rngs=rngs)
+    self.shared = nnx.Linear(8, 8, rngs=rngs)
+    self.out = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.relu(self.inp(x))
+    h = nnx.relu(self.shared(h))
+    return self.out(nnx.relu(self.shared(h)))
+
+
+def test_a_layer_applied_twice_loses_a_channel_no_use_reads():
+  """Channel i of the shared layer is read at both uses (row i) and its second output by ``out`` (row i). With
+  both rows zero for i = 2 and 6, inp's and shared's outputs 2 and 6 go: 8 -> 6 everywhere. Channel 4 has a zero
+  shared row but ``out`` reads it: it stays."""
+  model = TwiceNet(nnx.Rngs(0))
+  for i in (2, 6):
+    _zero(model.shared.kernel, (i, slice(None)))
+    _zero(model.out.kernel, (i, slice(None)))
+  _zero(model.shared.kernel, (4, slice(None)))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5)), jnp.float32)
+  small = surgery.shrink(model, x)
+  assert _widths(small) == {"inp/kernel": (5, 6), "out/kernel": (6, 3), "shared/kernel": (6, 6)}
+  _parity(model, small, x)
+
+
+class Siamese(nnx.Module):
+  """One encoder on two inputs; a head on both encodings side by side."""
+
+  def __init__(self, rngs):
+    self.enc = nnx.Linear(6, 10, rngs=rngs)
+    self.head = nnx.Linear(20, 3, rngs=rngs)
+
+  def __call__(self, a, b):
+    return self.head(jnp.concatenate([nnx.relu(self.enc(a)), nnx.relu(self.enc(b))], -1))
+
+
+def test_a_siamese_encoder_loses_a_feature_only_when_neither_branch_is_read():
+  model = Siamese(nnx.Rngs(0))
+  _zero(model.head.kernel, ([2, 12], slice(None)))  # feature 2 of both branches: unread
+  _zero(model.head.kernel, (4, slice(None)))  # feature 4 of the first branch only: the second still reads it
+  rng = np.random.default_rng(0)
+  x = (jnp.asarray(rng.normal(size=(4, 6)), jnp.float32), jnp.asarray(rng.normal(size=(4, 6)), jnp.float32))
+  small = surgery.shrink(model, x)
+  assert _widths(small) == {"enc/kernel": (6, 9), "head/kernel": (18, 3)}
+  _parity(model, small, x)
+
+
+def test_coupled_units_put_both_branches_rows_of_a_siamese_feature_in_one_unit():
+  """Reader units: head rows j and 10 + j read the same (joined) encoder feature, so they form one unit; the
+  encoder reads the model's inputs, so its entries are fixed leaves, in no unit."""
+  model = Siamese(nnx.Rngs(0))
+  x = (jnp.ones((2, 6)), jnp.ones((2, 6)))
+  units = regularisers.group_lasso(neuron=0.1).for_model(model, x).units
+  head_units = sorted(sorted(set(u["head/kernel"] // 3)) for u in units.units if "head/kernel" in u)
+  assert head_units == [[j, 10 + j] for j in range(10)]
+  assert not any("enc/kernel" in u for u in units.units)
+
+
+class TiedHead(nnx.Module):
+  """Token embedding, one MLP residual block, logits from the same table (``attend``)."""
+
+  def __init__(self, rngs):
+    self.emb = nnx.Embed(20, 12, rngs=rngs)
+    self.fc1 = nnx.Linear(12, 24, rngs=rngs)
+    self.fc2 = nnx.Linear(24, 12, rngs=rngs)
+
+  def __call__(self, tokens):
+    h = self.emb(tokens)
+    h = h + self.fc2(nnx.relu(self.fc1(h)))
+    return self.emb.attend(h)
+
+
+def test_a_tied_embedding_head_loses_a_stream_channel_it_does_not_read(tmp_path):
+  """Stream channel 5 is written by the table (column 5) and fc2, read by fc1 (row 5) and the head (column 5 of
+  the same table). With the table's column and fc1's row zero nothing reads it: the table keeps 11 columns, fc1
+  11 rows, fc2 11 outputs. Channel 7 has a zero fc1 row but the head reads it: it stays."""
+  model = TiedHead(nnx.Rngs(0))
+  _zero(model.emb.embedding, (slice(None), 5))
+  _zero(model.fc1.kernel, (5, slice(None)))
+  _zero(model.fc1.kernel, (7, slice(None)))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 20, (3, 7)))
+  small = surgery.shrink(model, tokens)
+  assert _widths(small) == {"emb/embedding": (20, 11), "fc1/kernel": (11, 24),
+                            "fc2/kernel": (24, 11)}
+  _parity(model, small, tokens)
+  surgery.save(tmp_path, small, factory="tied_head", kwargs={}, cuts=surgery.plan(model, tokens).cuts)  # cut once
+  loaded = surgery.load(tmp_path, factories={"tied_head": lambda: TiedHead(nnx.Rngs(1))})
+  _parity(model, loaded, tokens)
