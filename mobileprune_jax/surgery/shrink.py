@@ -163,7 +163,7 @@ def plan(model: nnx.Module, sample_input: Any, graph: depgraph.Graph | None = No
     raise ValueError("the model has no prunable layer (no conv_general_dilated / dot_general with a parameter kernel)")
   _, leaves, paths, _ = depgraph.forward_fn(model)
   shapes = {p: tuple(np.shape(leaf)) for p, leaf in zip(paths, leaves)}
-  extra: set[int] = set()  # a kernel several layers share: its uses' features are joined (depgraph.join_shared_kernels)
+  extra: set[int] = set()  # channels kept beyond what _decide finds: unsliceable attachments, rounding
   placeholders: set[int] = set()  # dead channels kept so that a layer keeps a width of one
   kept_to_round: set[int] = set()
   while True:
