@@ -47,6 +47,17 @@ def host_array(value: Any) -> np.ndarray:
   return np.asarray(jax.device_get(value))
 
 
+def host_copy(tree: Any) -> Any:
+  """``tree`` with every leaf copied to this host (``host_array``): numpy arrays, and PRNG key arrays re-wrapped from
+  their key data (a key array has no numpy form). A collective when a leaf is sharded over processes."""
+  def copy(leaf):
+    if _is_key(leaf):
+      return jax.random.wrap_key_data(np.array(host_array(jax.random.key_data(leaf))), impl=jax.random.key_impl(leaf))
+    return np.array(host_array(leaf))
+
+  return jax.tree.map(copy, tree)
+
+
 def from_arrays(like: Any, arrays: dict[str, np.ndarray], prefix: str = "") -> Any:
   """A tree shaped like ``like`` whose leaves come from ``arrays[prefix + path]``.
 

@@ -403,3 +403,48 @@ def test_the_pipeline_reports_an_unreachable_target_before_any_training_and_once
     warnings.simplefilter("error")
     steering.phase_starts(model, state)  # the pruning phase's start: no second warning
   assert state.multiplier > 0
+
+
+def test_the_landing_anchor_holds_a_model_with_random_state(tmp_path):
+  """A model with Dropout carries PRNG keys in its state. The anchor (the landing's fallback, a host copy of the
+  state at a control point at or above the target) must hold them, land from them, and go through a checkpoint:
+  before, the first control point of any budget run of such a model (MobileNetV2) raised a TypeError."""
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from mobileprune_jax import config, regularisers, tree_arrays
+  from mobileprune_jax.train.phases import Phase
+  from mobileprune_jax.train.state import RunState
+  from mobileprune_jax.train.steering import ANCHOR, Steering
+
+  class DropNet(nnx.Module):
+    def __init__(self, rngs):
+      self.fc1, self.fc2 = nnx.Linear(6, 16, rngs=rngs), nnx.Linear(16, 3, rngs=rngs)
+      self.drop = nnx.Dropout(0.2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.fc2(self.drop(nnx.relu(self.fc1(x))))
+
+  model = DropNet(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6)), jnp.float32)
+  keys = [v for v in jax.tree.leaves(nnx.state(model)) if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key)]
+  assert keys  # the model does carry a key
+  reg = regularisers.group_lasso(neuron=1e-3).for_model(model, x)
+  cfg = config.base_config()
+  cfg.budget.params = 0.9
+  steering = Steering(cfg, model, x, [Phase("prune/1", epochs=1, scaled=True, controlled=True, regulariser=reg,
+                                            step_size=0.1, lands=True)], steps_per_epoch=8, record=lambda e: None)
+  state = RunState()
+  steering.step_done(model, state)  # a control point with the model at full size: the anchor is taken
+  anchor = steering.items()[ANCHOR]
+  now = tree_arrays.to_arrays(nnx.state(model))
+  stored = tree_arrays.to_arrays(anchor)  # what a checkpoint writes
+  assert set(stored) == set(now)
+  for name, value in now.items():
+    np.testing.assert_array_equal(stored[name], value, err_msg=name)
+  steering.restore(tree_arrays.from_arrays(nnx.state(model), stored))  # what a resumed run holds
+  landed = nnx.clone(model)
+  nnx.update(landed, steering.anchor)  # what a landing from the anchor does
+  for name, value in tree_arrays.to_arrays(nnx.state(landed)).items():
+    np.testing.assert_array_equal(value, now[name], err_msg=name)

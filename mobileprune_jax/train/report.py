@@ -31,7 +31,7 @@ def finish(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, model: nnx.Mod
   process holds the whole replicated model), so what follows runs on each process's own devices.
   """
   if jax.process_count() > 1:
-    nnx.update(model, jax.tree.map(tree_arrays.host_array, nnx.state(model)))
+    nnx.update(model, tree_arrays.host_copy(nnx.state(model)))
   # the final model at full width is the dense model's stand-in (every dense number is a function of the shapes;
   # the dense TFLite file then holds the final weights at full width: what a phone runs without surgery)
   dense = model

@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from mobileprune_jax import tree_arrays
@@ -82,7 +80,7 @@ class Steering:
       progress = done / max(self._steps(phase), 1)
     measured = self.controller.measure(model, phase.on_end)
     if self.controller.at_or_above(measured):
-      self.anchor = jax.tree.map(lambda a: np.array(tree_arrays.host_array(a)), nnx.state(model))
+      self.anchor = tree_arrays.host_copy(nnx.state(model))
     state.multiplier_base, state.multiplier = self.controller.update_from(measured, state.multiplier_base, progress)
 
   def items(self) -> dict[str, Any]:
