@@ -114,8 +114,8 @@ def main() -> None:
          f"Made by `python experiments/scripts/coupled_vs_per_layer.py --root {args.root} --cases {args.cases}"
          f"{' --keep ' + str(args.keep) if args.keep else ''}` at commit {_commit()}"
          + (f" (the sections of {', '.join(carried)} carried over from the earlier table)" if carried else "")
-         + "; each row names the commit its run was made at. One seed per cell; the budget is `budget.params` of "
-         "the config; latencies are LiteRT medians at batch 1, 1 thread, on a shared 2-core machine (±40 % between "
+         + "; each row names the commit its run was made at. One seed per cell; the budget is the section's (the "
+         "config's `budget.params` unless the section overrides it); latencies are LiteRT medians at batch 1, 1 thread, on a shared 2-core machine (±40 % between "
          "runs).", ""]
   for case in CASES:
     if case not in cases:
