@@ -123,3 +123,31 @@ def test_a_tied_embedding_head_loses_a_stream_channel_it_does_not_read(tmp_path)
   surgery.save(tmp_path, small, factory="tied_head", kwargs={}, cuts=surgery.plan(model, tokens).cuts)  # cut once
   loaded = surgery.load(tmp_path, factories={"tied_head": lambda: TiedHead(nnx.Rngs(1))})
   _parity(model, loaded, tokens)
+
+
+class TwoViews(nnx.Module):
+  """One (4, 3, 2) parameter read as a (4 -> 3·2) map and as a (4·3 -> 2) map: the uses do not line up."""
+
+  def __init__(self, rngs):
+    self.inp = nnx.Linear(5, 4, rngs=rngs)
+    self.k = nnx.Param(jax.random.normal(rngs.params(), (4, 3, 2)))
+    self.head = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.relu(self.inp(x))  # (B, 4)
+    a = jnp.einsum("bi,ijk->bjk", h, self.k[...]).reshape(x.shape[0], 6)
+    b = jnp.einsum("bij,ijk->bk", jnp.broadcast_to(h[:, :, None], (x.shape[0], 4, 3)), self.k[...])
+    return self.head(jnp.concatenate([a, b], -1))
+
+
+def test_a_kernel_whose_uses_do_not_line_up_is_kept_whole_and_said_so():
+  """inp's output 1 is read only through k[1] (zero): it could go if k were one layer, but k's two uses index its
+  features along different axes, so the kernel and the channels it meets stay; the report says why."""
+  model = TwoViews(nnx.Rngs(0))
+  _zero(model.k, 1)
+  _zero(model.head.kernel, (7, slice(None)))  # b's output 1 is unread
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5)), jnp.float32)
+  small, report = surgery.shrink_with_report(model, x)
+  assert _widths(small)["inp/kernel"] == (5, 4) and np.shape(small.k[...]) == (4, 3, 2)
+  assert any("'k' is used by 2 layers along different axes" in note for note in report.notes), report.notes
+  _parity(model, small, x)
