@@ -234,13 +234,18 @@ def test_landing_keeps_the_survivors_values_and_zeroes_what_the_prox_would():
   model, sample = _one_layer(1), jnp.ones((2, 40))
   before = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.Param))]
   controller = budget.Controller.for_model(model, sample, nonzero=0.25)
-  m = controller.land(model, regularisers.l1(1.0), 0.05, 1.0)
+  with pytest.warns(UserWarning, match=r"the landing starts at nonzero=97.6 % for a target of nonzero=25 %: one step"):
+    m = controller.land(model, regularisers.l1(1.0), 0.05, 1.0)  # ~4x above the target (the biases are 0): said
   after = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.Param))]
   for b, a in zip(before, after):
     kept = np.abs(b) > 0.05 * m  # the soft threshold's support at the landing multiplier, by hand
     np.testing.assert_array_equal(a, np.where(kept, b, 0.0))  # survivors unchanged, the rest zero
   fraction = sum(np.count_nonzero(a) for a in after) / sum(a.size for a in after)
   assert abs(fraction / 0.25 - 1) <= 0.05 and m > 1.0
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # a landing from less than twice the target is the normal end: no warning
+    budget.Controller.for_model(model, sample, nonzero=0.15).land(model, regularisers.l1(1.0), 0.05, m)
 
 
 def _one_layer(seed: int):

@@ -49,6 +49,7 @@ from mobileprune_jax import groups, metrics, surgery
 from mobileprune_jax.regularisers import Regulariser, base
 
 KINDS = ("nonzero", "params", "macs")
+FAR_LANDING = 2.0  # a landing that starts this many times above the target warns: one step then trims more than half
 
 
 class BudgetNotReachedError(RuntimeError):
@@ -341,6 +342,10 @@ class Controller:
       measured = self.measure(model, preview)
     if ratio(measured, self.targets) <= 1 + self.tolerance / 2:
       return multiplier
+    if ratio(measured, self.targets) > FAR_LANDING:
+      warnings.warn(f"the landing starts at {_fractions(measured)} for a target of {_fractions(self.targets)}: one "
+                    "step removes most of what the pruning left, which usually costs accuracy; prune longer or with "
+                    "stronger coefficients so that the pruning itself comes near the target", stacklevel=2)
     prox, params = self._prox(regulariser, step_size), nnx.state(model, nnx.Param)
 
     roles = groups.leaf_roles(params, list(regulariser.rules or []) + groups.rules_for_model(model))
