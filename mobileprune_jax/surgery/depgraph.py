@@ -4,7 +4,7 @@
 ``jax.make_jaxpr`` on a batch of one (``sample_input``: an array is the model's one argument, a tuple
 its positional arguments, a dict its keyword arguments — ``call_arguments``) and interprets the
 jaxpr abstractly (``tracer``, ``producers``): every conv / dense / ``LinearGeneral`` / depthwise layer, every channel node,
-which nodes must be cut together (residual adds, attention heads, depthwise filters), which
+which nodes must be cut together (residual adds, attention heads, depthwise filters, the uses of a shared kernel), which
 vectors are attached to which channels (biases, BatchNorm), and which channels must stay
 (the model's outputs, ops that mix channels or are not understood — each named in the notes).
 """
@@ -24,7 +24,7 @@ from mobileprune_jax import groups
 from mobileprune_jax.surgery.graph import NO_NODE, Graph, Layer
 from mobileprune_jax.surgery.tracer import Act, Const, Tracer, host
 
-__all__ = ["NO_NODE", "Graph", "Layer", "call_arguments", "eval_mode", "forward_fn", "trace"]
+__all__ = ["NO_NODE", "Graph", "Layer", "call_arguments", "eval_mode", "forward_fn", "join_shared_kernels", "trace"]
 
 
 def eval_mode(model: nnx.Module) -> nnx.Module:
