@@ -92,6 +92,16 @@ def zero_entries(workdir: pathlib.Path) -> int:
              if p.endswith("kernel"))
 
 
+def before_landing(workdir: pathlib.Path) -> str:
+  """The budgeted size the pruning reached before the landing trimmed the rest ("–" when the run did not land)."""
+  entries = [json.loads(line) for line in (workdir / "log.jsonl").read_text().splitlines() if line.strip()]
+  landing = next((i for i, e in enumerate(entries) if e.get("event") == "budget_landing"), None)
+  if landing is None:
+    return "–"
+  sized = [e for e in entries[:landing] if "budget_reached" in e]
+  return ", ".join(f"{100 * v:.1f} %" for v in sized[-1]["budget_reached"].values()) if sized else "–"
+
+
 def row(label: str, workdir: pathlib.Path) -> list[str]:
   s = json.loads((workdir / "summary.json").read_text())
   made = (workdir / "made_at.txt").read_text().strip() if (workdir / "made_at.txt").exists() else "?"
@@ -99,7 +109,7 @@ def row(label: str, workdir: pathlib.Path) -> list[str]:
   lat = (f"{s['latency_dense_ms']:.3f} → {s['latency_pruned_ms']:.3f} ms" if "latency_dense_ms" in s else "–")
   return [f"{label} ({made})", f"{100 * s['base_accuracy']:.2f} → {100 * s['pruned_accuracy']:.2f}",
           pct(s["nonzero_params"], s["params_total"]), f"{s['params_remaining']:,} ({pct(s['params_remaining'], s['params_total'])})",
-          pct(s["macs_pruned"], s["macs_dense"]), f"{zero_entries(workdir):,}", lat]
+          pct(s["macs_pruned"], s["macs_dense"]), f"{zero_entries(workdir):,}", before_landing(workdir), lat]
 
 
 def main() -> None:
@@ -136,8 +146,11 @@ def main() -> None:
       out += ["not run", ""]
       continue
     out += ["| groups | test accuracy (dense → pruned, %) | non-zero | rebuilt params | MACs | zero kernel entries "
-            "left | LiteRT latency (dense → shrunk) |", "|---|---|---|---|---|---|---|"]
+            "left | budget before the landing | LiteRT latency (dense → shrunk) |", "|---|---|---|---|---|---|---|---|"]
     out += ["| " + " | ".join(row("coupled" if c else "per-layer", d)) + " |" for c, d in done.items()]
+    out += ["", "Layer widths (`architecture`, dense → shrunk):", ""]
+    out += [f"* {'coupled' if c else 'per-layer'}: {json.loads((d / 'summary.json').read_text())['architecture_dense']} → "
+            f"{json.loads((d / 'summary.json').read_text())['architecture']}" for c, d in done.items()]
     widths = {c: streams(d, input_shape) for c, d in done.items()}
     names = sorted(set().union(*[w.keys() for w in widths.values()]))
     if names:
