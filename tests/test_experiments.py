@@ -259,3 +259,64 @@ def test_the_docs_excerpt_is_the_report_of_the_committed_records():
   block = text.split(report.EXCERPT_START, 1)[1].split(report.EXCERPT_END, 1)[0].strip("\n")
   assert block == report.excerpt(record.load_all(record.CELLS))
   assert "| MobilePrune (prox-SGD) |" in block and "McNemar" in block
+
+
+def _record(cell, correct):
+  from experiments.grid import record
+
+  return {"cell": {"dataset": cell.dataset, "model": cell.model, "method": cell.method, "budget": cell.budget,
+                   "seed": cell.seed},
+          "config": cell.config_string, "commit_started": "aaa1111", "commit_finished": "aaa1111", "seconds": 90.0,
+          "summary": {"pruned_accuracy": float(correct.mean()), "base_accuracy": 0.99, "test_size": len(correct),
+                      "nonzero_params": 10, "params_total": 1000, "params_remaining": 40, "macs_pruned": 5,
+                      "macs_dense": 100},
+          "test_correct": record.encode_bits(correct)}
+
+
+CRAFTED = {
+    "not JSON": (lambda r: "{broken", "not JSON"),
+    "a field missing": (lambda r: {k: v for k, v in r.items() if k != "seconds"}, "not a cell record"),
+    "an unknown method": (lambda r: {**r, "cell": {**r["cell"], "method": "rm -rf"}}, "unknown cell"),
+    "a count as text": (lambda r: {**r, "summary": {**r["summary"], "params_total": "1000"}}, "non-negative integer"),
+    "an accuracy above 1": (lambda r: {**r, "summary": {**r["summary"], "pruned_accuracy": 1.5}}, "a fraction in"),
+    "too few bits": (lambda r: {**r, "test_correct": r["test_correct"][:-2]}, "lowercase hex digits"),
+    "bits that are not hex": (lambda r: {**r, "test_correct": "zz" + r["test_correct"][2:]}, "lowercase hex digits"),
+    "bits that disagree with the accuracy": (lambda r: {**r, "summary": {**r["summary"], "pruned_accuracy": 0.5}},
+                                             "right, the summary's accuracy 0.5000"),
+    "another cell's file": (lambda r: {**r, "cell": {**r["cell"], "seed": 3}}, "holds the record of"),
+}
+
+
+def _crafted(tmp_path, case):
+  """A valid record of one cell under ``tmp_path``, then damaged as ``CRAFTED[case]`` says; its path."""
+  from experiments.grid import record
+
+  cell = cells.Cell("mnist_subset", "lenet5", "mobileprune", 0.01, 2)
+  correct = np.random.default_rng(0).random(100) < 0.9
+  path = record.path_of(cell, tmp_path)
+  record.write(_record(cell, correct), path)
+  assert list(record.load_all(tmp_path)) == [cell]  # the untouched record loads
+  crafted = CRAFTED[case][0](json.loads(path.read_text()))
+  path.write_text(crafted if isinstance(crafted, str) else json.dumps(crafted))
+  return path
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_a_crafted_cell_record_is_refused_naming_its_file(tmp_path, case):
+  from experiments.grid import record
+
+  path = _crafted(tmp_path, case)
+  with pytest.raises(record.RecordError, match=f"^{path}: .*{CRAFTED[case][1]}"):
+    record.load_all(tmp_path)
+
+
+def test_the_report_command_refuses_a_crafted_record_in_one_line(tmp_path):
+  import subprocess
+  import sys
+
+  path = _crafted(tmp_path, "bits that disagree with the accuracy")
+  p = subprocess.run([sys.executable, "-m", "experiments.grid.report", "--cells", str(tmp_path), "--out",
+                      str(tmp_path / "out")], capture_output=True, text=True)
+  assert p.returncode == 2 and p.stderr.strip() == (f"error: {path}: test_correct gives 84 of 100 right, the summary's "
+                                                    "accuracy 0.5000"), p.stderr
+  assert not (tmp_path / "out").exists()  # nothing written

@@ -82,15 +82,72 @@ def write(record: dict[str, Any], path: pathlib.Path) -> None:
   os.replace(tmp, path)
 
 
+class RecordError(ValueError):
+  """A cell record that is not one this module wrote (damaged, edited or misplaced); the message is one line."""
+
+
+COUNTS = ("test_size", "params_total", "params_remaining", "nonzero_params", "macs_dense", "macs_pruned")
+
+
+def _is_number(x: Any) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def check(r: Any, path: pathlib.Path, root: pathlib.Path) -> None:
+  """Raises ``RecordError`` unless ``r`` (a parsed record read from ``path`` under ``root``) is well formed: the
+  fields the tables read, with sane values; stored under its own cell's name; its per-example correctness the size of
+  its test split and agreeing with its test accuracy (as ``make`` checks a new record against its run)."""
+  def bad(why: str) -> RecordError:
+    return RecordError(f"{path}: {why}")
+
+  if not isinstance(r, dict) or not {"cell", "commit_started", "commit_finished", "seconds", "summary",
+                                     "test_correct"} <= set(r):
+    raise bad("not a cell record (needs cell, commit_started, commit_finished, seconds, summary, test_correct)")
+  c = r["cell"]
+  if not isinstance(c, dict) or set(c) != {"dataset", "model", "method", "budget", "seed"}:
+    raise bad("'cell' must name dataset, model, method, budget and seed")
+  if c["method"] not in (*cells_lib.METHODS, "dense") or not isinstance(c["seed"], int) or (
+      c["budget"] is not None and not (_is_number(c["budget"]) and 0 < c["budget"] <= 1)):
+    raise bad(f"unknown cell {c}")
+  if not all(isinstance(r[k], str) for k in ("commit_started", "commit_finished")) or not _is_number(r["seconds"]):
+    raise bad("commits must be strings and seconds a number")
+  cell = cells_lib.Cell(**c)
+  if path_of(cell, root) != path:
+    raise bad(f"holds the record of {path_of(cell, root).relative_to(root)}")
+  s = r["summary"]
+  if not isinstance(s, dict) or not all(isinstance(s.get(k), int) and not isinstance(s.get(k), bool) and s[k] >= 0
+                                        for k in COUNTS):
+    raise bad(f"summary needs non-negative integer {', '.join(COUNTS)}")
+  for k in ("base_accuracy", "pruned_accuracy", "base_val_accuracy", "val_accuracy"):
+    if k in s and s[k] is not None and not (_is_number(s[k]) and 0 <= s[k] <= 1):
+      raise bad(f"summary {k} must be a fraction in [0, 1], got {s[k]!r}")
+  if not _is_number(s.get("pruned_accuracy")):
+    raise bad("summary has no pruned_accuracy")
+  n, bits = s["test_size"], r["test_correct"]
+  if not isinstance(bits, str) or len(bits) != 2 * (-(-n // 8)) or any(ch not in "0123456789abcdef" for ch in bits):
+    raise bad(f"test_correct must be {2 * (-(-n // 8))} lowercase hex digits (one bit per test example)")
+  correct = int(decode_bits(bits, n).sum()) if n else 0
+  if n and abs(correct - s["pruned_accuracy"] * n) > 2:
+    raise bad(f"test_correct gives {correct} of {n} right, the summary's accuracy {s['pruned_accuracy']:.4f}")
+
+
 def load_all(root: pathlib.Path = CELLS) -> dict[cells_lib.Cell, dict[str, Any]]:
-  """Every record under ``root``: cell → the summary numbers, plus ``_seconds``, ``_commit`` and ``_correct``."""
+  """Every record under ``root``: cell → the summary numbers, plus ``_seconds``, ``_commit`` and ``_correct``.
+
+  Raises:
+    RecordError: a record that does not parse or does not pass ``check`` (one line naming the file).
+  """
   found = {}
   for path in sorted(root.glob("*/*.json")):
-    r = json.loads(path.read_text())
+    try:
+      r = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise RecordError(f"{path}: not JSON ({e})") from None
+    check(r, path, root)
     cell = cells_lib.Cell(**r["cell"])
     commit = r["commit_started"] if r["commit_started"] == r["commit_finished"] else (
         f"{r['commit_started']}→{r['commit_finished']}")
-    n = r["summary"].get("test_size") or 0
+    n = r["summary"]["test_size"]
     found[cell] = {**r["summary"], "_seconds": r["seconds"], "_commit": commit,
                    "_correct": decode_bits(r["test_correct"], n) if n else None}
   return found

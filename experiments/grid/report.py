@@ -14,6 +14,7 @@ import dataclasses
 import json
 import pathlib
 import statistics
+import sys
 from collections import defaultdict
 from typing import Any
 
@@ -384,7 +385,11 @@ def main() -> None:
   parser.add_argument("--excerpt", nargs=2, metavar=("DATASET", "MODEL"),
                       help="print one model's test-accuracy table (the README's excerpt) instead of writing files")
   args = parser.parse_args()
-  results = load(args.runs) if args.runs else record.load_all(args.cells)
+  try:
+    results = load(args.runs) if args.runs else record.load_all(args.cells)
+  except record.RecordError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   if args.excerpt:
     section = model_section(results, *args.excerpt)
     end = section.index("**Validation accuracy (%)**\n")
