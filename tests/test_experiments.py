@@ -284,6 +284,11 @@ CRAFTED = {
     "bits that disagree with the accuracy": (lambda r: {**r, "summary": {**r["summary"], "pruned_accuracy": 0.5}},
                                              "right, the summary's accuracy 0.5000"),
     "another cell's file": (lambda r: {**r, "cell": {**r["cell"], "seed": 3}}, "holds the record of"),
+    "a cell without its seed": (lambda r: {**r, "cell": {k: v for k, v in r["cell"].items() if k != "seed"}},
+                                "'cell' must name"),
+    "a commit as a number": (lambda r: {**r, "commit_finished": 1234567}, "commits must be strings"),
+    "no accuracy": (lambda r: {**r, "summary": {k: v for k, v in r["summary"].items() if k != "pruned_accuracy"}},
+                    "summary has no pruned_accuracy"),
 }
 
 
