@@ -149,8 +149,9 @@ def main() -> None:
             "left | budget before the landing | LiteRT latency (dense → shrunk) |", "|---|---|---|---|---|---|---|---|"]
     out += ["| " + " | ".join(row("coupled" if c else "per-layer", d)) + " |" for c, d in done.items()]
     out += ["", "Layer widths (`architecture`, dense → shrunk):", ""]
-    out += [f"* {'coupled' if c else 'per-layer'}: {json.loads((d / 'summary.json').read_text())['architecture_dense']} → "
-            f"{json.loads((d / 'summary.json').read_text())['architecture']}" for c, d in done.items()]
+    for c, d in done.items():
+      s = json.loads((d / "summary.json").read_text())
+      out.append(f"* {'coupled' if c else 'per-layer'}: {s['architecture_dense']} → {s['architecture']}")
     widths = {c: streams(d, input_shape) for c, d in done.items()}
     names = sorted(set().union(*[w.keys() for w in widths.values()]))
     if names:
