@@ -109,8 +109,18 @@ def filter_sizes(stats: list[LayerStats]) -> str:
 
 
 def cmf_bytes(stats: list[LayerStats], bits: int = 32, batch: int = 1) -> float:
-  """DEGL's computational memory footprint: weights + output activations, in bytes."""
-  return sum(bits / 8 * (s.weights + batch * s.out_spatial * s.n_out) for s in stats)
+  """DEGL's computational memory footprint: weights + output activations, in bytes.
+
+  A kernel used several times (a layer applied twice, a tied head) is stored once: its weights count at
+  its first use, its outputs at every use.
+  """
+  seen: set[str] = set()
+  total = 0.0
+  for s in stats:
+    weights = 0 if s.path in seen else s.weights
+    seen.add(s.path)
+    total += bits / 8 * (weights + batch * s.out_spatial * s.n_out)
+  return total
 
 
 def mms_bytes(model: nnx.Module) -> int:

@@ -151,3 +151,31 @@ def test_a_kernel_whose_uses_do_not_line_up_is_kept_whole_and_said_so():
   assert _widths(small)["inp/kernel"] == (5, 4) and np.shape(small.k[...]) == (4, 3, 2)
   assert any("'k' is used by 2 layers along different axes" in note for note in report.notes), report.notes
   _parity(model, small, x)
+
+
+def test_cmf_stores_a_shared_kernel_once():
+  """DEGL's CMF by hand for TwiceNet: inp 5x8, shared 8x8 stored once but producing 8 outputs at each use, out 8x3."""
+  from mobileprune_jax import metrics
+
+  stats = metrics.layer_stats(TwiceNet(nnx.Rngs(0)), jnp.zeros((1, 5)))
+  assert metrics.cmf_bytes(stats) == 4 * ((40 + 8) + (64 + 8) + 8 + (24 + 3))
+
+
+def test_degl_threshold_counts_a_shared_filter_once():
+  """Feature 5 of the stream through the shared layer (inp's output 5, shared's output 5 at both uses) falls under
+  the threshold: two filters go (inp's and shared's), not three, and every kernel is 7 wide after surgery."""
+  from mobileprune_jax.train import actions
+
+  model = TwiceNet(nnx.Rngs(1))
+  for var in (model.inp.kernel, model.shared.kernel):
+    value = np.asarray(var.get_value()).copy()
+    value[:, 5] *= 1e-4
+    var.set_value(jnp.asarray(value))
+  reference = nnx.clone(model)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5)), jnp.float32)
+  assert actions.degl_threshold(model, x, 1e-2, "out/kernel", coupled=True)["degl_removed_units"] == 2
+  small = surgery.shrink(model, x)
+  assert _widths(small) == {"inp/kernel": (5, 7), "out/kernel": (7, 3), "shared/kernel": (7, 7)}
+  _parity(model, small, x)
+  # the removed feature was nearly silent: the thresholded model stays close to the original
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(reference(x)), atol=1e-2)

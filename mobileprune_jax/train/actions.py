@@ -54,8 +54,8 @@ def degl_threshold(model: nnx.Module, sample_input, t_th: float, exclude: str, c
       dead_roots.discard(max(sorted(roots), key=lambda r: largest[r]))
   for root in dead_roots:
     dead_nodes.update(members[root])
-  removed = sum(1 for layer in graph.layers if layer.sliceable
-                for n in layer.out_nodes.tolist() if n in dead_nodes and layer.groups == 1)
+  removed = len({(layer.kernel_path, f) for layer in graph.layers if layer.sliceable and layer.groups == 1
+                 for f, n in enumerate(layer.out_nodes.tolist()) if n in dead_nodes})  # a shared kernel's filter once
   for layer in graph.layers:
     if not layer.sliceable:
       continue
