@@ -73,6 +73,7 @@ __all__ = [
     "leaf_paths",
     "leaf_roles",
     "unknown_leaves",
+    "named_leaves",
     "to_neuron_groups",
     "from_neuron_groups",
     "to_channel_trees",
@@ -176,6 +177,11 @@ def _resolve_roles(params: Any, rules: Rules | None) -> list[tuple[str, tuple[in
       role = _infer_role(path, shape, children[parent], children.get(parent.rpartition("/")[0], set()))
     out.append((path, shape, role, inferred))
   return out
+
+
+def named_leaves(params: Any, rules: Rules | None) -> list[str]:
+  """Paths of the leaves some rule of ``rules`` matches (their role is the rule's, not inferred)."""
+  return [path for path, _, _, inferred in _resolve_roles(params, rules) if not inferred]
 
 
 def unknown_leaves(params: Any, rules: Rules | None = None) -> list[str]:

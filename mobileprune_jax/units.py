@@ -133,6 +133,17 @@ def _fixed_roots(graph: Graph) -> set[int]:
   return fixed
 
 
+def _partitioning_use(graph: Graph, path: str, side: str, fixed: set[int]) -> Layer:
+  """The use of kernel ``path`` that partitions it: the first whose ``side`` features include a removable one (a tied
+  table's head reads the stream, its lookup reads token ids), else the first use."""
+  uses = [layer for layer in graph.layers if layer.kernel_path == path]
+  for layer in uses:
+    nodes = layer.in_nodes if side == "reader" else layer.out_nodes
+    if layer.sliceable and any(int(n) >= 0 and graph.find(int(n)) not in fixed for n in nodes):
+      return layer
+  return uses[0]
+
+
 def _bucket_width(n: int) -> int:
   return 1 << max(n - 1, 0).bit_length()
 
@@ -145,12 +156,14 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
     graph: the model's channel graph (``surgery.depgraph.trace``).
     kernel_shapes: shape of every parameter by path.
     covered: kernel paths to partition (e.g. the penalised ones); a kernel several layers use is partitioned
-      once, by its first use (the trace joined its uses' features: ``surgery.depgraph.join_shared_kernels``).
+      once, by its first use that reads (``side="reader"``) or writes a removable feature, else its first use (the
+      trace joined its uses' features: ``surgery.depgraph.join_shared_kernels``).
     side: "reader" (MobilePrune, group lasso, ℓ1-SGL) or "writer" (DEGL/EGL).
   """
   if side not in SIDES:
     raise ValueError(f"side must be one of {SIDES}, got {side!r}")
   wanted = set(covered)
+  fixed = _fixed_roots(graph)
   layers, seen, notes = [], set(), []
   for layer in graph.layers:
     path = layer.kernel_path
@@ -161,8 +174,8 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
                    "groups")
       continue
     seen.add(path)
-    layers.append(layer)
-  fixed = _fixed_roots(graph)
+    layers.append(_partitioning_use(graph, path, side, fixed))
+
   paths = tuple(layer.kernel_path for layer in layers)
   offsets = np.concatenate([[0], np.cumsum([math.prod(layer.kernel_shape) for layer in layers])]).astype(np.int64)
 

@@ -179,3 +179,65 @@ def test_degl_threshold_counts_a_shared_filter_once():
   _parity(model, small, x)
   # the removed feature was nearly silent: the thresholded model stays close to the original
   np.testing.assert_allclose(np.asarray(small(x)), np.asarray(reference(x)), atol=1e-2)
+
+
+def _tokens(n=3, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, 20, (n, 7)))
+
+
+def test_a_tied_table_joins_the_stream_units_it_reads():
+  """Group lasso on TiedHead's coupled units, by hand: stream feature j is read by fc1 (row j) and by the head
+  (column j of the table), so its unit is those 24 + 20 entries, weight √2, shrunk by one factor
+  (1 − s·neuron·√2/‖unit‖)_+. Before, the table was left out (role "none") and no stream feature could go."""
+  model = TiedHead(nnx.Rngs(3))
+  step, neuron = 0.5, 0.4
+  reg = regularisers.group_lasso(neuron=neuron, channel=0.1).for_model(model, _tokens())
+  params = nnx.state(model, nnx.Param)
+  emb, fc1 = np.asarray(model.emb.embedding.get_value()), np.asarray(model.fc1.kernel.get_value())
+  out = reg.prox(params, step)
+  new_emb, new_fc1 = np.asarray(out["emb"]["embedding"].get_value()), np.asarray(out["fc1"]["kernel"].get_value())
+  for j in range(12):
+    unit = np.concatenate([emb[:, j], fc1[j]])
+    factor = max(0.0, 1 - step * neuron * np.sqrt(2) / np.linalg.norm(unit))
+    np.testing.assert_allclose(new_emb[:, j], factor * emb[:, j], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(new_fc1[j], factor * fc1[j], rtol=1e-5, atol=1e-7)
+  assert reg.roles(params)[0] == "dense"
+
+
+def test_a_tied_table_the_user_leaves_out_stays_out():
+  model = TiedHead(nnx.Rngs(3))
+  reg = regularisers.group_lasso(neuron=0.4, rules=[("^emb/embedding$", "none")]).for_model(model, _tokens())
+  assert "emb/embedding" not in reg.units.paths
+  params = nnx.state(model, nnx.Param)
+  np.testing.assert_array_equal(np.asarray(reg.prox(params, 0.5)["emb"]["embedding"].get_value()),
+                                np.asarray(model.emb.embedding.get_value()))
+
+
+def test_training_a_tied_head_with_coupled_units_narrows_its_stream():
+  """Prox-SGD with coupled group lasso on next-token-like labels: some stream features die in the table's columns
+  and fc1's rows together, so surgery narrows the table, fc1's inputs and fc2's outputs; exact outputs."""
+  import optax
+
+  from mobileprune_jax import transforms
+
+  model = TiedHead(nnx.Rngs(0))
+  reg = regularisers.group_lasso(neuron=0.1, channel=0.1).for_model(model, _tokens())
+  optimizer = nnx.Optimizer(model, transforms.with_prox(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), reg),
+                            wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, tokens):
+    def loss(m):
+      return optax.softmax_cross_entropy_with_integer_labels(m(tokens), (tokens + 1) % 20).mean()
+
+    value, grads = nnx.value_and_grad(loss)(model)
+    optimizer.update(model, grads)
+    return value
+
+  for i in range(150):
+    step(model, optimizer, _tokens(16, seed=i))
+  small = surgery.shrink(model, _tokens())
+  width = _widths(small)["emb/embedding"][1]
+  assert 0 < width < 12
+  assert _widths(small)["fc1/kernel"][0] == width and _widths(small)["fc2/kernel"][1] == width
+  _parity(model, small, _tokens(5, seed=99))

@@ -273,6 +273,15 @@ def _hidden_layers(graph: Any, roles: Mapping[str, str]) -> list[str]:
   return [p for p, role in roles.items() if role not in ("none", "bias") and p not in seen]
 
 
+def _tied_tables(graph: Any, roles: Mapping[str, str], params: Any, user_rules: Any) -> list[str]:
+  """Embedding tables (role "none") that a layer also uses as a dense kernel (``nnx.Embed.attend``: a tied head),
+  unless the user's own rules name them."""
+  lookups = {layer.kernel_path for layer in graph.layers if layer.kind == "embedding"}
+  dense_uses = {layer.kernel_path for layer in graph.layers if layer.kind != "embedding" and layer.sliceable}
+  named = set(groups.named_leaves(params, list(user_rules or [])))
+  return sorted(p for p in lookups & dense_uses if roles.get(p) == "none" and p not in named)
+
+
 def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -> Regulariser:
   """``reg`` on ``model``'s coupled units (see ``Regulariser.for_model``)."""
   require_nnx(model, f"{reg.name}.for_model", "Regulariser.for_model(model, sample_input) takes a flax.nnx model")
@@ -302,6 +311,10 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
     hidden_rules = [(f"^{re.escape(path.rpartition('/')[0])}/(kernel|bias)$" if "/" in path else
                      f"^{re.escape(path)}$", "none") for path in hidden]
     rules = hidden_rules + rules
+    roles = dict(zip(paths, groups.leaf_roles(params, rules)))
+  tied = _tied_tables(graph, roles, params, reg.rules)
+  if tied:  # an embedding table that is also a dense layer (a tied output head): its columns read the stream
+    rules = [(f"^{re.escape(path)}$", "dense") for path in tied] + rules
     roles = dict(zip(paths, groups.leaf_roles(params, rules)))
   covered = [layer.kernel_path for layer in graph.layers
              if roles.get(layer.kernel_path) in reg.rules_by_role and roles[layer.kernel_path] != "bias"]
