@@ -123,7 +123,7 @@ def _member_slices(layer: Layer, side: str) -> list[tuple[int, np.ndarray, bool]
   return [(f, io[:, f, :].reshape(1, -1), conv) for f in range(layer.n_out)]
 
 
-def _fixed_roots(graph: Graph) -> set[int]:
+def fixed_roots(graph: Graph) -> set[int]:
   """Roots of the channel sets that must stay: pinned, or made or read by a layer that cannot be cut."""
   fixed = {graph.find(n) for n in graph.pinned}
   for layer in graph.layers:
@@ -163,7 +163,7 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
   if side not in SIDES:
     raise ValueError(f"side must be one of {SIDES}, got {side!r}")
   wanted = set(covered)
-  fixed = _fixed_roots(graph)
+  fixed = fixed_roots(graph)
   layers, seen, notes = [], set(), []
   for layer in graph.layers:
     path = layer.kernel_path

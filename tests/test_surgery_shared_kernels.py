@@ -241,3 +241,25 @@ def test_training_a_tied_head_with_coupled_units_narrows_its_stream():
   assert 0 < width < 12
   assert _widths(small)["fc1/kernel"][0] == width and _widths(small)["fc2/kernel"][1] == width
   _parity(model, small, _tokens(5, seed=99))
+
+
+class TiedHeadAfterLayerNorm(TiedHead):
+  """TiedHead with a LayerNorm before the head: the head reads features surgery must keep."""
+
+  def __init__(self, rngs):
+    super().__init__(rngs)
+    self.ln = nnx.LayerNorm(12, rngs=rngs)
+
+  def __call__(self, tokens):
+    h = self.emb(tokens)
+    h = h + self.fc2(nnx.relu(self.fc1(h)))
+    return self.emb.attend(self.ln(h))
+
+
+def test_a_tied_table_whose_head_reads_a_layernormed_stream_stays_unpenalised():
+  model = TiedHeadAfterLayerNorm(nnx.Rngs(3))
+  reg = regularisers.l0_sparse_group_lasso(1e-3, neuron=0.4).for_model(model, _tokens())
+  params = nnx.state(model, nnx.Param)
+  assert "emb/embedding" not in reg.units.paths
+  np.testing.assert_array_equal(np.asarray(reg.prox(params, 0.5)["emb"]["embedding"].get_value()),
+                                np.asarray(model.emb.embedding.get_value()))

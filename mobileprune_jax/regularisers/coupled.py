@@ -274,10 +274,12 @@ def _hidden_layers(graph: Any, roles: Mapping[str, str]) -> list[str]:
 
 
 def _tied_tables(graph: Any, roles: Mapping[str, str], params: Any, user_rules: Any) -> list[str]:
-  """Embedding tables (role "none") that a layer also uses as a dense kernel (``nnx.Embed.attend``: a tied head),
-  unless the user's own rules name them."""
+  """Embedding tables (role "none") that a layer also uses as a dense kernel reading removable features
+  (``nnx.Embed.attend`` on a stream no LayerNorm pins: a tied head), unless the user's own rules name them."""
+  fixed = units_lib.fixed_roots(graph)
   lookups = {layer.kernel_path for layer in graph.layers if layer.kind == "embedding"}
-  dense_uses = {layer.kernel_path for layer in graph.layers if layer.kind != "embedding" and layer.sliceable}
+  dense_uses = {layer.kernel_path for layer in graph.layers if layer.kind != "embedding" and layer.sliceable
+                and any(int(n) >= 0 and graph.find(int(n)) not in fixed for n in layer.in_nodes)}
   named = set(groups.named_leaves(params, list(user_rules or [])))
   return sorted(p for p in lookups & dense_uses if roles.get(p) == "none" and p not in named)
 
