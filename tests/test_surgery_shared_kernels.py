@@ -263,3 +263,25 @@ def test_a_tied_table_whose_head_reads_a_layernormed_stream_stays_unpenalised():
   assert "emb/embedding" not in reg.units.paths
   np.testing.assert_array_equal(np.asarray(reg.prox(params, 0.5)["emb"]["embedding"].get_value()),
                                 np.asarray(model.emb.embedding.get_value()))
+
+
+def test_palm_takes_a_shared_kernel_as_one_block():
+  """The trace lists a layer applied twice at both uses; PALM's sweep visits its block once (at the first use)."""
+  from mobileprune_jax.train import palm
+
+  paths = ["inp/bias", "inp/kernel", "out/bias", "out/kernel", "shared/bias", "shared/kernel"]
+  listed = ["inp/kernel", "shared/kernel", "shared/kernel", "out/kernel"]
+  assert palm.layer_blocks(paths, listed) == [[1, 0], [5, 4], [3, 2]]
+
+  class Net(TwiceNet):
+    def __call__(self, x, train=False):
+      return super().__call__(x)
+
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 5)), jnp.float32)
+  y = jnp.asarray(np.arange(16) % 3)
+  reg = regularisers.l0_sparse_group_lasso(1e-3, neuron=0.05)
+  once, twice = Net(nnx.Rngs(0)), Net(nnx.Rngs(0))
+  palm.make_palm_step(once, reg, ["inp/kernel", "shared/kernel", "out/kernel"])(once, x, y)
+  palm.make_palm_step(twice, reg, listed)(twice, x, y)
+  for a, b in zip(jax.tree.leaves(nnx.state(once, nnx.Param)), jax.tree.leaves(nnx.state(twice, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -38,10 +38,11 @@ from mobileprune_jax.train.steps import cross_entropy
 
 
 def layer_blocks(param_paths: Sequence[str], kernel_paths: Sequence[str]) -> list[list[int]]:
-  """Leaf indices of each layer block (kernel + sibling bias), in the order of kernel_paths."""
+  """Leaf indices of each layer block (kernel + sibling bias), in the order of kernel_paths (a kernel several layers
+  use, listed once per use, is one block at its first use)."""
   index = {p: i for i, p in enumerate(param_paths)}
   blocks = []
-  for kernel in kernel_paths:
+  for kernel in dict.fromkeys(kernel_paths):
     parent = kernel.rpartition("/")[0]
     block = [index[kernel]]
     bias = f"{parent}/bias" if parent else "bias"
