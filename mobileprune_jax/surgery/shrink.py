@@ -127,7 +127,7 @@ def _attachment_cuts(graph: depgraph.Graph, removed: set[int], shapes: dict[str,
     linked_keep = np.zeros(size, bool)
     linked = np.zeros(size, bool)
     linked[idx] = True
-    keep_mask = np.array([int(n) not in removed for n in nodes])
+    keep_mask = ~np.isin(nodes, np.fromiter(removed, np.int64, len(removed)))
     np.logical_or.at(linked_keep, idx, keep_mask)
     drop = linked & ~linked_keep
     if not drop.any():

@@ -72,6 +72,31 @@ _NP_STRUCTURAL = {
 }
 
 
+def _set_zero(value: np.ndarray, zero: np.ndarray) -> np.ndarray:
+  """``value`` with the ``zero`` elements set to 0 (``value`` itself when there are none)."""
+  return np.where(zero, 0.0, value) if zero.any() else value
+
+
+def _meeting(idx: np.ndarray, ids: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """``idx`` and ``ids`` broadcast against each other within ``shape``, without the axes along which ``idx`` is
+  broadcast and ``ids`` does not change (a channel vector meeting an activation: one position stands for all)."""
+  aligned = (1,) * (len(shape) - np.ndim(idx)) + np.shape(idx)
+  ids = np.broadcast_to(ids, shape)
+  axes = [d for d in range(len(shape)) if aligned[d] == 1 and shape[d] > 1]
+  if axes:
+    first = ids[tuple(slice(0, 1) if d in axes else slice(None) for d in range(len(shape)))]
+    if np.array_equal(ids, np.broadcast_to(first, shape)):
+      ids = first
+  return np.broadcast_to(np.reshape(idx, aligned), ids.shape), ids
+
+
+def _unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The distinct pairs (a[i], b[i]) of two non-negative integer arrays."""
+  width = int(b.max()) + 1
+  key = np.unique(a.astype(np.int64) * width + b)
+  return key // width, key % width
+
+
 class Tracer:
   """Interprets a jaxpr over ``Const``/``Act`` values, building layers, nodes and groups."""
 
@@ -218,25 +243,23 @@ class Tracer:
     """The op applied to the known constant values of its operands (NaN where any is unknown)."""
     shape = tuple(eqn.outvars[0].aval.shape)
     known = np.ones(shape, bool)
-    args = []
-    for x, v in zip(ins, eqn.invars):
+    for x in ins:
       if isinstance(x, Act):
-        known &= np.broadcast_to(x.known, shape) if x.value.shape != shape else x.known
-        args.append(jnp.asarray(np.where(x.known, x.value, 0), v.aval.dtype))
-      else:
-        args.append(jnp.asarray(x.value))
-    if not known.any():
-      return np.full(shape, np.nan)
+        known &= np.broadcast_to(x.known, shape)
+        if not known.any():  # the usual case: nothing about the input is fixed (a read-only view, no copy)
+          return np.broadcast_to(np.float64(np.nan), shape)
+    args = [jnp.asarray(np.where(x.known, x.value, 0), v.aval.dtype) if isinstance(x, Act) else jnp.asarray(x.value)
+            for x, v in zip(ins, eqn.invars)]
     out = np.asarray(eqn.primitive.bind(*args, **eqn.primitive.get_bind_params(eqn.params)), np.float64)
     return np.where(known, np.broadcast_to(out, shape), np.nan)
 
   def attach(self, const: Const, act: Act, shape: tuple[int, ...]) -> None:
     for path, idx in const.origin.items():
-      idx = np.broadcast_to(idx, shape)
-      ids = np.broadcast_to(act.ids, shape)
+      idx, ids = _meeting(idx, act.ids, shape)
       ok = (idx >= 0) & (ids >= 0)
-      if ok.any():
-        self.attachments.setdefault(path, []).append((idx[ok].ravel(), ids[ok].ravel()))
+      if ok.any():  # one pair per (entry, node): a bias meets its channel at every position
+        idx, ids = _unique_pairs(idx[ok].ravel(), ids[ok].ravel())
+        self.attachments.setdefault(path, []).append((idx, ids))
 
   def binary(self, name: str, eqn, ins: list[Any]) -> Act:
     shape = tuple(eqn.outvars[0].aval.shape)
@@ -245,18 +268,19 @@ class Tracer:
       if isinstance(x, Const) and acts:
         self.attach(x, acts[0], shape)
         self.pin_met_by_fixed_array(x, acts[0], shape)
-    a, b = (self.as_act(x, shape) for x in ins[:2])
-    if len(acts) == 2:
-      self.union(a.ids, b.ids)
-      self.pin_unpartnered(a, b)
-      self.pin_met_by_opaque([a, b])
-    ids = np.where(a.ids >= 0, a.ids, b.ids)
     value = self.constant_values(eqn, ins)
+    zero = [np.broadcast_to(x.zero if isinstance(x, Act) else np.asarray(x.value) == 0, shape) for x in ins[:2]]
     if name in ("mul", "and"):  # 0 · anything = 0
-      value = np.where(a.zero | b.zero, 0.0, value)
+      value = _set_zero(value, zero[0] | zero[1])
     elif name == "div":
-      value = np.where(a.zero, 0.0, value)
-    return Act(ids, value)
+      value = _set_zero(value, zero[0])
+    if len(acts) == 1:  # with a constant: the activation's nodes (the constant has none)
+      return Act(np.broadcast_to(acts[0].ids, shape), value)
+    a, b = (self.as_act(x, shape) for x in ins[:2])
+    self.union(a.ids, b.ids)
+    self.pin_unpartnered(a, b)
+    self.pin_met_by_opaque([a, b])
+    return Act(np.where(a.ids >= 0, a.ids, b.ids), value)
 
   def pin_unpartnered(self, a: Act, b: Act) -> None:
     """Pins channels of one operand that meet only wildcards (e.g. a zero-padded channel) in the
