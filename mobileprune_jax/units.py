@@ -49,7 +49,9 @@ class Bucket:
 
   Attributes:
     index: entry positions; ``Units.size`` marks padding.
-    leaf_tap: (U, L) the leaf is a conv tap (leaf coefficient ``shape``), else a dense row (no leaf term).
+    leaf_tap: (U, L) the leaf's kind: ``ROW`` a dense row (no leaf term), ``TAP`` a conv tap across the filters
+      it feeds (leaf coefficient ``shape``), ``SINGLE_TAPS`` a member's taps that each feed one filter (a
+      depthwise filter): each entry is its own leaf of coefficient ``shape``, kept together as one row.
     channel: (U,) the unit term uses ``channel`` (a conv reads the unit), else ``neuron``.
     weight: (U,) the unit term's weight w_u (0: a fixed tree, no unit term).
     size: (U,) real entries per tree.
@@ -91,6 +93,9 @@ class Units:
   def size(self) -> int:
     """Entries in the flat vector (the padding position)."""
     return self.offsets[-1]
+
+
+ROW, TAP, SINGLE_TAPS = 0, 1, 2  # leaf kinds (``Bucket.leaf_tap``)
 
 
 def _member_slices(layer: Layer, side: str) -> list[tuple[int, np.ndarray, bool]]:
@@ -196,8 +201,14 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
   unit_entries = []
   for root in sorted(by_root):
     members = by_root[root]
-    leaves = [row for _, e, _ in members for row in e]
-    taps = [conv and side == "reader" for _, e, conv in members for _ in e]
+    leaves, taps = [], []
+    for _, e, conv in members:
+      if conv and side == "reader" and e.shape[1] == 1 and e.shape[0] > 1:  # one-entry taps: one row, not k² leaves
+        leaves.append(e.ravel())
+        taps.append(SINGLE_TAPS)
+      else:
+        leaves.extend(e)
+        taps.extend([TAP if conv and side == "reader" else ROW] * len(e))
     weight = math.sqrt(len(members)) if side == "reader" else 1.0
     trees.append((leaves, taps, any(c for _, _, c in members), weight, {k for k, _, _ in members}))
     entries = defaultdict(list)
@@ -205,7 +216,7 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
       entries[paths[k]].append(e.ravel() - offsets[k])
     unit_entries.append({p: np.sort(np.concatenate(v)) for p, v in entries.items()})
   for k, e, conv in fixed_leaves:
-    trees.append(([e[0]], [conv and side == "reader"], conv, 0.0, {k}))
+    trees.append(([e[0]], [TAP if conv and side == "reader" else ROW], conv, 0.0, {k}))
 
   component = _components(len(layers), [t[4] for t in trees])
   buckets = _bucket(trees, component, int(offsets[-1]))
@@ -250,7 +261,7 @@ def _bucket(trees, component: list[int], pad: int) -> tuple[Bucket, ...]:
         index[u, i, :len(leaf)] = leaf
     buckets.append(Bucket(
         index=index,
-        leaf_tap=np.array([t[1] for t in members], bool).reshape(len(members), n_leaves),
+        leaf_tap=np.array([t[1] for t in members], np.int8).reshape(len(members), n_leaves),
         channel=np.array([t[2] for t in members], bool),
         weight=np.array([t[3] for t in members], np.float64),
         size=np.array([sum(len(leaf) for leaf in t[0]) for t in members], np.int64),

@@ -326,6 +326,42 @@ def test_l0_sgl_on_a_unit_equals_theta_on_the_hand_assembled_tree():
     np.testing.assert_allclose(v, ref[:len(v)], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("method", ["l0_sparse_group_lasso", "l1_sparse_group_lasso", "group_lasso"])
+def test_a_depthwise_chain_unit_is_exact_against_enumeration(method):
+  """Channel c of MobileBlockNet's block: 9 depthwise taps (each feeds one filter: 9 one-entry leaves of coefficient
+  ``shape``) and the project row (a 1x1 tap across 4 filters: one leaf), unit weight √2 (two slices) and
+  ``channel``. The library's result for the unit's 13 entries is compared with the minimum over all 2^13 supports
+  (ℓ0-SGL; each support solved in closed form) or with the closed-form prox (ℓ1-SGL, group lasso)."""
+  m = MobileBlockNet(nnx.Rngs(2))
+  x = jnp.ones((2, 6, 6, 3))
+  l0, l1, channel, shape, step = 4e-3, 0.02, 0.15, 0.08, 0.5
+  coefs = {"l0_sparse_group_lasso": dict(l0=l0), "l1_sparse_group_lasso": dict(l1=l1), "group_lasso": {}}[method]
+  reg = getattr(regularisers, method)(**coefs, neuron=0.1, channel=channel, shape=shape).for_model(m, x)
+  paths, leaves = _paths_leaves(m)
+  p = dict(zip(paths, [np.asarray(v, np.float64) for v in leaves]))
+  after = dict(zip(paths, [np.asarray(v, np.float64) for v in jax.tree.leaves(reg.prox(nnx.state(m, nnx.Param), step))]))
+  rng = np.random.default_rng(0)
+  for c in rng.permutation(12)[:4]:
+    dw, row = p["block/dw/kernel"][:, :, 0, c].ravel(), p["block/project/kernel"][0, 0, c, :]
+    y = np.zeros((10, 4))
+    y[:9, 0], y[9] = dw, row
+    real = np.zeros((10, 4), bool)
+    real[:9, 0], real[9] = True, True
+    got = np.zeros((10, 4))
+    got[:9, 0], got[9] = after["block/dw/kernel"][:, :, 0, c].ravel(), after["block/project/kernel"][0, 0, c, :]
+    beta = np.full(10, step * shape)
+    gamma = step * channel * np.sqrt(2)
+    if method == "l0_sparse_group_lasso":
+      best = brute_theta_leafwise(y, step * l0, beta, gamma, real)
+      assert objective_theta_leafwise(got, y, step * l0, beta, gamma) - best < 1e-6
+    else:  # closed form: soft threshold (ℓ1), leaf shrinks, one root shrink
+      z = np.sign(y) * np.maximum(np.abs(y) - (step * l1 if method == "l1_sparse_group_lasso" else 0), 0)
+      norms = np.linalg.norm(z, axis=1, keepdims=True)
+      z = z * np.maximum(0, 1 - beta[:, None] / np.where(norms > 0, norms, 1))
+      expected = z * max(0.0, 1 - gamma / max(np.linalg.norm(z), 1e-30))
+      np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_adam_metric_takes_one_step_per_unit():
   """Per-coordinate steps: the unit's step is 1/mean(1/s) over its entries (the metric made constant on the unit)."""

@@ -15,7 +15,8 @@ over trees, so its prox is computed tree by tree, exactly:
 unit joins), so a unit of k equally strong slices costs what its k per-layer groups cost, and a unit of
 one slice is exactly the papers' group. Leaves: ``shape`` on conv taps, no leaf term on dense rows
 (the papers' dense groups have one level). Leaves of parameters outside the units (biases, kernels
-the trace does not see) keep the per-layer rules.
+the trace does not see) keep the per-layer rules. A member's one-entry taps (a depthwise filter's) are one row of the tree: their leaf terms are
+soft thresholds at s·shape, applied first, and the row has no leaf term (the same prox; docs/algorithms.md §K).
 """
 
 from __future__ import annotations
@@ -51,11 +52,12 @@ __all__ = ["CoupledRegulariser", "TreeMeta", "couple", "sparse_group_units", "eg
 class TreeMeta(NamedTuple):
   """Per-tree constants of one bucket (see ``units.Bucket``)."""
 
-  leaf_tap: Array  # (U, L) 1.0 on conv taps
+  leaf_tap: Array  # (U, L) the leaf kind (``units.ROW``, ``TAP``, ``SINGLE_TAPS``)
   channel: Array  # (U,) bool
   weight: Array  # (U,)
   size: Array  # (U,)
   flat: bool = False  # static: no tree has a leaf term (dense rows only), or every tree is one leaf
+  singles: bool = False  # static: some leaf is ``SINGLE_TAPS``
 
 
 # (trees (U, L, F), step per tree (U,), coefficients, meta) -> prox of the trees
@@ -66,7 +68,10 @@ def sparse_group_units(sparse: str | None) -> UnitProx:
   """The prox of sparse·‖x‖_{0|1} + Σ leaf terms + the unit term on trees (``sparse``: None, "l1" or "l0")."""
 
   def prox(trees, s, c, meta):
-    beta = s[:, None] * c["shape"] * meta.leaf_tap
+    beta = s[:, None] * c["shape"] * (meta.leaf_tap == units_lib.TAP)
+    if meta.singles:  # one-entry leaves: their leaf terms are soft thresholds, taken first (docs/algorithms.md §K)
+      t = (s[:, None] * c["shape"] * (meta.leaf_tap == units_lib.SINGLE_TAPS))[..., None]
+      trees = jnp.sign(trees) * jnp.maximum(jnp.abs(trees) - t, 0)
     gamma = s * meta.weight * jnp.where(meta.channel, c["channel"], c["neuron"])
     if sparse == "l0" and meta.flat:  # one group level: θ is π on the whole tree (docs/algorithms.md §C.2's sanity identities)
       n_leaves = trees.shape[1]
@@ -209,7 +214,8 @@ class CoupledRegulariser(Regulariser):
       outputs = []
       for idx, leaf_tap, channel, weight, size in plans:
         meta = TreeMeta(jnp.asarray(leaf_tap, dt), jnp.asarray(channel), jnp.asarray(weight, dt),
-                        jnp.asarray(size, dt), flat=idx.shape[1] == 1 or not leaf_tap.any())
+                        jnp.asarray(size, dt), flat=idx.shape[1] == 1 or not leaf_tap.any(),
+                        singles=bool(np.any(leaf_tap == units_lib.SINGLE_TAPS)))
         s = (jnp.broadcast_to(jnp.asarray(steps, dt), meta.size.shape) if uniform
              else meta.size / jnp.sum(inv[idx], axis=(1, 2)))
         outputs.append(jnp.where(idx < total, self.unit_prox(flat[idx], s, c, meta), 0).ravel())
@@ -230,7 +236,7 @@ def _merge_trees(plans: list[tuple], pad: int) -> list[tuple]:
   for plan in plans:
     idx, leaf_tap = plan[0], plan[1]
     if idx.shape[1] == 1 or not leaf_tap.any():
-      tap = leaf_tap[:, :1] if idx.shape[1] == 1 else np.zeros((len(idx), 1), bool)
+      tap = leaf_tap[:, :1] if idx.shape[1] == 1 else np.zeros((len(idx), 1), leaf_tap.dtype)
       flat.append((idx.reshape(len(idx), 1, -1), tap, *plan[2:]))
     else:
       groups.setdefault(1 << (idx.shape[1] - 1).bit_length(), []).append(plan)
