@@ -326,6 +326,20 @@ def test_l0_sgl_on_a_unit_equals_theta_on_the_hand_assembled_tree():
     np.testing.assert_allclose(v, ref[:len(v)], rtol=1e-5, atol=1e-7)
 
 
+def test_prox_blocks_by_hand():
+  """LeNet-5: conv2's 20 input-channel units (25 taps x 50 filters: 25 leaves padded to 32, width 64); fc1's 50
+  flattened-channel units (16 rows x 500, one level: 8,000 entries padded to 8,192); fc2's 500 rows (10 wide) and
+  conv1's 25 fixed taps (20 wide) in one block padded to 32. MobileBlockNet: each depthwise channel's unit is one
+  row of its 9 one-entry taps and the project row (4 wide): 2 leaves; the stream's 4 units (expand row 12 wide, fc
+  row 3 wide) join them, padded to 16; the stem's 27 fixed taps (4 wide)."""
+  lenet = models.create("lenet5")
+  reg = regularisers.l0_sparse_group_lasso(1e-4, neuron=0.1, channel=0.1, shape=0.01)
+  assert sorted(reg.for_model(lenet, jnp.ones((2, 28, 28, 1))).block_shapes()) == [(20, 32, 64), (50, 1, 8192),
+                                                                                   (525, 1, 32)]
+  block = MobileBlockNet(nnx.Rngs(0))
+  assert sorted(reg.for_model(block, jnp.ones((2, 6, 6, 3))).block_shapes()) == [(16, 2, 16), (27, 1, 4)]
+
+
 @pytest.mark.parametrize("method", ["l0_sparse_group_lasso", "l1_sparse_group_lasso", "group_lasso"])
 def test_a_depthwise_chain_unit_is_exact_against_enumeration(method):
   """Channel c of MobileBlockNet's block: 9 depthwise taps (each feeds one filter: 9 one-entry leaves of coefficient

@@ -182,8 +182,14 @@ class CoupledRegulariser(Regulariser):
     coefs = self.coefficients_at(count, multiplier)
     return self._compiled[key](list(values), steps[0] if uniform else list(steps), coefs)
 
-  def _units_fn(self, ks: list[int], uniform: bool) -> Callable:
-    """f(values, step(s), coefs) -> new values for the covered kernels ``ks`` (index arrays built once, here)."""
+  def block_shapes(self) -> list[tuple[int, int, int]]:
+    """(trees, leaves, width) of each padded block the prox of all covered kernels works on: its cost follows their
+    entries, not the weights' (``benchmarks/bench_unit_prox.py``)."""
+    return [tuple(plan[0].shape) for plan in self._layout(list(range(len(self.units.paths))))[2]]
+
+  def _layout(self, ks: list[int]) -> tuple[np.ndarray, int, list[tuple], np.ndarray]:
+    """For the covered kernels ``ks``: their offsets in the flat vector of the given kernels, its size, the merged
+    blocks (index (U, L, F), leaf kinds, channel, weight, size) and the gather that puts the blocks' outputs back."""
     units = self.units
     old_off = np.asarray(units.offsets)
     new_off = np.concatenate([[0], np.cumsum([math.prod(units.shapes[k]) for k in ks])]).astype(np.int64)
@@ -205,6 +211,11 @@ class CoupledRegulariser(Regulariser):
     gather = np.empty(total, small)
     real_pos = positions < total
     gather[positions[real_pos]] = np.flatnonzero(real_pos)  # a partition: every position exactly once
+    return new_off, total, plans, gather
+
+  def _units_fn(self, ks: list[int], uniform: bool) -> Callable:
+    """f(values, step(s), coefs) -> new values for the covered kernels ``ks`` (index arrays built once, here)."""
+    new_off, total, plans, gather = self._layout(ks)
 
     def apply(values, steps, coefs):
       dt = compute_dtype(jnp.result_type(*values))
