@@ -365,7 +365,7 @@ def test_the_parity_check_is_relative_for_large_outputs_and_still_catches_a_wron
 def test_attachment_pairs_match_the_elementwise_pairs(idx_shape, uniform):
   """A parameter meeting an activation is recorded as its distinct (entry, node) pairs: the same set as pairing
   every element of the broadcast arrays (brute force), with or without channels that vary across positions."""
-  from mobileprune_jax.surgery import tracer
+  from mobileprune_jax.surgery import values
 
   rng = np.random.default_rng(sum(idx_shape) + uniform)
   shape = (2, 5, 4, 6)
@@ -374,7 +374,7 @@ def test_attachment_pairs_match_the_elementwise_pairs(idx_shape, uniform):
   full_idx, full_ids = np.broadcast_to(idx, shape), np.broadcast_to(ids, shape)
   ok = (full_idx >= 0) & (full_ids >= 0)
   expected = set(zip(full_idx[ok].tolist(), full_ids[ok].tolist()))
-  a, b = tracer._meeting(idx, ids, shape)
+  a, b = values.meeting(idx, ids, shape)
   keep = (a >= 0) & (b >= 0)
-  pairs = tracer._unique_pairs(a[keep].ravel(), b[keep].ravel())
+  pairs = values.unique_pairs(a[keep].ravel(), b[keep].ravel())
   assert list(zip(*(p.tolist() for p in pairs))) == sorted(expected)

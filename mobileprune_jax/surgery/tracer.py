@@ -28,7 +28,7 @@ import numpy as np
 
 from mobileprune_jax.surgery import kernels, linear_maps, producers, reductions
 from mobileprune_jax.surgery.graph import NO_NODE, Layer, UnionFind
-from mobileprune_jax.surgery.values import Act, Const, host, uniform_nodes
+from mobileprune_jax.surgery.values import Act, Const, host, meeting, set_zero, uniform_nodes, unique_pairs
 
 # element-wise primitives, and whether f(0) == 0 for the unary ones
 _UNARY_ZERO_PRESERVING = {
@@ -70,31 +70,6 @@ _NP_STRUCTURAL = {
     "slice": _np_slice,
     "rev": lambda a, dimensions, **_: np.flip(a, tuple(dimensions)),
 }
-
-
-def _set_zero(value: np.ndarray, zero: np.ndarray) -> np.ndarray:
-  """``value`` with the ``zero`` elements set to 0 (``value`` itself when there are none)."""
-  return np.where(zero, 0.0, value) if zero.any() else value
-
-
-def _meeting(idx: np.ndarray, ids: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-  """``idx`` and ``ids`` broadcast against each other within ``shape``, without the axes along which ``idx`` is
-  broadcast and ``ids`` does not change (a channel vector meeting an activation: one position stands for all)."""
-  aligned = (1,) * (len(shape) - np.ndim(idx)) + np.shape(idx)
-  ids = np.broadcast_to(ids, shape)
-  axes = [d for d in range(len(shape)) if aligned[d] == 1 and shape[d] > 1]
-  if axes:
-    first = ids[tuple(slice(0, 1) if d in axes else slice(None) for d in range(len(shape)))]
-    if np.array_equal(ids, np.broadcast_to(first, shape)):
-      ids = first
-  return np.broadcast_to(np.reshape(idx, aligned), ids.shape), ids
-
-
-def _unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """The distinct pairs (a[i], b[i]) of two non-negative integer arrays."""
-  width = int(b.max()) + 1
-  key = np.unique(a.astype(np.int64) * width + b)
-  return key // width, key % width
 
 
 class Tracer:
@@ -255,10 +230,10 @@ class Tracer:
 
   def attach(self, const: Const, act: Act, shape: tuple[int, ...]) -> None:
     for path, idx in const.origin.items():
-      idx, ids = _meeting(idx, act.ids, shape)
+      idx, ids = meeting(idx, act.ids, shape)
       ok = (idx >= 0) & (ids >= 0)
       if ok.any():  # one pair per (entry, node): a bias meets its channel at every position
-        idx, ids = _unique_pairs(idx[ok].ravel(), ids[ok].ravel())
+        idx, ids = unique_pairs(idx[ok].ravel(), ids[ok].ravel())
         self.attachments.setdefault(path, []).append((idx, ids))
 
   def binary(self, name: str, eqn, ins: list[Any]) -> Act:
@@ -271,9 +246,9 @@ class Tracer:
     value = self.constant_values(eqn, ins)
     zero = [np.broadcast_to(x.zero if isinstance(x, Act) else np.asarray(x.value) == 0, shape) for x in ins[:2]]
     if name in ("mul", "and"):  # 0 · anything = 0
-      value = _set_zero(value, zero[0] | zero[1])
+      value = set_zero(value, zero[0] | zero[1])
     elif name == "div":
-      value = _set_zero(value, zero[0])
+      value = set_zero(value, zero[0])
     if len(acts) == 1:  # with a constant: the activation's nodes (the constant has none)
       return Act(np.broadcast_to(acts[0].ids, shape), value)
     a, b = (self.as_act(x, shape) for x in ins[:2])

@@ -67,3 +67,28 @@ def uniform_nodes(ids: np.ndarray, wild: np.ndarray) -> tuple[np.ndarray, np.nda
   all_wild = np.all(wild, axis=0)
   same = all_wild | (hi == lo)
   return np.where(all_wild | ~same, NO_NODE, hi), same
+
+
+def set_zero(value: np.ndarray, zero: np.ndarray) -> np.ndarray:
+  """``value`` with the ``zero`` elements set to 0 (``value`` itself when there are none)."""
+  return np.where(zero, 0.0, value) if zero.any() else value
+
+
+def meeting(idx: np.ndarray, ids: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """``idx`` and ``ids`` broadcast against each other within ``shape``, without the axes along which ``idx`` is
+  broadcast and ``ids`` does not change (a channel vector meeting an activation: one position stands for all)."""
+  aligned = (1,) * (len(shape) - np.ndim(idx)) + np.shape(idx)
+  ids = np.broadcast_to(ids, shape)
+  axes = [d for d in range(len(shape)) if aligned[d] == 1 and shape[d] > 1]
+  if axes:
+    first = ids[tuple(slice(0, 1) if d in axes else slice(None) for d in range(len(shape)))]
+    if np.array_equal(ids, np.broadcast_to(first, shape)):
+      ids = first
+  return np.broadcast_to(np.reshape(idx, aligned), ids.shape), ids
+
+
+def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The distinct pairs (a[i], b[i]) of two non-negative integer arrays."""
+  width = int(b.max()) + 1
+  key = np.unique(a.astype(np.int64) * width + b)
+  return key // width, key % width
