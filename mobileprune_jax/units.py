@@ -49,7 +49,7 @@ class Bucket:
 
   Attributes:
     index: entry positions; ``Units.size`` marks padding.
-    leaf_tap: (U, L) the leaf's kind: ``ROW`` a dense row (no leaf term), ``TAP`` a conv tap across the filters
+    leaf_kind: (U, L) the leaf's kind: ``ROW`` a dense row (no leaf term), ``TAP`` a conv tap across the filters
       it feeds (leaf coefficient ``shape``), ``SINGLE_TAPS`` a member's taps that each feed one filter (a
       depthwise filter): each entry is its own leaf of coefficient ``shape``, kept together as one row.
     channel: (U,) the unit term uses ``channel`` (a conv reads the unit), else ``neuron``.
@@ -59,7 +59,7 @@ class Bucket:
   """
 
   index: np.ndarray
-  leaf_tap: np.ndarray
+  leaf_kind: np.ndarray
   channel: np.ndarray
   weight: np.ndarray
   size: np.ndarray
@@ -95,7 +95,7 @@ class Units:
     return self.offsets[-1]
 
 
-ROW, TAP, SINGLE_TAPS = 0, 1, 2  # leaf kinds (``Bucket.leaf_tap``)
+ROW, TAP, SINGLE_TAPS = 0, 1, 2  # leaf kinds (``Bucket.leaf_kind``)
 
 
 def _member_slices(layer: Layer, side: str) -> list[tuple[int, np.ndarray, bool]]:
@@ -180,7 +180,6 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
       continue
     seen.add(path)
     layers.append(_partitioning_use(graph, path, side, fixed))
-
   paths = tuple(layer.kernel_path for layer in layers)
   offsets = np.concatenate([[0], np.cumsum([math.prod(layer.kernel_shape) for layer in layers])]).astype(np.int64)
 
@@ -197,7 +196,7 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
       else:
         fixed_leaves.extend((k, row[None] + offsets[k], conv) for row in entries)
 
-  trees = []  # (leaves (list of 1-D arrays), leaf_tap flags, channel, weight, layers)
+  trees = []  # (leaves (list of 1-D arrays), leaf_kind flags, channel, weight, layers)
   unit_entries = []
   for root in sorted(by_root):
     members = by_root[root]
@@ -261,7 +260,7 @@ def _bucket(trees, component: list[int], pad: int) -> tuple[Bucket, ...]:
         index[u, i, :len(leaf)] = leaf
     buckets.append(Bucket(
         index=index,
-        leaf_tap=np.array([t[1] for t in members], np.int8).reshape(len(members), n_leaves),
+        leaf_kind=np.array([t[1] for t in members], np.int8).reshape(len(members), n_leaves),
         channel=np.array([t[2] for t in members], bool),
         weight=np.array([t[3] for t in members], np.float64),
         size=np.array([sum(len(leaf) for leaf in t[0]) for t in members], np.int64),

@@ -52,7 +52,7 @@ __all__ = ["CoupledRegulariser", "TreeMeta", "couple", "sparse_group_units", "eg
 class TreeMeta(NamedTuple):
   """Per-tree constants of one bucket (see ``units.Bucket``)."""
 
-  leaf_tap: Array  # (U, L) the leaf kind (``units.ROW``, ``TAP``, ``SINGLE_TAPS``)
+  leaf_kind: Array  # (U, L) the leaf kind (``units.ROW``, ``TAP``, ``SINGLE_TAPS``)
   channel: Array  # (U,) bool
   weight: Array  # (U,)
   size: Array  # (U,)
@@ -68,9 +68,9 @@ def sparse_group_units(sparse: str | None) -> UnitProx:
   """The prox of sparse·‖x‖_{0|1} + Σ leaf terms + the unit term on trees (``sparse``: None, "l1" or "l0")."""
 
   def prox(trees, s, c, meta):
-    beta = s[:, None] * c["shape"] * (meta.leaf_tap == units_lib.TAP)
+    beta = s[:, None] * c["shape"] * (meta.leaf_kind == units_lib.TAP)
     if meta.singles:  # one-entry leaves: their leaf terms are soft thresholds, taken first (docs/algorithms.md §K)
-      t = (s[:, None] * c["shape"] * (meta.leaf_tap == units_lib.SINGLE_TAPS))[..., None]
+      t = (s[:, None] * c["shape"] * (meta.leaf_kind == units_lib.SINGLE_TAPS))[..., None]
       trees = jnp.sign(trees) * jnp.maximum(jnp.abs(trees) - t, 0)
     gamma = s * meta.weight * jnp.where(meta.channel, c["channel"], c["neuron"])
     if sparse == "l0" and meta.flat:  # one group level: θ is π on the whole tree (docs/algorithms.md §C.2's sanity identities)
@@ -204,7 +204,7 @@ class CoupledRegulariser(Regulariser):
     for bucket in units.buckets:
       rows = np.isin(bucket.component, comp_ids)
       if rows.any():
-        plans.append((remap[bucket.index[rows]], bucket.leaf_tap[rows], bucket.channel[rows], bucket.weight[rows],
+        plans.append((remap[bucket.index[rows]], bucket.leaf_kind[rows], bucket.channel[rows], bucket.weight[rows],
                       bucket.size[rows]))
     plans = _merge_trees(plans, total)
     positions = np.concatenate([plan[0].ravel() for plan in plans])
@@ -223,10 +223,10 @@ class CoupledRegulariser(Regulariser):
       inv = None if uniform else _inverse_steps(steps, values, dt)
       c = {name: jnp.asarray(v, dt) for name, v in coefs.items()}
       outputs = []
-      for idx, leaf_tap, channel, weight, size in plans:
-        meta = TreeMeta(jnp.asarray(leaf_tap, dt), jnp.asarray(channel), jnp.asarray(weight, dt),
-                        jnp.asarray(size, dt), flat=idx.shape[1] == 1 or not leaf_tap.any(),
-                        singles=bool(np.any(leaf_tap == units_lib.SINGLE_TAPS)))
+      for idx, leaf_kind, channel, weight, size in plans:
+        meta = TreeMeta(jnp.asarray(leaf_kind, dt), jnp.asarray(channel), jnp.asarray(weight, dt),
+                        jnp.asarray(size, dt), flat=idx.shape[1] == 1 or not leaf_kind.any(),
+                        singles=bool(np.any(leaf_kind == units_lib.SINGLE_TAPS)))
         s = (jnp.broadcast_to(jnp.asarray(steps, dt), meta.size.shape) if uniform
              else meta.size / jnp.sum(inv[idx], axis=(1, 2)))
         outputs.append(jnp.where(idx < total, self.unit_prox(flat[idx], s, c, meta), 0).ravel())
@@ -245,9 +245,9 @@ def _merge_trees(plans: list[tuple], pad: int) -> list[tuple]:
   buckets (one group level) become single leaves; a small one is padded into the next wider (``_merge_flat``)."""
   keep, groups, flat = [], {}, []
   for plan in plans:
-    idx, leaf_tap = plan[0], plan[1]
-    if idx.shape[1] == 1 or not leaf_tap.any():
-      tap = leaf_tap[:, :1] if idx.shape[1] == 1 else np.zeros((len(idx), 1), leaf_tap.dtype)
+    idx, leaf_kind = plan[0], plan[1]
+    if idx.shape[1] == 1 or not leaf_kind.any():
+      tap = leaf_kind[:, :1] if idx.shape[1] == 1 else np.zeros((len(idx), 1), leaf_kind.dtype)
       flat.append((idx.reshape(len(idx), 1, -1), tap, *plan[2:]))
     else:
       groups.setdefault(1 << (idx.shape[1] - 1).bit_length(), []).append(plan)

@@ -244,11 +244,11 @@ class Tracer:
         self.attach(x, acts[0], shape)
         self.pin_met_by_fixed_array(x, acts[0], shape)
     value = self.constant_values(eqn, ins)
-    zero = [np.broadcast_to(x.zero if isinstance(x, Act) else np.asarray(x.value) == 0, shape) for x in ins[:2]]
+    zero = lambda x: np.broadcast_to(x.zero if isinstance(x, Act) else np.asarray(x.value) == 0, shape)
     if name in ("mul", "and"):  # 0 · anything = 0
-      value = set_zero(value, zero[0] | zero[1])
+      value = set_zero(value, zero(ins[0]) | zero(ins[1]))
     elif name == "div":
-      value = set_zero(value, zero[0])
+      value = set_zero(value, zero(ins[0]))
     if len(acts) == 1:  # with a constant: the activation's nodes (the constant has none)
       return Act(np.broadcast_to(acts[0].ids, shape), value)
     a, b = (self.as_act(x, shape) for x in ins[:2])
