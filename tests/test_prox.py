@@ -536,3 +536,34 @@ def test_top_k_mask_takes_tied_entries_first_come_against_a_stable_sort():
       expected = np.zeros(n, bool)
       expected[np.argsort(-row, kind="stable")[:kk]] = True  # largest first, equal values in axis order
       np.testing.assert_array_equal(m, expected)
+
+
+def test_pi_on_one_entry_groups_against_enumeration():
+  """Groups of one entry (biases) take π's closed form: checked against both supports, ties included."""
+  rng = np.random.default_rng(11)
+  y = np.concatenate([rng.normal(size=300) * 2, [2.0, -2.0, 1.0, 0.0]])
+  lam = np.concatenate([rng.uniform(0, 1, 300) * (rng.random(300) > 0.2), [1.0, 1.0, 0.0, 0.5]])
+  eta = np.concatenate([rng.uniform(0, 1, 300) * (rng.random(300) > 0.2), [0.5, 0.0, 0.5, 0.0]])
+  x = _run(prox.pi, np.float64, y[:, None], lam, eta)[:, 0]
+  for i in range(len(y)):
+    assert bf.objective_pi(x[i:i + 1], y[i:i + 1], lam[i], eta[i]) <= bf.brute_pi(y[i:i + 1], lam[i], eta[i]) + TOL
+  assert x[-4] == 0 and x[-3] == -1.0 and x[-2] == 0  # ½(2−1)² = 0.5 = eta ties to 0; ½·1² = eta ties to 0
+  assert np.count_nonzero(x) > 50 and np.count_nonzero(x == 0) > 50
+
+
+@pytest.mark.parametrize("n", [1, 7, 65, 300])
+def test_running_max_and_min_against_numpy(n):
+  """``scan`` (a triangular-mask reduction up to ``SHORT_SCAN`` entries, an associative scan beyond) is numpy's
+  accumulate, forwards and reversed, on floats with ±inf and on integers."""
+  from mobileprune_jax.prox.bracketing import scan
+
+  rng = np.random.default_rng(n)
+  f = rng.normal(size=(3, 4, n)).astype(np.float32)
+  f[0, 0, rng.integers(0, n)] = np.inf
+  f[1, 1, rng.integers(0, n)] = -np.inf
+  i = rng.integers(-50, 50, size=(3, 4, n)).astype(np.int32)
+  for x in (f, i):
+    for op, ufunc in ((jnp.maximum, np.maximum), (jnp.minimum, np.minimum)):
+      np.testing.assert_array_equal(np.asarray(scan(op, jnp.asarray(x))), ufunc.accumulate(x, axis=-1))
+      np.testing.assert_array_equal(np.asarray(scan(op, jnp.asarray(x), reverse=True)),
+                                    np.flip(ufunc.accumulate(np.flip(x, -1), axis=-1), -1))

@@ -161,9 +161,36 @@ def count_along(mask: Array) -> Array:
   return jnp.cumsum(mask.astype(jnp.int32), axis=-1)
 
 
+SHORT_SCAN = 256  # longest axis ``scan`` reduces over a triangular mask rather than by an associative scan
+
+
 def scan(op, x: Array, reverse: bool = False) -> Array:
-  """Inclusive prefix scan along the last axis (log-depth: faster than cumsum on CPU)."""
-  return jax.lax.associative_scan(op, x, reverse=reverse, axis=x.ndim - 1)
+  """Inclusive running max or min (``op`` is ``jnp.maximum`` or ``jnp.minimum``) along the last axis.
+
+  An axis of at most ``SHORT_SCAN`` entries (and at most 2²⁴ entry pairs in all) is reduced over a triangular
+  mask, y_k = max_{j ≤ k} x_j: n² work in one kernel, where the log-depth ``jax.lax.associative_scan`` (longer
+  axes) is ~4·log₂ n slices and pads that XLA compiles one by one (on CPU ~16 % of a θ instance's compile).
+  """
+  n = x.shape[-1]
+  if n > SHORT_SCAN or x.size * n > 2 ** 24:
+    return jax.lax.associative_scan(op, x, reverse=reverse, axis=x.ndim - 1)
+  if op is jnp.maximum:
+    reduce, fill = jnp.max, _extreme(x.dtype, low=True)
+  elif op is jnp.minimum:
+    reduce, fill = jnp.min, _extreme(x.dtype, low=False)
+  else:
+    raise ValueError(f"scan: op must be jnp.maximum or jnp.minimum, got {op}")
+  idx = jnp.arange(n)
+  counts = idx[None, :] >= idx[:, None] if reverse else idx[None, :] <= idx[:, None]  # [k, j]: x_j enters y_k
+  return reduce(jnp.where(counts, x[..., None, :], fill), axis=-1)
+
+
+def _extreme(dtype, low: bool) -> Array:
+  """The identity of max (low) or min for ``dtype``: ∓inf for floats, the integer limits otherwise."""
+  if jnp.issubdtype(dtype, jnp.floating):
+    return jnp.array(-jnp.inf if low else jnp.inf, dtype)
+  info = jnp.iinfo(dtype)
+  return jnp.array(info.min if low else info.max, dtype)
 
 
 def cumsum(x: Array, block: int = 32) -> Array:

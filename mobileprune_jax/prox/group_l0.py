@@ -40,9 +40,21 @@ def pi(y: ArrayLike, lam: ArrayLike, eta: ArrayLike) -> Array:
   yc = y.astype(dt)
   flat = lambda a: a.reshape((-1,) + a.shape[y.ndim - 1:])
   yc, lam, eta = flat(yc), flat(lam), flat(eta)
+  if yc.shape[-1] == 1:  # one-entry groups (biases): the closed form, nothing to bracket or rank
+    return pi_single(yc, lam, eta).reshape(y.shape).astype(y.dtype)
   x_fast, ambiguous, inner, outer = pi_bounds(yc, lam, eta)
   x = settle_ambiguous(x_fast, ambiguous, pi_between, (yc, lam, eta, inner, outer))
   return x.reshape(y.shape).astype(y.dtype)
+
+
+def pi_single(yc: Array, lam: Array, eta: Array) -> Array:
+  """π on groups of one entry (shape (groups, 1)): x = y·(1 − lam/|y|)_+ where ½(|y| − lam)_+² > eta, else 0.
+
+  The support is {y} or empty, so π's score S₁ = ½(|y| − lam)_+² − eta against S₀ = 0 decides (ties → 0).
+  """
+  a = jnp.abs(yc[:, 0])
+  keep = 0.5 * jnp.square(jnp.maximum(a - lam, 0)) - eta > 0
+  return jnp.where(keep, shrink_factor(a, lam), 0)[:, None] * yc
 
 
 def pi_bracketed(yc: Array, lam: Array, eta: Array) -> tuple[Array, Array]:
