@@ -173,6 +173,10 @@ class Graph:
   notes: list[str]
   param_paths: list[str]
   output_shapes: list[tuple[int, ...]]
+  # node -> the op whose static shape parameters it passes through (a reshape that splits or merges the axis it
+  # varies along, a slice or split of that axis, a pad of it): the model's code recomputes those shapes for the
+  # shrunk model, so ``shrink`` keeps these channels if the plan that cuts them does not rebuild an equal model
+  shape_sites: dict[int, str] = dataclasses.field(default_factory=dict)
 
   def find(self, n: int) -> int:
     return self._sets.find(n)

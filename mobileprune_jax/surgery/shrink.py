@@ -147,11 +147,11 @@ def _kept(layer: depgraph.Layer, removed: set[int]) -> tuple[list[int], list[int
 
 
 def plan(model: nnx.Module, sample_input: Any, graph: depgraph.Graph | None = None,
-         round_to: int = 1) -> ShrinkReport:
+         round_to: int = 1, keep: frozenset[int] = frozenset()) -> ShrinkReport:
   """Decides what to cut (without building anything).
 
   ``round_to`` > 1 keeps every cut layer's output width at a multiple of it (or unchanged): see
-  ``rounding.round_widths``.
+  ``rounding.round_widths``. ``keep``: graph nodes to keep besides the pinned ones.
 
   Raises:
     ValueError: no sample input, ``round_to`` < 1, or the model has no conv/dense layer to cut.
@@ -163,7 +163,7 @@ def plan(model: nnx.Module, sample_input: Any, graph: depgraph.Graph | None = No
     raise ValueError("the model has no prunable layer (no conv_general_dilated / dot_general with a parameter kernel)")
   _, leaves, paths, _ = depgraph.forward_fn(model)
   shapes = {p: tuple(np.shape(leaf)) for p, leaf in zip(paths, leaves)}
-  extra: set[int] = set()  # channels kept beyond what _decide finds: unsliceable attachments, rounding
+  extra: set[int] = set(keep)  # channels kept beyond what _decide finds: unsliceable attachments, rounding
   placeholders: set[int] = set()  # dead channels kept so that a layer keeps a width of one
   kept_to_round: set[int] = set()
   while True:
@@ -362,15 +362,40 @@ def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = Tr
   require_nnx(model, "surgery.shrink", SHRINK_ROUTE)
   round_to = rounding.check_round_to(round_to)
   check_finite(model)
+  graph = graph if graph is not None else depgraph.trace(model, sample_input)
+  notes = list(graph.notes)
   report = plan(model, sample_input, graph, round_to=round_to)
   new = apply_cuts(model, report.cuts)
+  failure = _parity_failure(model, new, sample_input, atol, report) if check else None
+  sites = frozenset(graph.shape_sites)
+  if failure is not None and sites:
+    # the code recomputed a shape the cut changed (a channel shuffle, a split at fixed sizes): keep those channels
+    ops = " / ".join(sorted(set(graph.shape_sites.values())))
+    graph = dataclasses.replace(graph, notes=notes + [
+        f"cutting the channels that pass through a {ops} did not rebuild an equal model ({failure.args[0].splitlines()[0]}"
+        f"); those {len(sites)} channels are kept (the model's code computes that op's shapes)"])
+    report = plan(model, sample_input, graph, round_to=round_to, keep=sites)
+    new = apply_cuts(model, report.cuts)
+    failure = _parity_failure(model, new, sample_input, atol, report)
+  if failure is not None:
+    raise failure
   report.params_before, report.params_after = count_params(model), count_params(new)
-  if check:
-    report.max_abs_diff, scale = output_diff_and_scale(model, new, sample_input)
-    if not report.max_abs_diff <= atol * max(1.0, scale):
-      raise RuntimeError(f"shrunk model differs from the original by {report.max_abs_diff:.3g} > {atol} · "
-                         f"max(1, {scale:.3g}) (outputs up to {scale:.3g}):\n{report}")
   return new, report
+
+
+def _parity_failure(model: nnx.Module, new: nnx.Module, sample_input: Any, atol: float,
+                    report: ShrinkReport) -> RuntimeError | None:
+  """None if ``new`` reproduces ``model``'s outputs within atol·max(1, max |y|) (and sets
+  ``report.max_abs_diff``), else the error to raise: the difference, or the exception running ``new`` raised."""
+  try:
+    report.max_abs_diff, scale = output_diff_and_scale(model, new, sample_input)
+  except Exception as e:  # the model's code could not run on the cut arrays (e.g. a reshape to fixed sizes)
+    return RuntimeError(f"the shrunk model does not run: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                        f"\n{report}")
+  if not report.max_abs_diff <= atol * max(1.0, scale):
+    return RuntimeError(f"shrunk model differs from the original by {report.max_abs_diff:.3g} > {atol} · "
+                        f"max(1, {scale:.3g}) (outputs up to {scale:.3g}):\n{report}")
+  return None
 
 
 def shrink(model: nnx.Module, sample_input: Any, round_to: int = 1) -> nnx.Module:

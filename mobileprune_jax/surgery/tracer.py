@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobileprune_jax.surgery import kernels, linear_maps, producers, reductions
+from mobileprune_jax.surgery import kernels, linear_maps, producers, reductions, shape_sites
 from mobileprune_jax.surgery.graph import NO_NODE, Layer, UnionFind
 from mobileprune_jax.surgery.values import Act, Const, host, meeting, set_zero, uniform_nodes, unique_pairs
 
@@ -84,6 +84,7 @@ class Tracer:
     self.node_layer: dict[int, int] = {}
     self.attachments: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     self.notes: list[str] = []
+    self.shape_sites: dict[int, str] = {}
 
   # -- nodes ---------------------------------------------------------------------------
 
@@ -151,6 +152,8 @@ class Tracer:
       return [self.select(eqn, ins)]
     if name in _STRUCTURAL:
       return [self.structural(eqn, ins[0])]
+    if name == "split" and isinstance(ins[0], Act):
+      return self.split(eqn, ins[0])
     if name == "pad":
       return [self.pad(eqn, ins)]
     if name == "concatenate":
@@ -314,7 +317,25 @@ class Tracer:
     return Act(ids, np.where(same, first, np.nan))
 
   def structural(self, eqn, a: Act) -> Act:
+    name = eqn.primitive.name
+    if name == "reshape":
+      self.note_shape_site(a, shape_sites.reshaped_axes(a.ids.shape, tuple(eqn.params["new_sizes"])), "reshape")
+    elif name == "slice":
+      self.note_shape_site(a, shape_sites.sliced_axes(a.ids.shape, eqn.params), "slice")
     return Act(self.structural_array(eqn, a.ids).astype(np.int64), self.structural_array(eqn, a.value))
+
+  def split(self, eqn, a: Act) -> list[Act]:
+    """``jnp.split``: each piece carries its part of the input's nodes."""
+    axis, sizes = eqn.params["axis"], [int(n) for n in eqn.params["sizes"]]
+    self.note_shape_site(a, [axis], "split")
+    bounds = np.cumsum([0] + sizes)
+    take = lambda arr, lo, hi: np.take(arr, np.arange(lo, hi), axis=axis)
+    return [Act(take(a.ids, lo, hi), take(a.value, lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+  def note_shape_site(self, a: Act, axes: Sequence[int], op: str) -> None:
+    """Records the nodes that vary along ``axes`` of ``a`` as passing through ``op``'s static shapes."""
+    for node in shape_sites.varying_nodes(a.ids, axes).tolist():
+      self.shape_sites.setdefault(int(node), op)
 
   def pad(self, eqn, ins: list[Any]) -> Act:
     a, value = ins
@@ -331,6 +352,7 @@ class Tracer:
       ids = np.full(shape, pad_node, np.int64)
     values = np.full(shape, pad_value)
     src = self.as_act(a, tuple(eqn.invars[0].aval.shape))
+    self.note_shape_site(src, [d for d, (lo, hi, _) in enumerate(cfg) if lo or hi], "pad")
     sl = tuple(slice(lo, lo + n) for (lo, _, _), n in zip(cfg, src.ids.shape))
     ids[sl], values[sl] = src.ids, src.value
     return Act(ids, values)
