@@ -668,40 +668,81 @@ def test_rmsnorm_swiglu_blocks_train_and_shrink_with_for_model():
 
 
 class RawParamNet(nnx.Module):
-  """A custom parameter used directly (x @ self.w) between ordinary layers."""
+  """Custom parameters used directly between ordinary layers: a kernel (x @ self.w) and a per-unit scale."""
 
   def __init__(self, rngs):
     self.w = nnx.Param(jax.random.normal(rngs.params(), (12, 32)) * 0.3)
+    self.v = nnx.Param(jnp.full((32,), 1.5))
     self.fc = nnx.Linear(32, 32, rngs=rngs)
     self.out = nnx.Linear(32, 5, rngs=rngs)
 
   def __call__(self, x, train=False):
-    return self.out(nnx.relu(self.fc(nnx.relu(x @ self.w))))
+    return self.out(nnx.relu(self.fc(nnx.relu((x @ self.w) * self.v))))
 
 
-def test_for_model_leaves_custom_parameters_unpenalised_with_one_warning_and_still_shrinks():
+def test_for_model_gives_custom_kernels_their_traced_role_and_warns_once_about_the_rest():
   model = RawParamNet(nnx.Rngs(0))
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(16, 12)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 5, 16))
-  with pytest.raises(ValueError, match="parameter 'w' of shape"):  # from the params alone: a rule is needed
-    regularisers.group_lasso(neuron=0.1).roles(nnx.state(model, nnx.Param))
-  with pytest.warns(UserWarning, match=r"group_lasso.for_model: 1 parameter\(s\) .* not penalised: w \(") as caught:
+  params = nnx.state(model, nnx.Param)
+  with pytest.raises(ValueError, match="parameter '[vw]' of shape"):  # from the params alone: a rule is needed
+    regularisers.group_lasso(neuron=0.1).roles(params)
+  with pytest.warns(UserWarning, match=r"group_lasso.for_model: 1 parameter\(s\) .* not penalised: v \(") as caught:
     reg = regularisers.group_lasso(neuron=0.16).for_model(model, x)
-  assert len(caught) == 1
-  assert reg.roles(nnx.state(model, nnx.Param))[-1] == "none" and groups.leaf_paths(nnx.state(model, nnx.Param))[-1] == "w"
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")  # a rule for it: no warning, and it is penalised as a dense kernel
-    ruled = regularisers.group_lasso(neuron=0.2, rules=[(r"^w$", "dense")]).for_model(model, x)
-  assert ruled.roles(nnx.state(model, nnx.Param))[-1] == "dense"
+  assert len(caught) == 1  # w is a plain (in, out) dense kernel in the trace: it takes the role "dense", unwarned
+  roles = dict(zip(groups.leaf_paths(params), reg.roles(params)))
+  assert roles["w"] == "dense" and roles["v"] == "none"
   w0 = np.asarray(model.w[...])
   _train(model, reg, x, y, steps=60, lr=0.1, momentum=0.0)
-  assert not np.any(np.asarray(model.w[...]) == 0) and not np.allclose(np.asarray(model.w[...]), w0)  # trained, not pruned
+  assert not np.any(np.asarray(model.w[...]) == 0) and not np.allclose(np.asarray(model.w[...]), w0)  # reads inputs
   dead = int(np.sum(np.all(np.asarray(model.fc.kernel[...]) == 0, axis=1)))  # w's output units nobody reads
   assert 0 < dead < 32
   small = surgery.shrink(model, x)
-  assert small.w.shape[1] <= 32 - dead and small.w.shape[1] == small.fc.kernel.shape[0]
+  assert small.w.shape[1] <= 32 - dead and small.w.shape[1] == small.fc.kernel.shape[0] == small.v.shape[0]
   np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)
+
+
+class CustomConvNet(nnx.Module):
+  """Convs and a dense layer written with lax / @ on raw parameters, in the library's layouts (HWIO, (in, out)),
+  or as ``nnx`` layers holding the same weights (``library=True``)."""
+
+  def __init__(self, rngs, library=False):
+    self.library = library
+    if library:
+      self.c1, self.c2 = nnx.Conv(3, 8, (3, 3), rngs=rngs), nnx.Conv(8, 6, (3, 3), rngs=rngs)
+      self.fc = nnx.Linear(6, 5, rngs=rngs)
+    else:
+      self.k1 = nnx.Param(jax.random.normal(rngs.params(), (3, 3, 3, 8)) * 0.3)
+      self.k2 = nnx.Param(jax.random.normal(rngs.params(), (3, 3, 8, 6)) * 0.3)
+      self.wt = nnx.Param(jax.random.normal(rngs.params(), (5, 6)) * 0.3)  # (out, in): PyTorch's layout
+
+  def __call__(self, x):
+    if self.library:
+      return self.fc(nnx.relu(self.c2(nnx.relu(self.c1(x)))).mean(axis=(1, 2)))
+    conv = lambda h, k: jax.lax.conv_general_dilated(h, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return nnx.relu(conv(nnx.relu(conv(x, self.k1[...])), self.k2[...])).mean(axis=(1, 2)) @ self.wt[...].T
+
+
+def test_custom_convs_are_penalised_like_the_library_layers_with_the_same_weights():
+  custom, library = CustomConvNet(nnx.Rngs(0)), CustomConvNet(nnx.Rngs(0), library=True)
+  library.c1.kernel[...], library.c2.kernel[...] = custom.k1[...], custom.k2[...]
+  library.fc.kernel[...] = custom.wt[...].T
+  for layer in (library.c1, library.c2, library.fc):
+    layer.bias[...] = jnp.zeros_like(layer.bias[...])
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+  np.testing.assert_allclose(np.asarray(custom(x)), np.asarray(library(x)), atol=1e-5)
+  with pytest.warns(UserWarning, match=r"1 parameter\(s\) .* not penalised: wt \(") as caught:
+    reg = regularisers.group_lasso(neuron=4.0, channel=4.0).for_model(custom, x)
+  assert len(caught) == 1  # an (out, in) matrix has no role of the library's: left alone, said once
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    ref = regularisers.group_lasso(neuron=4.0, channel=4.0).for_model(library, x)
+  new = reg.prox(nnx.state(custom, nnx.Param), 0.5)
+  expected = ref.prox(nnx.state(library, nnx.Param), 0.5)  # k2 reads c1's channels: one unit each
+  np.testing.assert_allclose(np.asarray(new["k2"][...]), np.asarray(expected["c2"]["kernel"][...]), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(new["k1"][...]), np.asarray(custom.k1[...]))  # reads the input: no unit
+  assert 0 < int(np.sum(np.all(np.asarray(new["k2"][...]) == 0, axis=(0, 1, 3)))) < 8
 
 
 class GRUNet(nnx.Module):
@@ -718,24 +759,27 @@ class GRUNet(nnx.Module):
     return self.out(nnx.relu(self.hidden(h)))
 
 
-def test_layers_inside_a_scan_are_not_penalised_and_the_layers_around_them_shrink():
-  """Per-layer groups zeroed every row of the GRU's recurrent kernel (surgery cannot remove any of it)."""
+def test_a_gru_is_penalised_through_its_hidden_units_and_its_state_shrinks():
+  """The trace enters nnx.RNN's scan: hidden unit j is one unit, the recurrent kernel's row j and the next layer's
+  row j (the GRU's fused (16, 48) kernels are split in its three gates by the trace)."""
   model = GRUNet(nnx.Rngs(0))
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.normal(size=(8, 10, 6)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 5, 8))
-  with pytest.warns(UserWarning, match=r"group_lasso.for_model: 2 kernel\(s\) the trace cannot see .*rnn/cell/dense_h/kernel"):
-    reg = regularisers.group_lasso(neuron=0.3).for_model(model, x)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # every kernel is seen: nothing to warn about
+    reg = regularisers.group_lasso(neuron=0.22).for_model(model, x)
   params = nnx.state(model, nnx.Param)
   roles = dict(zip(groups.leaf_paths(params), reg.roles(params)))
-  assert {p: r for p, r in roles.items() if p.startswith("rnn/")} == {
-      "rnn/cell/dense_h/kernel": "none", "rnn/cell/dense_i/kernel": "none", "rnn/cell/dense_i/bias": "none"}
-  cell = {k: np.asarray(v) for k, v in jax.tree.leaves_with_path(nnx.state(model.rnn, nnx.Param))}
+  assert roles["rnn/cell/dense_h/kernel"] == roles["rnn/cell/dense_i/kernel"] == "dense"
+  row = lambda j, width: list(range(j * width, (j + 1) * width))
+  expected = [{"rnn/cell/dense_h/kernel": row(j, 48), "hidden/kernel": row(j, 32)} for j in range(16)]
+  units = [{p: sorted(np.asarray(i).tolist()) for p, i in unit.items()} for unit in reg.units.units]
+  assert all(unit in units for unit in expected)
   _train(model, reg, x, y, steps=60, lr=0.1, momentum=0.0)
-  after = {k: np.asarray(v) for k, v in jax.tree.leaves_with_path(nnx.state(model.rnn, nnx.Param))}
-  assert all(not np.any(after[k] == 0) and not np.allclose(after[k], cell[k]) for k in cell)  # trained, never zeroed
-  dead = int(np.sum(np.all(np.asarray(model.out.kernel[...]) == 0, axis=1)))
-  assert 0 < dead < 32
+  h = np.asarray(model.rnn.cell.dense_h.kernel[...])
+  dead = [j for j in range(16) if not h[j].any() and not np.asarray(model.hidden.kernel[...])[j].any()]
+  assert 0 < len(dead) < 16, len(dead)
   small = surgery.shrink(model, x)
-  assert small.hidden.kernel.shape == (16, 32 - dead) and small.rnn.cell.dense_h.kernel.shape == (16, 48)
+  assert small.rnn.cell.hidden_features == small.rnn.cell.dense_h.kernel.shape[0] <= 16 - len(dead)
   np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)

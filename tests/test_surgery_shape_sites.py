@@ -2,6 +2,7 @@
 with ``jnp.split``, slices at fixed sizes. Expected sizes are counted by hand from the planted dead channels; the
 outputs are compared with the unpruned model's."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -124,3 +125,42 @@ def test_channels_sliced_at_fixed_sizes_are_kept_and_the_rest_still_shrinks():
   assert surgery.count_params(new) == surgery.count_params(model) - (27 + 1) - 9 * 16
   assert new.c1.kernel.shape == (3, 3, 5, 16)
   assert any("slice" in note and "kept" in note for note in report.notes), report.notes
+
+
+class CustomConv(nnx.Module):
+  """A conv written with ``lax.conv_general_dilated``, its group count a Python attribute surgery cannot update."""
+
+  def __init__(self, cin, cout, rngs, groups=1):
+    self.w = nnx.Param(jax.random.normal(rngs.params(), (3, 3, cin // groups, cout)) * 0.2)
+    self.b = nnx.Param(jax.random.normal(rngs.params(), (cout,)) * 0.1)
+    self.groups = groups
+
+  def __call__(self, x):
+    y = jax.lax.conv_general_dilated(x, self.w[...], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=self.groups)
+    return y + self.b[...]
+
+
+class CustomSeparable(nnx.Module):
+  def __init__(self, rngs):
+    self.c1 = CustomConv(3, 16, rngs)
+    self.dw = CustomConv(16, 16, rngs, groups=16)
+    self.c2 = CustomConv(16, 12, rngs)
+    self.fc = nnx.Linear(12, 5, rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.relu(self.c2(nnx.relu(self.dw(nnx.relu(self.c1(x))))))
+    return self.fc(h.mean(axis=(1, 2)))
+
+
+def test_a_custom_depthwise_conv_with_a_fixed_group_count_keeps_its_channels():
+  model = CustomSeparable(nnx.Rngs(3))
+  _zero(model.dw.w, (..., 2))
+  _zero(model.dw.b, 2)  # depthwise channel 2 is zero: cutting it needs groups=15, which the code does not know
+  _zero(model.c2.w, (..., 3))
+  _zero(model.c2.b, 3)  # c2's output 3 is zero: it goes, with the head's row 3
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 8, 8, 3)), jnp.float32)
+  new, report = _shrink(model, x)
+  assert surgery.count_params(new) == surgery.count_params(model) - (9 * 16 + 1) - 5
+  assert new.dw.w.shape == (3, 3, 1, 16) and new.c2.w.shape == (3, 3, 16, 11)
+  assert any("grouped conv" in note for note in report.notes), report.notes

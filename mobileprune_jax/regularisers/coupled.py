@@ -290,6 +290,31 @@ def _hidden_layers(graph: Any, roles: Mapping[str, str]) -> list[str]:
   return [p for p, role in roles.items() if role not in ("none", "bias") and p not in seen]
 
 
+def _roles_from_trace(graph: Any, paths: Sequence[str]) -> dict[str, str]:
+  """Roles for custom kernels (``x @ self.w``) the trace found as plain layers: "dense" for an (in, out) matrix,
+  "conv" / "depthwise" for a (*spatial, in, out) / (*spatial, 1, C) conv kernel, when every use agrees."""
+  found: dict[str, set[str | None]] = {}
+  for layer in graph.layers:
+    if layer.kernel_path in paths:
+      found.setdefault(layer.kernel_path, set()).add(_plain_role(layer))
+  return {path: roles.pop() for path, roles in found.items() if len(roles) == 1 and None not in roles}
+
+
+def _plain_role(layer: Any) -> str | None:
+  """The role of a traced layer whose kernel lies in the library's own layout, else None."""
+  nd = len(layer.kernel_shape)
+  last, second = (nd - 1,), (nd - 2,)
+  if not layer.sliceable:
+    return None
+  if layer.kind == "dense" and nd == 2 and (layer.in_axes, layer.out_axes) == ((0,), (1,)):
+    return "dense"
+  if layer.kind == "conv" and nd >= 3 and (layer.in_axes, layer.out_axes) == (second, last):
+    return "conv"
+  if layer.kind == "depthwise" and nd >= 3 and layer.kernel_shape[-2] == 1 and layer.out_axes == last:
+    return "depthwise"
+  return None
+
+
 def _tied_tables(graph: Any, roles: Mapping[str, str], params: Any, user_rules: Any) -> list[str]:
   """Embedding tables (role "none") that a layer also uses as a dense kernel reading removable features
   (``nnx.Embed.attend`` on a stream no LayerNorm pins: a tied head), unless the user's own rules name them."""
@@ -306,7 +331,12 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
   require_nnx(model, f"{reg.name}.for_model", "Regulariser.for_model(model, sample_input) takes a flax.nnx model")
   rules = list(reg.rules or []) + groups.rules_for_model(model)
   unknown = groups.unknown_leaves(nnx.state(model, nnx.Param), rules)
-  if unknown:  # custom parameters (x @ self.w): their layout names no unit surgery removes
+  if unknown and graph is None:
+    graph = depgraph.trace(model, sample_input)
+  traced = _roles_from_trace(graph, unknown) if unknown else {}
+  rules += [(f"^{re.escape(path)}$", role) for path, role in traced.items()]
+  unknown = [path for path in unknown if path not in traced]
+  if unknown:  # custom parameters the trace finds no plain layer for (or vectors: a bias, a scale)
     warnings.warn(f"{reg.name}.for_model: {len(unknown)} parameter(s) the model's layers do not explain are not "
                   f"penalised: {', '.join(unknown[:4])}{', ...' if len(unknown) > 4 else ''} (pass rules=[(path, role)] "
                   "to penalise them)", stacklevel=3)

@@ -260,6 +260,10 @@ def _sync_attributes(model: nnx.Module) -> None:
       if vec is not None:
         node.num_features = vec.shape[-1]
   for _, node in nnx.iter_graph(model):
+    if isinstance(node, (nnx.LSTMCell, nnx.OptimizedLSTMCell, nnx.GRUCell, nnx.SimpleCell)):
+      # the state width is the recurrent kernel's input width (initialize_carry reads hidden_features)
+      recurrent, inputs = (node.hi, node.ii) if isinstance(node, nnx.LSTMCell) else (node.dense_h, node.dense_i)
+      node.hidden_features, node.in_features = recurrent.kernel.shape[0], inputs.kernel.shape[0]
     if isinstance(node, nnx.MultiHeadAttention):
       heads, head_dim = node.query.kernel.shape[-2:]
       if node.num_kv_heads == node.num_heads:
@@ -366,21 +370,29 @@ def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = Tr
   notes = list(graph.notes)
   report = plan(model, sample_input, graph, round_to=round_to)
   new = apply_cuts(model, report.cuts)
+  report.params_before, report.params_after = count_params(model), count_params(new)
   failure = _parity_failure(model, new, sample_input, atol, report) if check else None
-  sites = frozenset(graph.shape_sites)
+  sites = _unsynced_sites(model, graph.shape_sites)
   if failure is not None and sites:
     # the code recomputed a shape the cut changed (a channel shuffle, a split at fixed sizes): keep those channels
-    ops = " / ".join(sorted(set(graph.shape_sites.values())))
+    ops = " / ".join(sorted({" ".join(op.split()[:2]) if op.startswith("grouped") else op for op in sites.values()}))
     graph = dataclasses.replace(graph, notes=notes + [
         f"cutting the channels that pass through a {ops} did not rebuild an equal model ({failure.args[0].splitlines()[0]}"
         f"); those {len(sites)} channels are kept (the model's code computes that op's shapes)"])
-    report = plan(model, sample_input, graph, round_to=round_to, keep=sites)
+    report = plan(model, sample_input, graph, round_to=round_to, keep=frozenset(sites))
     new = apply_cuts(model, report.cuts)
+    report.params_before, report.params_after = count_params(model), count_params(new)
     failure = _parity_failure(model, new, sample_input, atol, report)
   if failure is not None:
     raise failure
-  report.params_before, report.params_after = count_params(model), count_params(new)
   return new, report
+
+
+def _unsynced_sites(model: nnx.Module, sites: dict[int, str]) -> dict[int, str]:
+  """``sites`` without the grouped convs of ``nnx.Conv`` layers (``_sync_attributes`` updates their group count)."""
+  convs = {path_to_str(path) for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Conv)}
+  synced = lambda op: op.startswith("grouped conv ") and op.split()[2].rpartition("/")[0] in convs
+  return {node: op for node, op in sites.items() if not synced(op)}
 
 
 def _parity_failure(model: nnx.Module, new: nnx.Module, sample_input: Any, atol: float,

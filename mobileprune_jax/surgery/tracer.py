@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobileprune_jax.surgery import kernels, linear_maps, producers, reductions, shape_sites
+from mobileprune_jax.surgery import kernels, linear_maps, loops, producers, reductions, shape_sites
 from mobileprune_jax.surgery.graph import NO_NODE, Layer, UnionFind
 from mobileprune_jax.surgery.values import Act, Const, host, meeting, set_zero, uniform_nodes, unique_pairs
 
@@ -154,6 +154,8 @@ class Tracer:
       return [self.structural(eqn, ins[0])]
     if name == "split" and isinstance(ins[0], Act):
       return self.split(eqn, ins[0])
+    if name == "scan" and (outs := loops.scan(self, eqn, ins)) is not None:
+      return outs
     if name == "pad":
       return [self.pad(eqn, ins)]
     if name == "concatenate":
@@ -405,3 +407,7 @@ class Tracer:
       return
     layer.nz = np.any(layer.io(kernel) != 0, axis=2)
     layer.in_zero = in_zero
+    if layer.groups > 1:  # its feature_group_count lives in the code (nnx.Conv's is updated; a custom layer's is not)
+      for node in np.concatenate([layer.in_nodes, layer.out_nodes]).tolist():
+        if node >= 0:
+          self.shape_sites.setdefault(int(node), f"grouped conv {layer.kernel_path}")

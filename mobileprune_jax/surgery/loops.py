@@ -1,0 +1,58 @@
+"""``lax.scan`` in the channel trace: a recurrent layer (``nnx.RNN`` over an LSTM / GRU / simple cell).
+
+The body runs once on the trace's abstract values: its layers are found like any other, the scanned inputs enter
+as one step (their nodes must not change along the scanned axis), and each carry enters as fresh nodes joined,
+element by element, with its initial value's nodes and with the body's new carry (a recurrent state is one set of
+channels at every step). Values in the loop are unknown (they change from step to step). Layers stacked along the
+scanned axis (``nnx.scan`` over blocks made by ``nnx.vmap``) get other weights at every step: those scans are left
+to the caller (the tracer treats them as opaque).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mobileprune_jax.surgery.graph import NO_NODE
+from mobileprune_jax.surgery.values import Act, Const
+
+
+def scan(tracer: Any, eqn: Any, ins: list[Any]) -> list[Any] | None:
+  """The outputs of a scan (final carries, stacked outputs), or None when it scans over weights or nodes vary
+  along the scanned axis."""
+  params = eqn.params
+  n_consts, n_carry = params["num_consts"], params["num_carry"]
+  consts, inits, xs = ins[:n_consts], ins[n_consts:n_consts + n_carry], ins[n_consts + n_carry:]
+  if any(isinstance(x, Const) and x.origin for x in xs):  # weights scanned over: a different layer per step
+    return None
+  steps = []
+  for x, var in zip(xs, eqn.invars[n_consts + n_carry:]):
+    shape = tuple(var.aval.shape)
+    ids = tracer.as_act(x, shape).ids if isinstance(x, Act) else np.full(shape, NO_NODE, np.int64)
+    if ids.shape[0] and not np.all(ids == ids[:1]):
+      return None
+    steps.append(Act(np.ascontiguousarray(ids[0]), np.full(shape[1:], np.nan)))
+  carries = []
+  for init, var in zip(inits, eqn.invars[n_consts:n_consts + n_carry]):
+    shape = tuple(var.aval.shape)
+    nodes = tracer.new_nodes(int(np.prod(shape, dtype=np.int64))).reshape(shape)
+    if isinstance(init, Act):
+      tracer.union(nodes, tracer.as_act(init, shape).ids)
+    else:  # an initial state the code makes (zeros of the cell's width): its size is in the code
+      for node in nodes.ravel().tolist():
+        tracer.shape_sites.setdefault(int(node), "scan carry")
+    carries.append(Act(nodes, np.full(shape, np.nan)))
+  body = params["jaxpr"]
+  outs = tracer.run(body.jaxpr, body.consts, list(consts) + carries + steps)
+  results = []
+  for carry, out in zip(carries, outs[:n_carry]):
+    new = tracer.as_act(out, carry.ids.shape)
+    tracer.union(carry.ids, new.ids)
+    tracer.pin(carry.ids[new.ids < 0], "a recurrent state that a step sets from constants is kept")
+    results.append(Act(carry.ids, np.full(carry.ids.shape, np.nan)))
+  for out, var in zip(outs[n_carry:], eqn.outvars[n_carry:]):
+    shape = tuple(var.aval.shape)
+    ids = tracer.as_act(out, shape[1:]).ids
+    results.append(Act(np.ascontiguousarray(np.broadcast_to(ids, shape)), np.full(shape, np.nan)))
+  return results
