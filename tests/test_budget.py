@@ -352,22 +352,23 @@ def test_spare_emptied_kernels_by_role():
 
 
 def test_a_target_below_what_the_penalty_can_reach_warns_at_the_start():
-  """A GRU's cell is not penalised (the trace cannot enter its scan): no multiplier takes the model below it."""
+  """Blocks stacked by nnx.vmap and run by nnx.scan are not penalised (the trace does not enter a scan over weights):
+  no multiplier takes the model below them."""
   import jax.numpy as jnp
   import numpy as np
   from flax import nnx
-  from test_coupled import GRUNet
+  from test_surgery_user_models import ScannedStack
 
   from mobileprune_jax import regularisers
 
-  model = GRUNet(nnx.Rngs(0))
-  x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 10, 6)), jnp.float32)
+  model = ScannedStack(rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 5)), jnp.float32)
   with pytest.warns(UserWarning, match="trace cannot see"):
     reg = regularisers.group_lasso(neuron=1e-3).for_model(model, x)
   params = nnx.state(model, nnx.Param)
-  cell = sum(v.size for p, v in jax.tree.leaves_with_path(params) if "rnn" in jax.tree_util.keystr(p))
+  cell = sum(v.size for p, v in jax.tree.leaves_with_path(params) if "blocks" in jax.tree_util.keystr(p))
   total = sum(v.size for v in jax.tree.leaves(params))
-  assert cell / total > 0.5  # the floor: more than half of the parameters are the cell's
+  assert cell / total > 0.5  # the floor: more than half of the parameters are the stack's
   with pytest.warns(UserWarning, match=r"budget params=40 % is out of this penalty's reach: .* keeps params=(\d+)"):
     budget.Controller.for_model(model, x, params=0.4).start(model, reg, 0.1, steps=100)
   import warnings
@@ -384,15 +385,15 @@ def test_the_pipeline_reports_an_unreachable_target_before_any_training_and_once
   import jax.numpy as jnp
   import numpy as np
   from flax import nnx
-  from test_coupled import GRUNet
+  from test_surgery_user_models import ScannedStack
 
   from mobileprune_jax import config, regularisers
   from mobileprune_jax.train.phases import Phase
   from mobileprune_jax.train.state import RunState
   from mobileprune_jax.train.steering import Steering
 
-  model = GRUNet(nnx.Rngs(0))
-  x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 10, 6)), jnp.float32)
+  model = ScannedStack(rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 5)), jnp.float32)
   with pytest.warns(UserWarning, match="trace cannot see"):
     reg = regularisers.group_lasso(neuron=1e-3).for_model(model, x)
   phases = [Phase("pretrain", epochs=1), Phase("prune/1", epochs=1, scaled=True, controlled=True, regulariser=reg,

@@ -18,11 +18,9 @@ the input module is untouched. Its outputs are checked against the original's.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import defaultdict
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -32,6 +30,7 @@ from mobileprune_jax.groups import path_to_str
 from mobileprune_jax.nnx_only import SHRINK_ROUTE, require_nnx
 from mobileprune_jax.surgery import depgraph, rounding
 from mobileprune_jax.surgery.graph import product_indices
+from mobileprune_jax.surgery.parity import max_output_diff, parity_failure
 
 Cuts = dict[str, list[tuple[int, list[int]]]]  # param path -> [(axis, kept indices), ...]
 
@@ -294,50 +293,6 @@ def count_params(model: nnx.Module) -> int:
   return tree_arrays.count_entries(nnx.state(model, nnx.Param))
 
 
-def _random_like(x: jax.Array, rng: np.random.Generator) -> jax.Array:
-  """Normal noise for a float input; for an integer or boolean one (token ids, masks) the sample's own
-  values reshuffled, so that indices stay valid."""
-  if jnp.issubdtype(x.dtype, jnp.inexact):
-    return jnp.asarray(rng.normal(size=x.shape), x.dtype)
-  return jnp.asarray(rng.permutation(np.asarray(x).ravel()).reshape(x.shape), x.dtype)
-
-
-def max_output_diff(a: nnx.Module, b: nnx.Module, sample_input: Any, n: int = 4, seed: int = 0) -> float:
-  """max |a(x) − b(x)| in inference mode over the sample input and random inputs of its shape.
-
-  NaN if either output has a NaN where the other does not agree (NaN is never "equal"), inf
-  if the outputs' shapes differ.
-  """
-  return output_diff_and_scale(a, b, sample_input, n, seed)[0]
-
-
-def output_diff_and_scale(a: nnx.Module, b: nnx.Module, sample_input: Any, n: int = 4,
-                          seed: int = 0) -> tuple[float, float]:
-  """(``max_output_diff``, max |a(x)| over the same inputs): the difference and the scale it is judged against."""
-  x0, rebuild = depgraph.call_arguments(sample_input)
-  rng = np.random.default_rng(seed)
-  xs = [x0] + [[_random_like(x, rng) for x in x0] for _ in range(n)]
-  fa, fb = depgraph.eval_mode(a), depgraph.eval_mode(b)
-
-  def call(model, x):
-    args, kwargs = rebuild(x)
-    return model(*args, **kwargs)
-
-  forward = nnx.jit(call)
-  worst, scale = 0.0, 0.0
-  for x in xs:
-    ya, yb = jax.tree.leaves(forward(fa, x)), jax.tree.leaves(forward(fb, x))
-    if len(ya) != len(yb) or any(np.shape(u) != np.shape(v) for u, v in zip(ya, yb)):
-      return float("inf"), scale
-    for u, v in zip(ya, yb):
-      diff = float(jnp.max(jnp.abs(u.astype(jnp.float32) - v.astype(jnp.float32))))
-      worst = diff if math.isnan(diff) else max(worst, diff)  # a NaN anywhere is a mismatch, never dropped
-      if math.isnan(worst):
-        return worst, scale
-      scale = max(scale, float(jnp.max(jnp.abs(u.astype(jnp.float32)), initial=0.0)))
-  return worst, scale
-
-
 def check_finite(model: nnx.Module) -> None:
   """Raises ValueError naming the first parameter or statistic that holds NaN or inf.
 
@@ -371,7 +326,7 @@ def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = Tr
   report = plan(model, sample_input, graph, round_to=round_to)
   new = apply_cuts(model, report.cuts)
   report.params_before, report.params_after = count_params(model), count_params(new)
-  failure = _parity_failure(model, new, sample_input, atol, report) if check else None
+  failure = parity_failure(model, new, sample_input, atol, report) if check else None
   sites = _unsynced_sites(model, graph.shape_sites)
   if failure is not None and sites:
     # the code recomputed a shape the cut changed (a channel shuffle, a split at fixed sizes): keep those channels
@@ -382,7 +337,7 @@ def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = Tr
     report = plan(model, sample_input, graph, round_to=round_to, keep=frozenset(sites))
     new = apply_cuts(model, report.cuts)
     report.params_before, report.params_after = count_params(model), count_params(new)
-    failure = _parity_failure(model, new, sample_input, atol, report)
+    failure = parity_failure(model, new, sample_input, atol, report)
   if failure is not None:
     raise failure
   return new, report
@@ -393,21 +348,6 @@ def _unsynced_sites(model: nnx.Module, sites: dict[int, str]) -> dict[int, str]:
   convs = {path_to_str(path) for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Conv)}
   synced = lambda op: op.startswith("grouped conv ") and op.split()[2].rpartition("/")[0] in convs
   return {node: op for node, op in sites.items() if not synced(op)}
-
-
-def _parity_failure(model: nnx.Module, new: nnx.Module, sample_input: Any, atol: float,
-                    report: ShrinkReport) -> RuntimeError | None:
-  """None if ``new`` reproduces ``model``'s outputs within atol·max(1, max |y|) (and sets
-  ``report.max_abs_diff``), else the error to raise: the difference, or the exception running ``new`` raised."""
-  try:
-    report.max_abs_diff, scale = output_diff_and_scale(model, new, sample_input)
-  except Exception as e:  # the model's code could not run on the cut arrays (e.g. a reshape to fixed sizes)
-    return RuntimeError(f"the shrunk model does not run: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                        f"\n{report}")
-  if not report.max_abs_diff <= atol * max(1.0, scale):
-    return RuntimeError(f"shrunk model differs from the original by {report.max_abs_diff:.3g} > {atol} · "
-                        f"max(1, {scale:.3g}) (outputs up to {scale:.3g}):\n{report}")
-  return None
 
 
 def shrink(model: nnx.Module, sample_input: Any, round_to: int = 1) -> nnx.Module:
