@@ -5,7 +5,8 @@ Each model is trained for ``--steps`` prox-SGD steps on random inputs and labels
 ``l0_sparse_group_lasso`` (the depthwise kernels grouped per channel, attention kernels per head:
 ``groups.rules_for_model``), so that whole groups become exactly zero; then ``surgery.shrink``, then
 ``export.to_tflite`` of both models (LiteRT parity checked inside) and LiteRT latency (batch 1,
-1 thread, median). The model definitions are those of ``tests/test_surgery_user_models.py``.
+1 thread, median). The model definitions are those of ``tests/test_surgery_user_models.py``,
+``tests/test_surgery_shape_sites.py`` and ``tests/test_surgery_recurrent.py``.
 
     python benchmarks/bench_user_models.py [--steps 40] [--repeats 200]
 """
@@ -30,7 +31,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def _models():
   t = import_file(REPO / "tests" / "test_surgery_user_models.py")
+  shapes = import_file(REPO / "tests" / "test_surgery_shape_sites.py")
+  loops = import_file(REPO / "tests" / "test_surgery_recurrent.py")
   return {
+      "ShuffleNetV2 unit (split, shuffle)": (lambda: shapes.ShuffleUnit(nnx.Rngs(0)), (8, 8, 3), 5),
+      "GRU (nnx.RNN) between dense layers": (lambda: loops.Recurrent(nnx.GRUCell, nnx.Rngs(0)), (6, 4), 5),
       "Flax NNX tutorial CNN (avg_pool)": (lambda: t.TutorialCNN(rngs=nnx.Rngs(0)), (28, 28, 1), 10),
       "max-pool after concat (BN, residual, flatten)": (lambda: t.ConcatPoolNet(nnx.Rngs(0)), (8, 8, 3), 5),
       "MobileNetV2 ×0.35 (zoo, 32×32)": (lambda: models.create("mobilenet_v2", width=0.35, in_channels=1),

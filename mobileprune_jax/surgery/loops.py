@@ -24,13 +24,13 @@ def scan(tracer: Any, eqn: Any, ins: list[Any]) -> list[Any] | None:
   params = eqn.params
   n_consts, n_carry = params["num_consts"], params["num_carry"]
   consts, inits, xs = ins[:n_consts], ins[n_consts:n_consts + n_carry], ins[n_consts + n_carry:]
-  if any(isinstance(x, Const) and x.origin for x in xs):  # weights scanned over: a different layer per step
-    return None
+  if any(isinstance(x, Const) and x.origin for x in xs) or params["length"] == 0:  # weights scanned over: a
+    return None  # different layer per step (or no step at all)
   steps = []
   for x, var in zip(xs, eqn.invars[n_consts + n_carry:]):
     shape = tuple(var.aval.shape)
     ids = tracer.as_act(x, shape).ids if isinstance(x, Act) else np.full(shape, NO_NODE, np.int64)
-    if ids.shape[0] and not np.all(ids == ids[:1]):
+    if not np.all(ids == ids[:1]):
       return None
     steps.append(Act(np.ascontiguousarray(ids[0]), np.full(shape[1:], np.nan)))
   carries = []
