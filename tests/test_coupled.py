@@ -672,12 +672,13 @@ class RawParamNet(nnx.Module):
 
   def __init__(self, rngs):
     self.w = nnx.Param(jax.random.normal(rngs.params(), (12, 32)) * 0.3)
+    self.c = nnx.Param(jnp.full((32,), 0.1))
     self.v = nnx.Param(jnp.full((32,), 1.5))
     self.fc = nnx.Linear(32, 32, rngs=rngs)
     self.out = nnx.Linear(32, 5, rngs=rngs)
 
   def __call__(self, x, train=False):
-    return self.out(nnx.relu(self.fc(nnx.relu((x @ self.w) * self.v))))
+    return self.out(nnx.relu(self.fc(nnx.relu((x @ self.w + self.c) * self.v))))
 
 
 def test_for_model_gives_custom_kernels_their_traced_role_and_warns_once_about_the_rest():
@@ -686,20 +687,21 @@ def test_for_model_gives_custom_kernels_their_traced_role_and_warns_once_about_t
   x = jnp.asarray(rng.normal(size=(16, 12)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 5, 16))
   params = nnx.state(model, nnx.Param)
-  with pytest.raises(ValueError, match="parameter '[vw]' of shape"):  # from the params alone: a rule is needed
+  with pytest.raises(ValueError, match="parameter '[cvw]' of shape"):  # from the params alone: a rule is needed
     regularisers.group_lasso(neuron=0.1).roles(params)
   with pytest.warns(UserWarning, match=r"group_lasso.for_model: 1 parameter\(s\) .* not penalised: v \(") as caught:
     reg = regularisers.group_lasso(neuron=0.16).for_model(model, x)
-  assert len(caught) == 1  # w is a plain (in, out) dense kernel in the trace: it takes the role "dense", unwarned
-  roles = dict(zip(groups.leaf_paths(params), reg.roles(params)))
-  assert roles["w"] == "dense" and roles["v"] == "none"
+  assert len(caught) == 1  # w is a plain (in, out) dense kernel in the trace (role "dense"), c is added to its
+  roles = dict(zip(groups.leaf_paths(params), reg.roles(params)))  # outputs entry by entry (role "bias"): unwarned
+  assert roles["w"] == "dense" and roles["c"] == "bias" and roles["v"] == "none"
   w0 = np.asarray(model.w[...])
   _train(model, reg, x, y, steps=60, lr=0.1, momentum=0.0)
   assert not np.any(np.asarray(model.w[...]) == 0) and not np.allclose(np.asarray(model.w[...]), w0)  # reads inputs
   dead = int(np.sum(np.all(np.asarray(model.fc.kernel[...]) == 0, axis=1)))  # w's output units nobody reads
   assert 0 < dead < 32
   small = surgery.shrink(model, x)
-  assert small.w.shape[1] <= 32 - dead and small.w.shape[1] == small.fc.kernel.shape[0] == small.v.shape[0]
+  assert small.w.shape[1] <= 32 - dead and small.w.shape[1] == small.fc.kernel.shape[0] == small.v.shape[0] \
+      == small.c.shape[0]
   np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)
 
 

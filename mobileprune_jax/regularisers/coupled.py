@@ -297,7 +297,26 @@ def _roles_from_trace(graph: Any, paths: Sequence[str]) -> dict[str, str]:
   for layer in graph.layers:
     if layer.kernel_path in paths:
       found.setdefault(layer.kernel_path, set()).add(_plain_role(layer))
-  return {path: roles.pop() for path, roles in found.items() if len(roles) == 1 and None not in roles}
+  roles = {path: roles.pop() for path, roles in found.items() if len(roles) == 1 and None not in roles}
+  roles.update({path: "bias" for path in paths if path not in roles and _is_bias(graph, path)})
+  return roles
+
+
+def _is_bias(graph: Any, path: str) -> bool:
+  """A vector only ever added to one layer's outputs, entry i to output i (``x @ self.w + self.b``)."""
+  if not graph.attach_ops.get(path) or not graph.attach_ops[path] <= {"add", "add_any", "sub"}:
+    return False
+  pairs = graph.attachments.get(path, [])
+  idx = np.concatenate([i for i, _ in pairs]) if pairs else np.zeros(0, np.int64)
+  nodes = np.concatenate([n for _, n in pairs]) if pairs else np.zeros(0, np.int64)
+  if not len(idx) or len(np.unique(idx)) != len(idx):
+    return False
+  order = np.argsort(idx)
+  if not np.array_equal(idx[order], np.arange(len(idx))):
+    return False
+  nodes = nodes[order]
+  return any(layer.kernel_path != path and len(layer.out_nodes) == len(nodes)
+             and np.array_equal(np.asarray(layer.out_nodes).ravel(), nodes) for layer in graph.layers)
 
 
 def _plain_role(layer: Any) -> str | None:

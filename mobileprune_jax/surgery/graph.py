@@ -177,6 +177,7 @@ class Graph:
   # varies along, a slice or split of that axis, a pad of it): the model's code recomputes those shapes for the
   # shrunk model, so ``shrink`` keeps these channels if the plan that cuts them does not rebuild an equal model
   shape_sites: dict[int, str] = dataclasses.field(default_factory=dict)
+  attach_ops: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # attached path -> element-wise ops
 
   def find(self, n: int) -> int:
     return self._sets.find(n)

@@ -85,6 +85,7 @@ class Tracer:
     self.attachments: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     self.notes: list[str] = []
     self.shape_sites: dict[int, str] = {}
+    self.attach_ops: dict[str, set[str]] = {}  # path -> the element-wise ops that combine it with channels
 
   # -- nodes ---------------------------------------------------------------------------
 
@@ -247,6 +248,8 @@ class Tracer:
     for x in ins:
       if isinstance(x, Const) and acts:
         self.attach(x, acts[0], shape)
+        for path in x.origin:
+          self.attach_ops.setdefault(path, set()).add(name)
         self.pin_met_by_fixed_array(x, acts[0], shape)
     value = self.constant_values(eqn, ins)
     zero = lambda x: np.broadcast_to(x.zero if isinstance(x, Act) else np.asarray(x.value) == 0, shape)
