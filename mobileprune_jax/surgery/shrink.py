@@ -316,7 +316,10 @@ def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = Tr
   ``graph``: a trace of ``model`` with its current weights (``analysis.analyze(model, x).graph``).
   ``check``: the rebuilt model's outputs must equal the original's within atol·max(1, max |y|) — absolute
   for outputs of magnitude ≤ 1, relative above (float32 sums in another order differ by a few ulps of
-  the output; ``report.max_abs_diff`` is the absolute difference).
+  the output; ``report.max_abs_diff`` is the absolute difference). If they do not (or the model's code fails on
+  the cut arrays: a reshape or slice at sizes it computes), the channels that pass through such shapes
+  (``Graph.shape_sites``) are kept and the model is planned again, with a note; with ``check=False`` nothing is
+  run, so neither is this.
   """
   require_nnx(model, "surgery.shrink", SHRINK_ROUTE)
   round_to = rounding.check_round_to(round_to)
