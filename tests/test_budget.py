@@ -363,8 +363,9 @@ def test_a_target_below_what_the_penalty_can_reach_warns_at_the_start():
 
   model = ScannedStack(rngs=nnx.Rngs(0))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 5)), jnp.float32)
-  with pytest.warns(UserWarning, match="trace cannot see"):
+  with pytest.warns(UserWarning, match="trace cannot see") as caught:
     reg = regularisers.group_lasso(neuron=1e-3).for_model(model, x)
+  assert len(caught) == 1, [str(w.message) for w in caught]  # the stack's bias is named with its hidden kernel
   params = nnx.state(model, nnx.Param)
   cell = sum(v.size for p, v in jax.tree.leaves_with_path(params) if "blocks" in jax.tree_util.keystr(p))
   total = sum(v.size for v in jax.tree.leaves(params))

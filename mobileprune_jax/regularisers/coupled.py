@@ -290,6 +290,14 @@ def _hidden_layers(graph: Any, roles: Mapping[str, str]) -> list[str]:
   return [p for p, role in roles.items() if role not in ("none", "bias") and p not in seen]
 
 
+def _beside_hidden_kernel(graph: Any, model: Any, path: str) -> bool:
+  """Whether ``path`` sits beside a kernel the trace saw no layer for (e.g. the stacked bias of blocks run by
+  ``nnx.scan``): the warning about hidden layers names that module."""
+  kernel = path.rpartition("/")[0] + "/kernel"
+  return "/" in path and kernel in groups.leaf_paths(nnx.state(model, nnx.Param)) and \
+      kernel not in {layer.kernel_path for layer in graph.layers}
+
+
 def _roles_from_trace(graph: Any, paths: Sequence[str]) -> dict[str, str]:
   """Roles for custom kernels (``x @ self.w``) the trace found as plain layers: "dense" for an (in, out) matrix,
   "conv" / "depthwise" for a (*spatial, in, out) / (*spatial, 1, C) conv kernel, when every use agrees."""
@@ -355,11 +363,12 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
   traced = _roles_from_trace(graph, unknown) if unknown else {}
   rules += [(f"^{re.escape(path)}$", role) for path, role in traced.items()]
   unknown = [path for path in unknown if path not in traced]
-  if unknown:  # custom parameters the trace finds no plain layer for (or vectors: a bias, a scale)
-    warnings.warn(f"{reg.name}.for_model: {len(unknown)} parameter(s) the model's layers do not explain are not "
-                  f"penalised: {', '.join(unknown[:4])}{', ...' if len(unknown) > 4 else ''} (pass rules=[(path, role)] "
+  told = [path for path in unknown if not _beside_hidden_kernel(graph, model, path)]  # those: the warning below
+  if told:  # custom parameters the trace finds no plain layer for (or vectors: a scale)
+    warnings.warn(f"{reg.name}.for_model: {len(told)} parameter(s) the model's layers do not explain are not "
+                  f"penalised: {', '.join(told[:4])}{', ...' if len(told) > 4 else ''} (pass rules=[(path, role)] "
                   "to penalise them)", stacklevel=3)
-    rules += [(f"^{re.escape(path)}$", "none") for path in unknown]
+  rules += [(f"^{re.escape(path)}$", "none") for path in unknown]
   if reg.unit_prox is None:
     if any(rule.layout.group_ndim for rule in reg.rules_by_role.values() if rule.layout is not ELEMENTS):
       raise ValueError(f"{reg.name}: these groups have no coupled form (conv_grouping='output_filter' groups what a "
