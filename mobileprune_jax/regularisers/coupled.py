@@ -290,12 +290,10 @@ def _hidden_layers(graph: Any, roles: Mapping[str, str]) -> list[str]:
   return [p for p, role in roles.items() if role not in ("none", "bias") and p not in seen]
 
 
-def _beside_hidden_kernel(graph: Any, model: Any, path: str) -> bool:
+def _beside(path: str, hidden_kernels: set[str]) -> bool:
   """Whether ``path`` sits beside a kernel the trace saw no layer for (e.g. the stacked bias of blocks run by
   ``nnx.scan``): the warning about hidden layers names that module."""
-  kernel = path.rpartition("/")[0] + "/kernel"
-  return "/" in path and kernel in groups.leaf_paths(nnx.state(model, nnx.Param)) and \
-      kernel not in {layer.kernel_path for layer in graph.layers}
+  return "/" in path and path.rpartition("/")[0] + "/kernel" in hidden_kernels
 
 
 def _roles_from_trace(graph: Any, paths: Sequence[str]) -> dict[str, str]:
@@ -363,7 +361,10 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
   traced = _roles_from_trace(graph, unknown) if unknown else {}
   rules += [(f"^{re.escape(path)}$", role) for path, role in traced.items()]
   unknown = [path for path in unknown if path not in traced]
-  told = [path for path in unknown if not _beside_hidden_kernel(graph, model, path)]  # those: the warning below
+  told = []  # unknown parameters beside a kernel the trace cannot see are named by the hidden-layer warning below
+  if unknown:
+    hidden = set(groups.leaf_paths(nnx.state(model, nnx.Param))) - {layer.kernel_path for layer in graph.layers}
+    told = [path for path in unknown if not _beside(path, hidden)]
   if told:  # custom parameters the trace finds no plain layer for (or vectors: a scale)
     warnings.warn(f"{reg.name}.for_model: {len(told)} parameter(s) the model's layers do not explain are not "
                   f"penalised: {', '.join(told[:4])}{', ...' if len(told) > 4 else ''} (pass rules=[(path, role)] "
