@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pathlib
 import struct
 from collections.abc import Callable, Mapping
@@ -83,6 +84,30 @@ def write(path: str | pathlib.Path, arrays: Mapping[str, Any], metadata: Mapping
 _HEADER_KEY = "sha256:__header__"
 
 
+def _is_count(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _entry(path: pathlib.Path, name: str, entry: Any) -> tuple[np.dtype, tuple[int, ...], int, int]:
+  """(dtype, shape, begin, end) of one header entry: a known dtype name, a list of sizes ≥ 0, two offsets ≥ 0."""
+  ok = isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and entry["dtype"] in _DTYPES
+  shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if ok else (None, None)
+  ok = ok and isinstance(shape, list) and all(map(_is_count, shape))
+  ok = ok and isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
+  if not ok:
+    raise TensorFileError(f"{path}: damaged entry for {name!r} (dtype, shape or data_offsets)")
+  return _DTYPES[entry["dtype"]], tuple(shape), offsets[0], offsets[1]
+
+
+def _tiling(spans: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+  """The spans as they would be if they tiled [0, size) back to back in this order (what ``write`` makes)."""
+  out, at = [], 0
+  for begin, end in spans:
+    out.append((at, at + end - begin))
+    at += end - begin
+  return out if at == size else out + [(at, size)]
+
+
 def _header_digest(header: dict[str, Any]) -> str:
   """SHA-256 of the header's canonical JSON without its own digest."""
   meta = {k: v for k, v in header["__metadata__"].items() if k != _HEADER_KEY}
@@ -121,19 +146,18 @@ def read(path: str | pathlib.Path, expected_sha256: str | None = None) -> tuple[
     raise TensorFileError(f"{path}: damaged header ({type(e).__name__})") from e
   data = memoryview(blob)[8 + n :]
   arrays: dict[str, np.ndarray] = {}
+  spans = []
   for name, entry in header.items():
-    try:
-      dtype = _DTYPES[entry["dtype"]]
-      shape = tuple(int(d) for d in entry["shape"])
-      begin, end = (int(v) for v in entry["data_offsets"])
-    except (KeyError, TypeError, ValueError) as e:
-      raise TensorFileError(f"{path}: damaged entry for {name!r}") from e
-    if not 0 <= begin <= end <= len(data) or end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+    dtype, shape, begin, end = _entry(path, name, entry)
+    if not 0 <= begin <= end <= len(data) or end - begin != math.prod(shape) * dtype.itemsize:
       raise TensorFileError(f"{path}: array {name!r} lies outside the file (truncated or damaged)")
+    spans.append((begin, end))
     chunk = data[begin:end]
     if _digest(chunk) != meta.get(f"sha256:{name}"):
       raise TensorFileError(f"{path}: checksum mismatch in array {name!r} (flipped or damaged bytes)")
     arrays[name] = np.frombuffer(chunk, dtype=dtype).reshape(shape).copy()
+  if sorted(spans) != _tiling(sorted(spans), len(data)):
+    raise TensorFileError(f"{path}: the arrays overlap or leave bytes unaccounted for (damaged offsets)")
   extra = {k: v for k, v in meta.items() if not k.startswith("sha256:") and k != "format"}
   for key, value in extra.items():
     if not isinstance(value, str):
