@@ -689,10 +689,10 @@ def test_for_model_gives_custom_kernels_their_traced_role_and_warns_once_about_t
   params = nnx.state(model, nnx.Param)
   with pytest.raises(ValueError, match="parameter '[cvw]' of shape"):  # from the params alone: a rule is needed
     regularisers.group_lasso(neuron=0.1).roles(params)
-  with pytest.warns(UserWarning, match=r"group_lasso.for_model: 1 parameter\(s\) .* not penalised: v \(") as caught:
-    reg = regularisers.group_lasso(neuron=0.16).for_model(model, x)
-  assert len(caught) == 1  # w is a plain (in, out) dense kernel in the trace (role "dense"), c is added to its
-  roles = dict(zip(groups.leaf_paths(params), reg.roles(params)))  # outputs entry by entry (role "bias"): unwarned
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # w is a plain (in, out) dense kernel in the trace (role "dense"), c is added to
+    reg = regularisers.group_lasso(neuron=0.16).for_model(model, x)  # its outputs entry by entry (role "bias"), v
+  roles = dict(zip(groups.leaf_paths(params), reg.roles(params)))  # multiplies them (a scale, like a norm's: "none")
   assert roles["w"] == "dense" and roles["c"] == "bias" and roles["v"] == "none"
   w0 = np.asarray(model.w[...])
   _train(model, reg, x, y, steps=60, lr=0.1, momentum=0.0)
@@ -706,8 +706,8 @@ def test_for_model_gives_custom_kernels_their_traced_role_and_warns_once_about_t
 
 
 class CustomConvNet(nnx.Module):
-  """Convs and a dense layer written with lax / @ on raw parameters, in the library's layouts (HWIO, (in, out)),
-  or as ``nnx`` layers holding the same weights (``library=True``)."""
+  """Convs and a dense layer written with lax / @ on raw parameters, in the library's layout (HWIO) and in
+  PyTorch's (OIHW, (out, in) used as ``x @ w.T``), or as ``nnx`` layers holding the same weights (``library=True``)."""
 
   def __init__(self, rngs, library=False):
     self.library = library
@@ -716,35 +716,39 @@ class CustomConvNet(nnx.Module):
       self.fc = nnx.Linear(6, 5, rngs=rngs)
     else:
       self.k1 = nnx.Param(jax.random.normal(rngs.params(), (3, 3, 3, 8)) * 0.3)
-      self.k2 = nnx.Param(jax.random.normal(rngs.params(), (3, 3, 8, 6)) * 0.3)
+      self.k2 = nnx.Param(jax.random.normal(rngs.params(), (6, 8, 3, 3)) * 0.3)  # OIHW: PyTorch's layout
       self.wt = nnx.Param(jax.random.normal(rngs.params(), (5, 6)) * 0.3)  # (out, in): PyTorch's layout
 
   def __call__(self, x):
     if self.library:
       return self.fc(nnx.relu(self.c2(nnx.relu(self.c1(x)))).mean(axis=(1, 2)))
-    conv = lambda h, k: jax.lax.conv_general_dilated(h, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return nnx.relu(conv(nnx.relu(conv(x, self.k1[...])), self.k2[...])).mean(axis=(1, 2)) @ self.wt[...].T
+    conv = lambda h, k, kind: jax.lax.conv_general_dilated(h, k, (1, 1), "SAME",
+                                                            dimension_numbers=("NHWC", kind, "NHWC"))
+    h = nnx.relu(conv(nnx.relu(conv(x, self.k1[...], "HWIO")), self.k2[...], "OIHW"))
+    return h.mean(axis=(1, 2)) @ self.wt[...].T
 
 
 def test_custom_convs_are_penalised_like_the_library_layers_with_the_same_weights():
   custom, library = CustomConvNet(nnx.Rngs(0)), CustomConvNet(nnx.Rngs(0), library=True)
-  library.c1.kernel[...], library.c2.kernel[...] = custom.k1[...], custom.k2[...]
+  library.c1.kernel[...], library.c2.kernel[...] = custom.k1[...], custom.k2[...].transpose(2, 3, 1, 0)
   library.fc.kernel[...] = custom.wt[...].T
   for layer in (library.c1, library.c2, library.fc):
     layer.bias[...] = jnp.zeros_like(layer.bias[...])
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
   np.testing.assert_allclose(np.asarray(custom(x)), np.asarray(library(x)), atol=1e-5)
-  with pytest.warns(UserWarning, match=r"1 parameter\(s\) .* not penalised: wt \(") as caught:
-    reg = regularisers.group_lasso(neuron=4.0, channel=4.0).for_model(custom, x)
-  assert len(caught) == 1  # an (out, in) matrix has no role of the library's: left alone, said once
   with warnings.catch_warnings():
-    warnings.simplefilter("error")
-    ref = regularisers.group_lasso(neuron=4.0, channel=4.0).for_model(library, x)
+    warnings.simplefilter("error")  # OIHW and (out, in) kernels are partitioned by the trace's axes: nothing unseen
+    reg = regularisers.group_lasso(neuron=1.2, channel=4.4).for_model(custom, x)
+    ref = regularisers.group_lasso(neuron=1.2, channel=4.4).for_model(library, x)
   new = reg.prox(nnx.state(custom, nnx.Param), 0.5)
   expected = ref.prox(nnx.state(library, nnx.Param), 0.5)  # k2 reads c1's channels: one unit each
-  np.testing.assert_allclose(np.asarray(new["k2"][...]), np.asarray(expected["c2"]["kernel"][...]), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(new["k2"][...]).transpose(2, 3, 1, 0),
+                             np.asarray(expected["c2"]["kernel"][...]), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(new["wt"][...]).T, np.asarray(expected["fc"]["kernel"][...]), rtol=1e-6)
+  zero = np.asarray(new["wt"][...]) == 0
+  assert np.all(zero.all(axis=0) | ~zero.any(axis=0)) and 0 < zero.all(axis=0).sum() < 6  # whole input columns
   np.testing.assert_array_equal(np.asarray(new["k1"][...]), np.asarray(custom.k1[...]))  # reads the input: no unit
-  assert 0 < int(np.sum(np.all(np.asarray(new["k2"][...]) == 0, axis=(0, 1, 3)))) < 8
+  assert 0 < int(np.sum(np.all(np.asarray(new["k2"][...]) == 0, axis=(0, 2, 3)))) < 8
 
 
 class GRUNet(nnx.Module):

@@ -41,6 +41,7 @@ from mobileprune_jax.prox.convex import tree_shrink
 from mobileprune_jax.prox.group_l0 import pi
 from mobileprune_jax.prox.tree_l0 import theta_leafwise
 from mobileprune_jax.prox.validation import compute_dtype
+from mobileprune_jax.regularisers import traced_roles
 from mobileprune_jax.regularisers.base import ELEMENTS, Regulariser
 from mobileprune_jax.surgery import depgraph
 
@@ -284,73 +285,6 @@ def _inverse_steps(steps: list[Any], values: list[Array], dt) -> Array:
   return jnp.concatenate(parts + [jnp.zeros((1,), dt)])
 
 
-def _hidden_layers(graph: Any, roles: Mapping[str, str]) -> list[str]:
-  """Kernel paths the trace saw no layer for (used inside an opaque op) that no rule already names."""
-  seen = {layer.kernel_path for layer in graph.layers}
-  return [p for p, role in roles.items() if role not in ("none", "bias") and p not in seen]
-
-
-def _beside(path: str, hidden_kernels: set[str]) -> bool:
-  """Whether ``path`` sits beside a kernel the trace saw no layer for (e.g. the stacked bias of blocks run by
-  ``nnx.scan``): the warning about hidden layers names that module."""
-  return "/" in path and path.rpartition("/")[0] + "/kernel" in hidden_kernels
-
-
-def _roles_from_trace(graph: Any, paths: Sequence[str]) -> dict[str, str]:
-  """Roles for custom kernels (``x @ self.w``) the trace found as plain layers: "dense" for an (in, out) matrix,
-  "conv" / "depthwise" for a (*spatial, in, out) / (*spatial, 1, C) conv kernel, when every use agrees."""
-  found: dict[str, set[str | None]] = {}
-  for layer in graph.layers:
-    if layer.kernel_path in paths:
-      found.setdefault(layer.kernel_path, set()).add(_plain_role(layer))
-  roles = {path: roles.pop() for path, roles in found.items() if len(roles) == 1 and None not in roles}
-  roles.update({path: "bias" for path in paths if path not in roles and _is_bias(graph, path)})
-  return roles
-
-
-def _is_bias(graph: Any, path: str) -> bool:
-  """A vector only ever added to one layer's outputs, entry i to output i (``x @ self.w + self.b``)."""
-  if not graph.attach_ops.get(path) or not graph.attach_ops[path] <= {"add", "add_any", "sub"}:
-    return False
-  pairs = graph.attachments.get(path, [])
-  idx = np.concatenate([i for i, _ in pairs]) if pairs else np.zeros(0, np.int64)
-  nodes = np.concatenate([n for _, n in pairs]) if pairs else np.zeros(0, np.int64)
-  if not len(idx) or len(np.unique(idx)) != len(idx):
-    return False
-  order = np.argsort(idx)
-  if not np.array_equal(idx[order], np.arange(len(idx))):
-    return False
-  nodes = nodes[order]
-  return any(layer.kernel_path != path and len(layer.out_nodes) == len(nodes)
-             and np.array_equal(np.asarray(layer.out_nodes).ravel(), nodes) for layer in graph.layers)
-
-
-def _plain_role(layer: Any) -> str | None:
-  """The role of a traced layer whose kernel lies in the library's own layout, else None."""
-  nd = len(layer.kernel_shape)
-  last, second = (nd - 1,), (nd - 2,)
-  if not layer.sliceable:
-    return None
-  if layer.kind == "dense" and nd == 2 and (layer.in_axes, layer.out_axes) == ((0,), (1,)):
-    return "dense"
-  if layer.kind == "conv" and nd >= 3 and (layer.in_axes, layer.out_axes) == (second, last):
-    return "conv"
-  if layer.kind == "depthwise" and nd >= 3 and layer.kernel_shape[-2] == 1 and layer.out_axes == last:
-    return "depthwise"
-  return None
-
-
-def _tied_tables(graph: Any, roles: Mapping[str, str], params: Any, user_rules: Any) -> list[str]:
-  """Embedding tables (role "none") that a layer also uses as a dense kernel reading removable features
-  (``nnx.Embed.attend`` on a stream no LayerNorm pins: a tied head), unless the user's own rules name them."""
-  fixed = units_lib.fixed_roots(graph)
-  lookups = {layer.kernel_path for layer in graph.layers if layer.kind == "embedding"}
-  dense_uses = {layer.kernel_path for layer in graph.layers if layer.kind != "embedding" and layer.sliceable
-                and any(int(n) >= 0 and graph.find(int(n)) not in fixed for n in layer.in_nodes)}
-  named = set(groups.named_leaves(params, list(user_rules or [])))
-  return sorted(p for p in lookups & dense_uses if roles.get(p) == "none" and p not in named)
-
-
 def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -> Regulariser:
   """``reg`` on ``model``'s coupled units (see ``Regulariser.for_model``)."""
   require_nnx(model, f"{reg.name}.for_model", "Regulariser.for_model(model, sample_input) takes a flax.nnx model")
@@ -358,13 +292,14 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
   unknown = groups.unknown_leaves(nnx.state(model, nnx.Param), rules)
   if unknown and graph is None:
     graph = depgraph.trace(model, sample_input)
-  traced = _roles_from_trace(graph, unknown) if unknown else {}
+  any_layout = reg.unit_prox is not None or all(rule.layout is ELEMENTS for rule in reg.rules_by_role.values())
+  traced, foreign = traced_roles.roles_from_trace(graph, unknown, any_layout) if unknown else ({}, set())
   rules += [(f"^{re.escape(path)}$", role) for path, role in traced.items()]
   unknown = [path for path in unknown if path not in traced]
   told = []  # unknown parameters beside a kernel the trace cannot see are named by the hidden-layer warning below
   if unknown:
     hidden = set(groups.leaf_paths(nnx.state(model, nnx.Param))) - {layer.kernel_path for layer in graph.layers}
-    told = [path for path in unknown if not _beside(path, hidden)]
+    told = [path for path in unknown if not traced_roles.beside(path, hidden)]
   if told:  # custom parameters the trace finds no plain layer for (or vectors: a scale)
     warnings.warn(f"{reg.name}.for_model: {len(told)} parameter(s) the model's layers do not explain are not "
                   f"penalised: {', '.join(told[:4])}{', ...' if len(told) > 4 else ''} (pass rules=[(path, role)] "
@@ -381,7 +316,7 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
   paths = groups.leaf_paths(params)
   shapes = {p: tuple(np.shape(x)) for p, x in zip(paths, jax.tree.leaves(params))}
   roles = dict(zip(paths, groups.leaf_roles(params, rules)))
-  hidden = _hidden_layers(graph, roles)
+  hidden = traced_roles.hidden_layers(graph, roles)
   if hidden:  # layers inside an op the trace cannot enter (a scan, an RNN cell): per-layer groups would zero rows
     warnings.warn(f"{reg.name}.for_model: {len(hidden)} kernel(s) the trace cannot see (inside a scan or another "
                   f"opaque op) are not penalised: {', '.join(hidden[:4])}{', ...' if len(hidden) > 4 else ''}; "
@@ -390,13 +325,19 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
                      f"^{re.escape(path)}$", "none") for path in hidden]
     rules = hidden_rules + rules
     roles = dict(zip(paths, groups.leaf_roles(params, rules)))
-  tied = _tied_tables(graph, roles, params, reg.rules)
+  tied = traced_roles.tied_tables(graph, roles, params, reg.rules)
   if tied:  # an embedding table that is also a dense layer (a tied output head): its columns read the stream
     rules = [(f"^{re.escape(path)}$", "dense") for path in tied] + rules
     roles = dict(zip(paths, groups.leaf_roles(params, rules)))
   covered = [layer.kernel_path for layer in graph.layers
              if roles.get(layer.kernel_path) in reg.rules_by_role and roles[layer.kernel_path] != "bias"]
   units = units_lib.units_from_graph(graph, shapes, covered, reg.unit_side)
+  outside = sorted(foreign - set(units.paths))
+  if outside:  # per-layer groups assume the library's layout: a kernel in another one is penalised by its units or not
+    warnings.warn(f"{reg.name}.for_model: {len(outside)} kernel(s) in a layout other than the library's are not in "
+                  f"the units and are not penalised: {', '.join(outside[:4])} ({'; '.join(units.notes)[:200]})",
+                  stacklevel=3)
+    rules = [(f"^{re.escape(path)}$", "none") for path in outside] + rules
   fields = {f.name: getattr(reg, f.name) for f in dataclasses.fields(reg)}
   fields["rules"] = rules
   return CoupledRegulariser(**fields, units=units)
