@@ -28,7 +28,7 @@ import numpy as np
 
 from mobileprune_jax.surgery import kernels, linear_maps, loops, producers, reductions, shape_sites
 from mobileprune_jax.surgery.graph import NO_NODE, Layer, UnionFind
-from mobileprune_jax.surgery.values import Act, Const, host, meeting, set_zero, uniform_nodes, unique_pairs
+from mobileprune_jax.surgery.values import Act, Const, host, meeting, set_zero, spread_axes, uniform_nodes, unique_pairs
 
 # element-wise primitives, and whether f(0) == 0 for the unary ones
 _UNARY_ZERO_PRESERVING = {
@@ -216,7 +216,9 @@ class Tracer:
 
   def as_act(self, x: Any, shape: tuple[int, ...]) -> Act:
     if isinstance(x, Act):
-      return Act(np.broadcast_to(x.ids, shape), np.broadcast_to(x.value, shape))
+      dims = tuple(range(len(shape) - x.ids.ndim, len(shape)))
+      return Act(np.broadcast_to(x.ids, shape), np.broadcast_to(x.value, shape),
+                 spread_axes(x.ids.shape, shape, dims, x.spread))
     return Act(np.full(shape, NO_NODE, np.int64), np.broadcast_to(np.asarray(x.value, np.float64), shape))
 
   @staticmethod
@@ -282,9 +284,10 @@ class Tracer:
     sliced with them."""
     for i, x in enumerate(acts):
       met = np.zeros(x.ids.shape, bool)
+      channel_axes = {d for d in range(x.ids.ndim) if np.any(np.diff(x.ids, axis=d) != 0)}
       for j, y in enumerate(acts):
-        if j != i:
-          met |= (y.ids < 0) & ~y.wild
+        if j != i and not channel_axes <= y.spread:  # a value copied along x's channel axes (an input mask
+          met |= (y.ids < 0) & ~y.wild  # broadcast over features) is the same for every channel: cut along
       met &= x.ids >= 0
       if met.any():
         self.pin(np.unique(x.ids[met]), "channels combined with the output of an op the trace does not "
@@ -309,14 +312,16 @@ class Tracer:
   def select(self, eqn, ins: list[Any]) -> Act:
     shape = tuple(eqn.outvars[0].aval.shape)
     pred = ins[0]
-    if isinstance(pred, Act):
-      self.pin(pred.ids, "select_n with an input-dependent predicate")
     cases = [self.as_act(x, shape) for x in ins[1:]]
     acts = [c for x, c in zip(ins[1:], cases) if isinstance(x, Act)]
+    if isinstance(pred, Act):  # element-wise like the cases: a predicate from their channels (leaky_relu's
+      acts.append(self.as_act(pred, shape))  # x >= 0) goes with them; an input's (a mask) is an operand like any
     for c in acts[1:]:
       self.union(acts[0].ids, c.ids)
     self.pin_met_by_opaque(acts)
-    ids = acts[0].ids if acts else np.full(shape, NO_NODE, np.int64)
+    ids = np.full(shape, NO_NODE, np.int64)
+    for c in acts:
+      ids = np.where(ids >= 0, ids, c.ids)
     first = cases[0].value
     same = np.logical_and.reduce([c.value == first for c in cases])  # every case the same constant
     return Act(ids, np.where(same, first, np.nan))
@@ -327,7 +332,10 @@ class Tracer:
       self.note_shape_site(a, shape_sites.reshaped_axes(a.ids.shape, tuple(eqn.params["new_sizes"])), "reshape")
     elif name == "slice":
       self.note_shape_site(a, shape_sites.sliced_axes(a.ids.shape, eqn.params), "slice")
-    return Act(self.structural_array(eqn, a.ids).astype(np.int64), self.structural_array(eqn, a.value))
+    spread = frozenset()
+    if name == "broadcast_in_dim":
+      spread = spread_axes(a.ids.shape, tuple(eqn.params["shape"]), tuple(eqn.params["broadcast_dimensions"]), a.spread)
+    return Act(self.structural_array(eqn, a.ids).astype(np.int64), self.structural_array(eqn, a.value), spread)
 
   def split(self, eqn, a: Act) -> list[Act]:
     """``jnp.split``: each piece carries its part of the input's nodes."""

@@ -27,6 +27,7 @@ class Act:
 
   ids: np.ndarray
   value: np.ndarray
+  spread: frozenset[int] = frozenset()  # axes along which the value is a broadcast copy (the same for every index)
 
   @classmethod
   def of_zero(cls, ids: np.ndarray, zero: np.ndarray) -> Act:
@@ -49,6 +50,15 @@ class Act:
   def wild(self) -> np.ndarray:
     """Elements that belong to no channel and are always zero (they fit any channel)."""
     return (self.ids < 0) & self.zero
+
+
+def spread_axes(in_shape: tuple[int, ...], out_shape: tuple[int, ...], dims: tuple[int, ...],
+                old: frozenset[int] = frozenset()) -> frozenset[int]:
+  """Axes of a broadcast's output along which it copies its operand (input axis i lands on output axis dims[i]):
+  new axes, size-1 axes stretched, and axes the operand already copied along."""
+  kept = {d: i for i, d in enumerate(dims)}
+  return frozenset(d for d in range(len(out_shape)) if out_shape[d] > 1 and (
+      d not in kept or (in_shape[kept[d]] == 1) or kept[d] in old))
 
 
 def host(value: Any) -> Any:
