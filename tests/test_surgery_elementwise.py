@@ -78,3 +78,43 @@ def test_a_full_width_input_operand_keeps_the_channels_it_meets():
   assert small.b.kernel.shape == (13, 16) and small.c.kernel.shape == (16, 3)  # b's outputs are multiplied by it
   assert any("does not understand" in note for note in report.notes)
   np.testing.assert_allclose(np.asarray(small(*inputs)), np.asarray(model(*inputs)), atol=1e-6)
+
+
+class AlongTime(nnx.Module):
+  """Per-channel ops along the time axis (running sum, sort, top-2 of each channel), or top-2 over the channels."""
+
+  def __init__(self, kind, rngs):
+    self.kind = kind
+    self.a, self.b = nnx.Linear(6, 16, rngs=rngs), nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.relu(self.a(x))  # (b, t, 16)
+    if self.kind == "cumsum":
+      h = jnp.cumsum(h, axis=1)
+    elif self.kind == "sort":
+      h = jnp.sort(h, axis=1)
+    elif self.kind == "top_k":
+      h = jax.lax.top_k(jnp.swapaxes(h, 1, 2), 2)[0].sum(-1)  # (b, 16): each channel's two largest steps
+    elif self.kind == "top_k_channels":
+      values = jax.lax.top_k(h, 2)[0]  # (b, t, 2): the two largest channels at each step
+      h = h * values.sum(-1, keepdims=True)
+    return self.b(h).mean(axis=tuple(range(1, h.ndim - 1))) if h.ndim > 2 else self.b(h)
+
+
+def test_ops_along_time_keep_each_channel_and_a_dead_one_stays_dead():
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 7, 6)), jnp.float32)
+  for kind in ("cumsum", "sort", "top_k"):
+    model = AlongTime(kind, nnx.Rngs(0))
+    _kill_outputs(model.a, [1, 2, 11])  # zero for every input: zero at every step, whatever the op along time
+    small = surgery.shrink(model, x)
+    assert small.a.kernel.shape == (6, 13) and small.b.kernel.shape == (13, 3), kind
+    np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5, err_msg=kind)
+
+
+def test_top_k_over_the_channels_keeps_them():
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 7, 6)), jnp.float32)
+  model = AlongTime("top_k_channels", nnx.Rngs(0))
+  _kill_outputs(model.a, [1, 2, 11])
+  small, report = surgery.shrink_with_report(model, x)
+  assert small.a.kernel.shape == (6, 16) and any("top_k" in note for note in report.notes)
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-6)

@@ -1,4 +1,4 @@
-"""Reductions and pools: a reduced element keeps its channel when every element it merges has it.
+"""Reductions, pools and ops along one axis: a reduced element keeps its channel when every element it merges has it.
 
 ``reduce_*`` over axes (global mean / max pools, LayerNorm's statistics) and ``reduce_window_*``
 (``nnx.max_pool`` / ``avg_pool``, ``lax.reduce_window``, any window, stride and padding). Padding
@@ -68,3 +68,25 @@ def reduce_window(t: Tracer, eqn, a: Act) -> Act:
   v_values = np.where(view(padded), init, view(values))
   wild = v_padded | ((v_ids < 0) & (v_values == 0))
   return merge_windows(t, name.replace("reduce_window_", "reduce_"), v_ids, v_values, wild)
+
+
+ALONG_AXIS = {"cumsum": "axis", "cumprod": "axis", "cummax": "axis", "cummin": "axis", "cumlogsumexp": "axis",
+              "sort": "dimension", "top_k": "axis"}  # ops that work along one axis, each line of it on its own
+
+
+def along_axis(t: Tracer, eqn, ins: list) -> list[Act] | None:
+  """Running sums / maxima, sorts and top-k along an axis the channels do not vary along (time, positions): every
+  line keeps its channel, and a line that is zero throughout stays zero (cumlogsumexp: unknown). None (not
+  understood) along a channel axis, or for a sort of several operands."""
+  a = ins[0]
+  if not isinstance(a, Act) or (eqn.primitive.name == "sort" and len(ins) != 1):
+    return None
+  axis = eqn.params[ALONG_AXIS[eqn.primitive.name]] % a.ids.ndim
+  if a.ids.shape[axis] > 1 and np.any(np.diff(a.ids, axis=axis) != 0):
+    return None
+  size = eqn.outvars[0].aval.shape[axis]
+  take = lambda x: np.take(x, np.arange(size), axis=axis)  # the same all along the axis: any `size` of them
+  dead = np.all(a.zero, axis=axis, keepdims=True) if eqn.primitive.name != "cumlogsumexp" else False
+  value = np.where(np.broadcast_to(dead, a.ids.shape), 0.0, np.nan)
+  outs = [Act(take(a.ids), take(value))]
+  return outs + [Act.unknown(tuple(v.aval.shape)) for v in eqn.outvars[1:]]  # top_k's indices: positions

@@ -165,6 +165,8 @@ class Tracer:
       return [reductions.reduce(self, eqn, ins[0])]
     if name in _REDUCE_WINDOW:
       return [reductions.reduce_window(self, eqn, ins[0])]
+    if name in reductions.ALONG_AXIS and (outs := reductions.along_axis(self, eqn, ins)) is not None:
+      return outs
     if name == "conv_general_dilated" and isinstance(ins[0], Act) and isinstance(ins[1], Const):
       return [producers.conv(self, eqn, ins[0], ins[1])]
     if name == "dot_general" and isinstance(ins[0], Act) != isinstance(ins[1], Act):
