@@ -351,6 +351,24 @@ def test_spare_emptied_kernels_by_role():
   assert jnp.asarray(out["a"]).dtype == jnp.asarray(conv).dtype
 
 
+def test_spare_emptied_kernels_in_another_layout_by_their_reader_axis():
+  """An OIHW conv and an (out, in) matrix (``x @ w.T``) keep their strongest input channel / column, by hand; their
+  roles' own layouts would have cut along the kernel's width and its outputs."""
+  import numpy as np
+
+  rng = np.random.default_rng(1)
+  oihw, out_in = rng.normal(size=(5, 4, 3, 3)).astype(np.float32), rng.normal(size=(6, 8)).astype(np.float32)
+  oihw[:, 1] *= 3
+  out_in[:, 6] *= 3
+  before = {"k": oihw, "w": out_in}
+  after = {k: np.zeros_like(v) for k, v in before.items()}
+  out = budget.spare_emptied_kernels(before, after, ["conv", "dense"], reader_axes=[1, 1])
+  expect_k, expect_w = np.zeros_like(oihw), np.zeros_like(out_in)
+  expect_k[:, 1], expect_w[:, 6] = oihw[:, 1], out_in[:, 6]
+  np.testing.assert_array_equal(np.asarray(out["k"]), expect_k)
+  np.testing.assert_array_equal(np.asarray(out["w"]), expect_w)
+
+
 def test_a_target_below_what_the_penalty_can_reach_warns_at_the_start():
   """Blocks stacked by nnx.vmap and run by nnx.scan are not penalised (the trace does not enter a scan over weights):
   no multiplier takes the model below them."""

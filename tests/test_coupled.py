@@ -740,6 +740,8 @@ def test_custom_convs_are_penalised_like_the_library_layers_with_the_same_weight
     warnings.simplefilter("error")  # OIHW and (out, in) kernels are partitioned by the trace's axes: nothing unseen
     reg = regularisers.group_lasso(neuron=1.2, channel=4.4).for_model(custom, x)
     ref = regularisers.group_lasso(neuron=1.2, channel=4.4).for_model(library, x)
+  assert reg.reader_axes == {"k2": 1, "wt": 1} and ref.reader_axes is None  # for the budget landing's spare unit
+  assert regularisers.l1(0.1).for_model(custom, x).reader_axes == {"k2": 1, "wt": 1}  # element-wise: the same
   new = reg.prox(nnx.state(custom, nnx.Param), 0.5)
   expected = ref.prox(nnx.state(library, nnx.Param), 0.5)  # k2 reads c1's channels: one unit each
   np.testing.assert_allclose(np.asarray(new["k2"][...]).transpose(2, 3, 1, 0),

@@ -131,6 +131,9 @@ class Regulariser:
       (element-wise penalties).
     unit_side: "reader" (units of what a kernel entry reads: MobilePrune, group lasso, ℓ1-SGL) or "writer"
       (what it writes: DEGL/EGL).
+    reader_axes: path -> input axis of the custom kernels ``for_model`` found in a layout other than their role's
+      (an (out, in) matrix used as ``x @ w.T``: axis 1), for what reads a kernel by its layer's inputs (the budget
+      landing's spare unit).
   """
 
   name: str
@@ -139,6 +142,7 @@ class Regulariser:
   rules: groups.Rules | None = None
   unit_prox: Callable | None = None
   unit_side: str = "reader"
+  reader_axes: Mapping[str, int] | None = None
 
   def __post_init__(self):
     groups._validate_rules(self.rules)

@@ -294,6 +294,8 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
     graph = depgraph.trace(model, sample_input)
   any_layout = reg.unit_prox is not None or all(rule.layout is ELEMENTS for rule in reg.rules_by_role.values())
   traced, foreign = traced_roles.roles_from_trace(graph, unknown, any_layout) if unknown else ({}, set())
+  reader_axes = {layer.kernel_path: layer.in_axes[0] for layer in graph.layers if layer.kernel_path in foreign
+                 } if foreign else {}
   rules += [(f"^{re.escape(path)}$", role) for path, role in traced.items()]
   unknown = [path for path in unknown if path not in traced]
   told = []  # unknown parameters beside a kernel the trace cannot see are named by the hidden-layer warning below
@@ -309,7 +311,7 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
     if any(rule.layout.group_ndim for rule in reg.rules_by_role.values() if rule.layout is not ELEMENTS):
       raise ValueError(f"{reg.name}: these groups have no coupled form (conv_grouping='output_filter' groups what a "
                        "filter writes; units follow what it reads): use the default conv_grouping")
-    return dataclasses.replace(reg, rules=rules)  # element-wise penalties: nothing to couple
+    return dataclasses.replace(reg, rules=rules, reader_axes=reader_axes or None)  # element-wise: nothing to couple
   if graph is None:
     graph = depgraph.trace(model, sample_input)
   params = nnx.state(model, nnx.Param)
@@ -340,4 +342,5 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
     rules = [(f"^{re.escape(path)}$", "none") for path in outside] + rules
   fields = {f.name: getattr(reg, f.name) for f in dataclasses.fields(reg)}
   fields["rules"] = rules
+  fields["reader_axes"] = {p: a for p, a in reader_axes.items() if p not in outside} or None
   return CoupledRegulariser(**fields, units=units)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -350,9 +350,12 @@ class Controller:
 
     roles = groups.leaf_roles(params, list(regulariser.rules or []) + groups.rules_for_model(model))
 
+    axes = dict(regulariser.reader_axes or {})
+    reader_axes = [axes.get(path) for path in groups.leaf_paths(params)]
+
     def landed(m: float) -> Any:
       trimmed = jax.tree.map(lambda p, q: jnp.where(q != 0, p, jnp.zeros_like(p)), params, prox(params, jnp.float32(m)))
-      return spare_emptied_kernels(params, trimmed, roles)
+      return spare_emptied_kernels(params, trimmed, roles, reader_axes)
 
     def ratio_at(m: float) -> float:
       candidate = nnx.clone(model)
@@ -375,24 +378,27 @@ _UNITS_OF = {"dense": base.ROWS, "conv": base.CHANNEL_TREES, "conv_out_in": base
              "depthwise": base.DEPTHWISE_TREES, "heads_in": base.HEADS_IN, "heads_out": base.HEADS_OUT}
 
 
-def spare_emptied_kernels(before: Any, after: Any, roles: list[str]) -> Any:
+def spare_emptied_kernels(before: Any, after: Any, roles: list[str], reader_axes: Sequence[int | None] | None = None
+                          ) -> Any:
   """``after`` where every kernel that ``before`` had non-zero and ``after`` zeroes entirely keeps its strongest unit.
 
   A unit is what the layer reads through one input (a dense row, an input channel's filter taps, a depthwise
   channel, a head), the one with the largest ‖·‖₂ in ``before``, with ``before``'s values. Like Torch-Pruning's
   pruners, which keep at least one channel per layer: a landing that empties a kernel (a classifier whose rows
   are weaker than every conv unit, removed in one step) leaves a network whose output no longer depends on its
-  input. Leaves of other roles (biases, normalisation) are left as ``after`` has them.
+  input. Leaves of other roles (biases, normalisation) are left as ``after`` has them. ``reader_axes``: per leaf,
+  its input axis when the kernel is not in its role's layout (``Regulariser.reader_axes``), else None.
   """
   leaves_before, treedef = jax.tree.flatten(before)
   leaves_after = treedef.flatten_up_to(after)
   out = []
-  for role, b, a in zip(roles, leaves_before, leaves_after):
+  for k, (role, b, a) in enumerate(zip(roles, leaves_before, leaves_after)):
     layout = _UNITS_OF.get(role)
     if layout is None or not bool(jnp.any(b != 0)) or bool(jnp.any(a != 0)):
       out.append(a)
       continue
-    split = layout.split
+    axis = reader_axes[k] if reader_axes else None
+    split = layout.split if axis is None else (lambda w, axis=axis: jnp.moveaxis(w, axis, 0))
     units = split(b)
     units = units.reshape(units.shape[0], -1)
     strongest = int(jnp.argmax(jnp.sum(jnp.square(units.astype(jnp.float32)), axis=1)))
