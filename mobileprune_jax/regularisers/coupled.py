@@ -294,8 +294,8 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
     graph = depgraph.trace(model, sample_input)
   any_layout = reg.unit_prox is not None or all(rule.layout is ELEMENTS for rule in reg.rules_by_role.values())
   traced, foreign = traced_roles.roles_from_trace(graph, unknown, any_layout) if unknown else ({}, set())
-  reader_axes = {layer.kernel_path: layer.in_axes[0] for layer in graph.layers if layer.kernel_path in foreign
-                 } if foreign else {}
+  reader_axes = {layer.kernel_path: traced_roles.reader_axis(layer) for layer in graph.layers
+                 if layer.kernel_path in foreign} if foreign else {}
   rules += [(f"^{re.escape(path)}$", role) for path, role in traced.items()]
   unknown = [path for path in unknown if path not in traced]
   told = []  # unknown parameters beside a kernel the trace cannot see are named by the hidden-layer warning below

@@ -15,7 +15,7 @@ import numpy as np
 from mobileprune_jax import groups
 from mobileprune_jax import units as units_lib
 
-__all__ = ["beside", "hidden_layers", "roles_from_trace", "tied_tables"]
+__all__ = ["beside", "hidden_layers", "reader_axis", "roles_from_trace", "tied_tables"]
 
 
 def hidden_layers(graph: Any, roles: Mapping[str, str]) -> list[str]:
@@ -85,7 +85,7 @@ def _plain_role(layer: Any, any_layout: bool = False) -> tuple[str, bool] | None
   elif layer.kind == "conv" and nd >= 3:
     role = "conv"
   elif layer.kind == "depthwise" and nd >= 3 and layer.kernel_shape[layer.in_axes[0]] == 1:
-    role = "depthwise"
+    role = "depthwise" if own else "conv"  # the "depthwise" role means (*spatial, 1, C); units follow the trace
   else:
     return None
   return (role, not own) if own or any_layout else None
@@ -100,3 +100,9 @@ def tied_tables(graph: Any, roles: Mapping[str, str], params: Any, user_rules: A
                 and any(int(n) >= 0 and graph.find(int(n)) not in fixed for n in layer.in_nodes)}
   named = set(groups.named_leaves(params, list(user_rules or [])))
   return sorted(p for p in lookups & dense_uses if roles.get(p) == "none" and p not in named)
+
+
+def reader_axis(layer: Any) -> int:
+  """The kernel axis whose slices are the layer's reader units: its input axis, or a depthwise filter's channel."""
+  depthwise = layer.groups > 1 and layer.kernel_shape[layer.in_axes[0]] == 1
+  return layer.out_axes[0] if depthwise else layer.in_axes[0]
