@@ -791,3 +791,39 @@ def test_a_gru_is_penalised_through_its_hidden_units_and_its_state_shrinks():
   small = surgery.shrink(model, x)
   assert small.rnn.cell.hidden_features == small.rnn.cell.dense_h.kernel.shape[0] <= 16 - len(dead)
   np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)
+
+
+class TorchDepthwise(nnx.Module):
+  """A MobileNet block in PyTorch's layout: OIHW kernels, NCHW activations, the depthwise group count from the
+  kernel's shape."""
+
+  def __init__(self, rngs):
+    self.expand = nnx.Param(jax.random.normal(rngs.params(), (6, 3, 1, 1)) * 0.5)
+    self.dw = nnx.Param(jax.random.normal(rngs.params(), (6, 1, 3, 3)) * 0.5)
+    self.project = nnx.Param(jax.random.normal(rngs.params(), (4, 6, 1, 1)) * 0.5)
+    self.fc = nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, x):
+    conv = lambda h, w, g=1: jax.lax.conv_general_dilated(h, w, (1, 1), "SAME", feature_group_count=g,
+                                                          dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    h = nnx.relu(conv(nnx.relu(conv(x, self.expand[...])), self.dw[...], self.dw.shape[0]))
+    return self.fc(conv(h, self.project[...]).mean(axis=(2, 3)))
+
+
+def test_a_depthwise_block_in_pytorchs_layout_is_one_unit_per_channel_and_shrinks():
+  model = TorchDepthwise(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 3, 6, 6)), jnp.float32)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    reg = regularisers.group_lasso(neuron=0.1, channel=0.1).for_model(model, x)
+  params = nnx.state(model, nnx.Param)
+  roles = dict(zip(groups.leaf_paths(params), reg.roles(params)))
+  assert roles["dw"] == roles["project"] == roles["expand"] == "conv" and reg.reader_axes["dw"] == 0
+  # the expand output channel c: the depthwise filter c (9 taps) with the project kernel's input column c (4 filters)
+  expected = [{"dw": list(range(9 * c, 9 * c + 9)), "project": [6 * o + c for o in range(4)]} for c in range(6)]
+  units = [{p: sorted(np.asarray(i).tolist()) for p, i in unit.items()} for unit in reg.units.units]
+  assert all(unit in units for unit in expected)
+  model.dw[...] = model.dw[...].at[jnp.asarray([1, 4])].set(0)  # dead filters: their channels go everywhere
+  small = surgery.shrink(model, x)
+  assert small.expand.shape == (4, 3, 1, 1) and small.dw.shape == (4, 1, 3, 3) and small.project.shape == (4, 4, 1, 1)
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-6)
