@@ -37,6 +37,13 @@ def test_idx_files_round_trip(tmp_path, compress):
     idx.read_idx(tmp_path / "bad")
 
 
+def test_idx_dims_whose_product_wraps_around_are_refused(tmp_path):
+  """2³¹·2³¹·4 = 2⁶⁶ is 0 in 64-bit integers: the header must not pass for an empty file's."""
+  (tmp_path / "crafted").write_bytes(struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">III", 2**31, 2**31, 4))
+  with pytest.raises(ValueError, match="expected 18446744073709551616 values"):
+    idx.read_idx(tmp_path / "crafted")
+
+
 def test_missing_idx_files_are_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
     data.load("mnist_idx", str(tmp_path))

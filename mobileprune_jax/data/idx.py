@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import pathlib
 import struct
 import zlib
@@ -37,8 +38,8 @@ def read_idx(path: str | pathlib.Path) -> np.ndarray:
     raise InvalidDataError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
   dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
   array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-  if array.size != int(np.prod(dims)):
-    raise InvalidDataError(f"{path}: expected {int(np.prod(dims))} values for dims {dims}, found {array.size}")
+  if array.size != math.prod(dims):  # Python integers: crafted dims cannot wrap around to the file's size
+    raise InvalidDataError(f"{path}: expected {math.prod(dims)} values for dims {dims}, found {array.size}")
   return array.reshape(dims)
 
 
