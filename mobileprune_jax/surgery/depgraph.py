@@ -105,6 +105,7 @@ def trace(model: nnx.Module, sample_input: Any) -> Graph:
   args.extend(Act.unknown(tuple(x.shape)) for x in inputs)
   outs = tracer.run(closed.jaxpr, closed.consts, args)
   join_shared_kernels(tracer)
+  tracer.pin_cut_along_fixed_arrays()
   output_shapes = []
   for o in outs:
     if isinstance(o, Act):

@@ -80,6 +80,7 @@ class Tracer:
     self.sets = UnionFind()
     self.parent = self.sets.parent
     self.pinned: set[int] = set()
+    self.fixed_array_sites: list[tuple[np.ndarray, list[int]]] = []  # (nodes met, axes the array varies along)
     self.layers: list[Layer] = []
     self.node_layer: dict[int, int] = {}
     self.attachments: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -309,7 +310,20 @@ class Tracer:
     channel_axes = [d for d in range(len(shape)) if aligned[d] > 1 and np.any(np.diff(ids, axis=d) != 0)]
     if channel_axes:
       met = np.broadcast_to(fixed.reshape(aligned), shape) & (ids >= 0)
-      self.pin(np.unique(ids[met]), "channels combined with an array written into the code are kept")
+      self.fixed_array_sites.append((np.where(met, ids, NO_NODE), channel_axes))
+
+  def pin_cut_along_fixed_arrays(self) -> None:
+    """Once every set is joined: pins the sets a cut would shrink along an axis that an array written into the
+    code varies along (``pin_met_by_fixed_array``). A set is cut along an axis where it holds only part of a line;
+    one that holds whole lines along it is cut along another (a head of (…, heads, head_dim) activations that
+    meet RoPE's sin/cos tables over head_dim: the tables keep their length)."""
+    for ids, axes in self.fixed_array_sites:
+      roots = np.vectorize(self.sets.find, otypes=[np.int64])(ids) if ids.size else ids
+      roots = np.where(ids >= 0, roots, NO_NODE)
+      for axis in axes:
+        lines = np.moveaxis(roots, axis, -1).reshape(-1, roots.shape[axis])
+        partial = lines[np.any(lines != lines[:, :1], axis=1)]
+        self.pin(np.unique(partial), "channels combined with an array written into the code are kept")
 
   def select(self, eqn, ins: list[Any]) -> Act:
     shape = tuple(eqn.outvars[0].aval.shape)
