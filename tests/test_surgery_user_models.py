@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mobileprune_jax import metrics, surgery
+from mobileprune_jax import metrics, regularisers, surgery
 
 TOL = 1e-5
 
@@ -588,6 +588,11 @@ def test_a_model_with_several_inputs_takes_a_tuple_or_a_dict():
     surgery.shrink(m, (tokens, features[:2]))
   with pytest.raises(ValueError, match="holds no array"):
     surgery.shrink(m, ())
+  sig = r"sample_input does not fit TwoTower.__call__\(tokens, features, scale=1.0\): "
+  with pytest.raises(TypeError, match=sig + "missing a required argument: 'features'"):
+    regularisers.group_lasso(neuron=0.1).for_model(m, tokens)  # one array is model(x): said before any tracing
+  with pytest.raises(TypeError, match=sig + "got an unexpected keyword argument 'scales'"):
+    surgery.shrink(m, {"tokens": tokens, "features": features, "scales": 2.0})
 
 
 # ------------------------------------------ layers stacked by nnx.vmap and run by nnx.scan ---

@@ -11,6 +11,7 @@ vectors are attached to which channels (biases, BatchNorm), and which channels m
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -86,9 +87,23 @@ def forward_fn(model: nnx.Module):
   return graphdef, leaves, paths, f
 
 
+def check_signature(model: Any, args: tuple, kwargs: dict) -> None:
+  """Raises a one-line TypeError, before any tracing, when ``model(*args, **kwargs)`` does not fit the signature."""
+  try:
+    signature = inspect.signature(model.__call__)
+  except (TypeError, ValueError):  # no signature to check (a builtin, a C extension): the call itself will tell
+    return
+  try:
+    signature.bind(*args, **kwargs)
+  except TypeError as e:
+    raise TypeError(f"sample_input does not fit {type(model).__name__}.__call__{signature}: {e} (an array is "
+                    "model(x), a tuple model(*args), a dict model(**kwargs))") from None
+
+
 def trace(model: nnx.Module, sample_input: Any) -> Graph:
   """Traces ``model`` on one example of ``sample_input`` and returns its channel graph."""
   inputs, rebuild = call_arguments(sample_input)
+  check_signature(model, *rebuild(inputs))
   inputs = [x[:1] for x in inputs]
   _, leaves, paths, f = forward_fn(model)
 
