@@ -705,6 +705,39 @@ def test_for_model_gives_custom_kernels_their_traced_role_and_warns_once_about_t
   np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)
 
 
+class ChannelVectors(nnx.Module):
+  """Per-channel parameters besides the layers': a temperature, a shift after the activation, a cap."""
+
+  def __init__(self, rngs):
+    self.fc = nnx.Linear(6, 16, rngs=rngs)
+    self.temperature = nnx.Param(jnp.full((16,), 2.0))
+    self.shift = nnx.Param(jnp.full((16,), 0.1))
+    self.cap = nnx.Param(jnp.full((16,), 3.0))
+    self.out = nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(jnp.minimum(nnx.relu(self.fc(x) / self.temperature) + self.shift, self.cap))
+
+
+def test_channel_vectors_are_unpenalised_scales_or_biases_without_a_warning():
+  model = ChannelVectors(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 6)), jnp.float32)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    reg = regularisers.group_lasso(neuron=0.5).for_model(model, x)
+  params = nnx.state(model, nnx.Param)
+  roles = dict(zip(groups.leaf_paths(params), reg.roles(params)))
+  assert roles["temperature"] == roles["cap"] == "none"
+  assert roles["shift"] == roles["fc/bias"] == "bias"  # added to fc's channels entry by entry, after the ReLU
+  new = reg.prox(params, 1.0)
+  for name in ("temperature", "cap"):
+    np.testing.assert_array_equal(np.asarray(new[name][...]), np.asarray(params[name][...]))
+  model.out.kernel[...] = model.out.kernel[...].at[jnp.asarray([2, 9])].set(0)  # channels 2 and 9 unread
+  small = surgery.shrink(model, x)
+  assert small.fc.kernel.shape == (6, 14) and small.temperature.shape == small.shift.shape == small.cap.shape == (14,)
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-6)
+
+
 class CustomConvNet(nnx.Module):
   """Convs and a dense layer written with lax / @ on raw parameters, in the library's layout (HWIO) and in
   PyTorch's (OIHW, (out, in) used as ``x @ w.T``), or as ``nnx`` layers holding the same weights (``library=True``)."""

@@ -15,6 +15,8 @@ import numpy as np
 from mobileprune_jax import groups
 from mobileprune_jax import units as units_lib
 
+ELEMENTWISE = {"add", "add_any", "sub", "mul", "div", "max", "min", "pow", "atan2", "rem"}
+
 __all__ = ["beside", "hidden_layers", "reader_axis", "roles_from_trace", "tied_tables"]
 
 
@@ -61,9 +63,11 @@ def _entrywise(graph: Any, path: str, ops: set[str]) -> np.ndarray | None:
 
 
 def _is_scale(graph: Any, path: str) -> bool:
-  """A vector only ever multiplied into one set of channels, entry i into channel i (``x * self.v``): like a
-  normalisation's scale, it is not penalised (role "none"), and surgery slices it with its channels."""
-  return _entrywise(graph, path, {"mul"}) is not None
+  """A vector only ever combined element-wise with one set of channels, entry i with channel i, and not a layer's
+  bias: a scale (``x * self.v``), a temperature (``x / self.t``), a shift after an activation, a per-channel cap or
+  PReLU slope. Like a normalisation's parameters it is not penalised (role "none"), and surgery slices it with
+  its channels."""
+  return _entrywise(graph, path, ELEMENTWISE) is not None
 
 
 def _is_bias(graph: Any, path: str) -> bool:
