@@ -118,3 +118,26 @@ def test_top_k_over_the_channels_keeps_them():
   small, report = surgery.shrink_with_report(model, x)
   assert small.a.kernel.shape == (6, 16) and any("top_k" in note for note in report.notes)
   np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-6)
+
+
+class GraphConv(nnx.Module):
+  """A two-layer graph convolution: the adjacency (an input) mixes nodes, never channels."""
+
+  def __init__(self, rngs):
+    self.a, self.b, self.c = nnx.Linear(5, 16, rngs=rngs), nnx.Linear(16, 16, rngs=rngs), nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, x, adj):
+    h = nnx.relu(adj @ self.a(x))
+    h = nnx.relu(jnp.einsum("bij,bjc->bic", adj, self.b(h)))
+    return self.c(h.max(axis=1))
+
+
+def test_an_input_dependent_matrix_over_the_nodes_carries_each_channel_through():
+  model = GraphConv(nnx.Rngs(0))
+  _kill_outputs(model.a, [1, 4])  # zero for every input, so adj @ them is zero too
+  _kill_outputs(model.b, [0])
+  rng = np.random.default_rng(4)
+  inputs = (jnp.asarray(rng.normal(size=(3, 7, 5)), jnp.float32), jnp.asarray(rng.random((3, 7, 7)), jnp.float32))
+  small = surgery.shrink(model, inputs)
+  assert small.a.kernel.shape == (5, 14) and small.b.kernel.shape == (14, 15) and small.c.kernel.shape == (15, 3)
+  np.testing.assert_allclose(np.asarray(small(*inputs)), np.asarray(model(*inputs)), atol=1e-5)

@@ -134,10 +134,39 @@ def lookup(t: Tracer, eqn, table: Const, indices: Act) -> Act:
   return Act.of_zero(_per_channel(out_shape, axis, out_nodes), _per_channel(out_shape, axis, out_zero))
 
 
+def _carried_through(a: Act, b: Act, dims) -> np.ndarray | None:
+  """Output nodes of a product where one operand has no channel (an input-dependent matrix: a graph's adjacency)
+  and the other's channels lie on its free axes only (``adj @ h`` mixes nodes, not channels): each output keeps
+  the channel it comes from, as a fixed matrix along those axes would (``linear_maps.constant_product``). None
+  otherwise."""
+  (lc, rc), (lb, rb) = dims
+  for side, (x, other, contract, batch) in enumerate(((a, b, lc, lb), (b, a, rc, rb))):
+    if np.any(other.ids >= 0) or not np.any(x.ids >= 0):
+      continue
+    if any(x.ids.shape[d] > 1 and np.any(np.diff(x.ids, axis=d) != 0) for d in (*contract, *batch)):
+      return None
+    ids = x.ids
+    for d in sorted(contract, reverse=True):
+      ids = np.take(ids, 0, axis=d)
+    kept = [d for d in range(x.ids.ndim) if d not in contract]  # axes left, in order: batch axes to the front
+    ids = np.moveaxis(ids, [kept.index(d) for d in batch], range(len(batch)))
+    other_free = other.ids.ndim - len(contract) - len(batch)
+    spread = ids.reshape(ids.shape[:len(batch)] + (1,) * other_free + ids.shape[len(batch):]) if side == 1 else \
+        ids.reshape(ids.shape + (1,) * other_free)
+    return spread
+  return None
+
+
 def dot_of_activations(t: Tracer, eqn, a: Act, b: Act) -> Act:
-  """A product of two activations: per batch slice (an attention head), all nodes are one group."""
+  """A product of two activations: per batch slice (an attention head), all nodes are one group, unless one
+  operand has no channel and the other's channels pass through (``_carried_through``)."""
   (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
   out_shape = tuple(eqn.outvars[0].aval.shape)
+  carried = _carried_through(a, b, eqn.params["dimension_numbers"])
+  if carried is not None:
+    dims = ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))
+    live = jax.lax.dot_general(np.asarray(~a.zero, np.float32), np.asarray(~b.zero, np.float32), dims)
+    return Act.of_zero(np.broadcast_to(carried, out_shape).copy(), np.asarray(live) == 0)
   batch_shape = tuple(a.ids.shape[d] for d in lb)
   move = lambda v, batch: np.moveaxis(v, batch, range(len(batch))).reshape(batch_shape + (-1,))
   a_ids, b_ids = move(a.ids, lb), move(b.ids, rb)
