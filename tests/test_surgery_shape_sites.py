@@ -77,6 +77,25 @@ def test_channel_shuffle_keeps_the_shuffled_channels_and_cuts_inside_the_branch(
   assert any("reshape" in note for note in report.notes), report.notes
 
 
+def test_the_budget_measure_counts_the_model_shrink_rebuilds_not_the_first_plan():
+  """The controller measures with ``check=False``: the re-plan still runs where the code computes shapes."""
+  from mobileprune_jax.train import budget
+
+  model = ShuffleUnit(nnx.Rngs(0))
+  _zero(model.pw1.kernel, (..., [0, 1, 2, 3]))
+  _zero(model.pw1.bias, [0, 1, 2, 3])
+  _zero(model.dw.bias, [0, 1, 2, 3])
+  _zero(model.pw2.kernel, (..., 2))  # shuffled: the first plan cuts it, the rebuilt model keeps it
+  _zero(model.pw2.bias, 2)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+  dense = budget.DenseSize.of(model, x)
+  measured = budget.measure(model, x, dense)
+  expected = surgery.count_params(model) - 4 * 9 - 4 * 10 - 4 * 8  # as the shrink test above counts by hand
+  assert round(measured["params"] * dense.params) == expected
+  first = surgery.count_params(surgery.apply_cuts(model, surgery.plan(model, x).cuts))
+  assert first < expected  # the first plan alone also cuts the shuffled channel (what the measure counted before)
+
+
 class GatedMLP(nnx.Module):
   """A gated MLP whose gate and up projections are one layer, split with ``jnp.split``."""
 
