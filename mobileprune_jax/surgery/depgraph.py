@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from mobileprune_jax import groups
+from mobileprune_jax.surgery import pins
 from mobileprune_jax.surgery.graph import NO_NODE, Graph, Layer
 from mobileprune_jax.surgery.tracer import Act, Const, Tracer, host
 
@@ -120,7 +121,7 @@ def trace(model: nnx.Module, sample_input: Any) -> Graph:
   args.extend(Act.unknown(tuple(x.shape)) for x in inputs)
   outs = tracer.run(closed.jaxpr, closed.consts, args)
   join_shared_kernels(tracer)
-  tracer.pin_cut_along_fixed_arrays()
+  pins.cut_along_fixed_arrays(tracer)
   output_shapes = []
   for o in outs:
     if isinstance(o, Act):

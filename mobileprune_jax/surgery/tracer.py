@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobileprune_jax.surgery import kernels, linear_maps, loops, producers, reductions, shape_sites
+from mobileprune_jax.surgery import kernels, linear_maps, loops, pins, producers, reductions, shape_sites
 from mobileprune_jax.surgery.graph import NO_NODE, Layer, UnionFind
 from mobileprune_jax.surgery.values import Act, Const, host, meeting, set_zero, spread_axes, uniform_nodes, unique_pairs
 
@@ -255,7 +255,7 @@ class Tracer:
         self.attach(x, acts[0], shape)
         for path in x.origin:
           self.attach_ops.setdefault(path, set()).add(name)
-        self.pin_met_by_fixed_array(x, acts[0], shape)
+        pins.met_by_fixed_array(self, x, acts[0], shape)
     value = self.constant_values(eqn, ins)
     zero = lambda x: np.broadcast_to(x.zero if isinstance(x, Act) else np.asarray(x.value) == 0, shape)
     if name in ("mul", "and"):  # 0 · anything = 0
@@ -266,64 +266,9 @@ class Tracer:
       return Act(np.broadcast_to(acts[0].ids, shape), value)
     a, b = (self.as_act(x, shape) for x in ins[:2])
     self.union(a.ids, b.ids)
-    self.pin_unpartnered(a, b)
-    self.pin_met_by_opaque([a, b])
+    pins.unpartnered(self, a, b)
+    pins.met_by_opaque(self, [a, b])
     return Act(np.where(a.ids >= 0, a.ids, b.ids), value)
-
-  def pin_unpartnered(self, a: Act, b: Act) -> None:
-    """Pins channels of one operand that meet only wildcards (e.g. a zero-padded channel) in the
-    other: the other side's channel count cannot shrink with them."""
-    for x, y in ((a, b), (b, a)):
-      nodes = np.unique(x.ids[x.ids >= 0])
-      met = np.unique(x.ids[(x.ids >= 0) & ~y.wild])
-      lonely = np.setdiff1d(nodes, met)
-      if len(lonely):
-        self.pin(lonely, "channels added to a zero-padded channel (e.g. a ResNet option-A shortcut) are kept")
-
-  def pin_met_by_opaque(self, acts: list[Act]) -> None:
-    """Pins channels that meet, element for element, values with no channel in another operand of an element-wise
-    op: the output of an op the trace does not understand, or a known non-zero value (e.g. RMSNorm's
-    rsqrt(mean(x²) + eps)·scale when x is all zero: the scale's channels are no node's). That operand cannot be
-    sliced with them."""
-    for i, x in enumerate(acts):
-      met = np.zeros(x.ids.shape, bool)
-      channel_axes = {d for d in range(x.ids.ndim) if np.any(np.diff(x.ids, axis=d) != 0)}
-      for j, y in enumerate(acts):
-        if j != i and not channel_axes <= y.spread:  # a value copied along x's channel axes (an input mask
-          met |= (y.ids < 0) & ~y.wild  # broadcast over features) is the same for every channel: cut along
-      met &= x.ids >= 0
-      if met.any():
-        self.pin(np.unique(x.ids[met]), "channels combined with the output of an op the trace does not "
-                 "understand (e.g. an embedding lookup) are kept")
-
-  def pin_met_by_fixed_array(self, const: Const, act: Act, shape: tuple[int, ...]) -> None:
-    """Pins channels that an array written into the code (no parameter origin, e.g. a numpy constant) varies
-    along: its length along the channel axis is fixed, so those channels cannot be cut."""
-    value = np.asarray(const.value)
-    fixed = np.ones(value.shape, bool)
-    for idx in const.origin.values():
-      fixed &= idx < 0
-    if value.ndim == 0 or not fixed.any():
-      return
-    ids = np.broadcast_to(act.ids, shape)
-    aligned = (1,) * (len(shape) - value.ndim) + value.shape
-    channel_axes = [d for d in range(len(shape)) if aligned[d] > 1 and np.any(np.diff(ids, axis=d) != 0)]
-    if channel_axes:
-      met = np.broadcast_to(fixed.reshape(aligned), shape) & (ids >= 0)
-      self.fixed_array_sites.append((np.where(met, ids, NO_NODE), channel_axes))
-
-  def pin_cut_along_fixed_arrays(self) -> None:
-    """Once every set is joined: pins the sets a cut would shrink along an axis that an array written into the
-    code varies along (``pin_met_by_fixed_array``). A set is cut along an axis where it holds only part of a line;
-    one that holds whole lines along it is cut along another (a head of (…, heads, head_dim) activations that
-    meet RoPE's sin/cos tables over head_dim: the tables keep their length)."""
-    for ids, axes in self.fixed_array_sites:
-      roots = np.vectorize(self.sets.find, otypes=[np.int64])(ids) if ids.size else ids
-      roots = np.where(ids >= 0, roots, NO_NODE)
-      for axis in axes:
-        lines = np.moveaxis(roots, axis, -1).reshape(-1, roots.shape[axis])
-        partial = lines[np.any(lines != lines[:, :1], axis=1)]
-        self.pin(np.unique(partial), "channels combined with an array written into the code are kept")
 
   def select(self, eqn, ins: list[Any]) -> Act:
     shape = tuple(eqn.outvars[0].aval.shape)
@@ -334,7 +279,7 @@ class Tracer:
       acts.append(self.as_act(pred, shape))  # x >= 0) goes with them; an input's (a mask) is an operand like any
     for c in acts[1:]:
       self.union(acts[0].ids, c.ids)
-    self.pin_met_by_opaque(acts)
+    pins.met_by_opaque(self, acts)
     ids = np.full(shape, NO_NODE, np.int64)
     for c in acts:
       ids = np.where(ids >= 0, ids, c.ids)
