@@ -619,6 +619,13 @@ def test_embeddings_einsums_and_multi_axis_linear_layers_train_and_shrink_with_f
   assert (roles["flat/kernel"], roles["flat/bias"], roles["ff1/kernel"]) == ("dense", "bias", "dense")
   assert (roles["attn/query/kernel"], roles["attn/out/kernel"]) == ("heads_in", "heads_out")  # flax's LinearGenerals
   reg = regularisers.group_lasso(neuron=0.1).for_model(model, t)
+  params = nnx.state(model, nnx.Param)
+  traced = dict(zip(groups.leaf_paths(params), reg.roles(params)))  # the trace says which axis they read: units
+  assert (traced["split/kernel"], traced["mix/kernel"], traced["split/bias"], traced["mix/bias"]) == (
+      "conv", "dense", "none", "none")
+  assert {"split/kernel", "mix/kernel"} <= set(reg.units.paths) and reg.reader_axes["split/kernel"] == 0
+  unit_of_split_input = [u for u in reg.units.units if "split/kernel" in u]  # split's input j: its 16 outputs
+  assert sorted(len(u["split/kernel"]) for u in unit_of_split_input) == [16] * 32
   _train(model, reg, t, y, steps=40, lr=0.1, momentum=0.0)
   assert not np.any(np.asarray(model.emb.embedding[...]) == 0)  # the table is not penalised
   dead = int(jnp.sum(jnp.all(model.out.kernel[...] == 0, axis=1)))  # mix's output units: the classifier's rows

@@ -297,6 +297,13 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
   reader_axes = {layer.kernel_path: traced_roles.reader_axis(layer) for layer in graph.layers
                  if layer.kernel_path in foreign} if foreign else {}
   rules += [(f"^{re.escape(path)}$", role) for path, role in traced.items()]
+  general = traced_roles.general_kernels(model, reg.rules) if any_layout else []
+  if general:  # nnx.Einsum / multi-axis LinearGeneral: "none" per layer; the trace may know which axis they read
+    graph = graph if graph is not None else depgraph.trace(model, sample_input)
+    general_roles, general_axes = traced_roles.general_roles(graph, general)
+    rules = [(f"^{re.escape(path)}$", role) for path, role in general_roles.items()] + rules
+    foreign = set(foreign) | set(general_roles)
+    reader_axes.update(general_axes)
   unknown = [path for path in unknown if path not in traced]
   told = []  # unknown parameters beside a kernel the trace cannot see are named by the hidden-layer warning below
   if unknown:

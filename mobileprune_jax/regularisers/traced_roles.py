@@ -11,13 +11,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from flax import nnx
 
 from mobileprune_jax import groups
 from mobileprune_jax import units as units_lib
 
 ELEMENTWISE = {"add", "add_any", "sub", "mul", "div", "max", "min", "pow", "atan2", "rem"}
 
-__all__ = ["beside", "hidden_layers", "reader_axis", "roles_from_trace", "tied_tables"]
+__all__ = ["beside", "general_kernels", "general_roles", "hidden_layers", "reader_axis", "roles_from_trace",
+           "tied_tables"]
 
 
 def hidden_layers(graph: Any, roles: Mapping[str, str]) -> list[str]:
@@ -110,3 +112,36 @@ def reader_axis(layer: Any) -> int:
   """The kernel axis whose slices are the layer's reader units: its input axis, or a depthwise filter's channel."""
   depthwise = layer.groups > 1 and layer.kernel_shape[layer.in_axes[0]] == 1
   return layer.out_axes[0] if depthwise else layer.in_axes[0]
+
+
+def general_kernels(model: Any, user_rules: Any) -> list[str]:
+  """Kernel paths of ``nnx.Einsum`` layers and of ``nnx.LinearGeneral`` layers with several input or output axes
+  outside ``nnx.MultiHeadAttention`` (``groups.rules_for_model`` gives them "none"), unless the user's rules name
+  them."""
+  attention = {id(child) for _, node in nnx.iter_graph(model) if isinstance(node, nnx.MultiHeadAttention)
+               for child in (node.query, node.key, node.value, node.out)}
+  found = []
+  for path, node in nnx.iter_graph(model):
+    general = isinstance(node, nnx.Einsum) or (
+        isinstance(node, nnx.LinearGeneral) and id(node) not in attention and np.ndim(node.kernel[...]) != 2)
+    if general and getattr(node, "kernel", None) is not None:
+      found.append(f"{groups.path_to_str(path)}/kernel")
+  named = set(groups.named_leaves(nnx.state(model, nnx.Param), list(user_rules or []))) if found else set()
+  return [path for path in found if path not in named]
+
+
+def general_roles(graph: Any, paths: Sequence[str]) -> tuple[dict[str, str], dict[str, int]]:
+  """For the kernels among ``paths`` the trace uses only as cuttable dense layers reading one axis: their role
+  ("dense" for a matrix, "conv" for more axes: in the units the trace's axes decide) and that input axis."""
+  uses: dict[str, list[Any]] = {}
+  for layer in graph.layers:
+    if layer.kernel_path in paths:
+      uses.setdefault(layer.kernel_path, []).append(layer)
+  roles, axes = {}, {}
+  for path, layers in uses.items():
+    if all(lay.kind == "dense" and lay.sliceable and len(lay.in_axes) == 1 for lay in layers) and \
+        len({lay.in_axes for lay in layers}) == 1:
+      roles[path] = "dense" if len(layers[0].kernel_shape) == 2 else "conv"
+      axes[path] = layers[0].in_axes[0]
+  return roles, axes
+
