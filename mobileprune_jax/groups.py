@@ -85,6 +85,7 @@ __all__ = [
     "from_depthwise_trees",
     "to_head_groups",
     "from_head_groups",
+    "general_layers",
     "rules_for_model",
     "from_element_groups",
 ]
@@ -279,6 +280,21 @@ def from_head_groups(groups: Array, shape: tuple[int, ...], role: str) -> Array:
   return groups.reshape(shape)
 
 
+def _attention_projections(model: Any) -> set[int]:
+  """ids of the ``nnx.MultiHeadAttention`` projections (their kernels take heads_in / heads_out by shape)."""
+  return {id(child) for _, node in nnx.iter_graph(model) if isinstance(node, nnx.MultiHeadAttention)
+          for child in (node.query, node.key, node.value, node.out)}
+
+
+def general_layers(model: Any) -> dict[str, Any]:
+  """Layers whose parameter shapes do not say which axis they read, by path: ``nnx.Einsum`` (any contraction) and
+  ``nnx.LinearGeneral`` with several input or output axes outside ``nnx.MultiHeadAttention``."""
+  attention = _attention_projections(model)
+  return {path_to_str(path): node for path, node in nnx.iter_graph(model)
+          if isinstance(node, nnx.Einsum) or (isinstance(node, nnx.LinearGeneral) and id(node) not in attention
+                                                and jnp.ndim(node.kernel[...]) != 2)}
+
+
 def rules_for_model(model: Any) -> list[tuple[str, str]]:
   """Rules for the kernels whose role their shape cannot tell: depthwise convs and PyTorch-layout transposed convs.
 
@@ -293,18 +309,17 @@ def rules_for_model(model: Any) -> list[tuple[str, str]]:
   layers (BatchNorm, LayerNorm, RMSNorm, GroupNorm, InstanceNorm) get ``"none"`` whatever their names.
   """
   rules = []
-  attention = {id(child) for _, node in nnx.iter_graph(model) if isinstance(node, nnx.MultiHeadAttention)
-               for child in (node.query, node.key, node.value, node.out)}  # heads_in / heads_out by shape
+  general = {id(node) for node in general_layers(model).values()}
+  attention = _attention_projections(model)
   for path, node in nnx.iter_graph(model):
     name = f"^{re.escape(path_to_str(path))}/"
     if isinstance(node, nnx.Embed):
       rules.append((name + "embedding$", "none"))
-    elif isinstance(node, nnx.Einsum):
+    elif id(node) in general:
       rules.append((name + "(kernel|bias)$", "none"))
-    elif isinstance(node, nnx.LinearGeneral) and id(node) not in attention:
-      dense = jnp.ndim(node.kernel[...]) == 2
-      rules.append((name + "kernel$", "dense" if dense else "none"))
-      rules.append((name + "bias$", "bias" if dense else "none"))
+    elif isinstance(node, nnx.LinearGeneral) and id(node) not in attention:  # a 2-D one: a dense layer
+      rules.append((name + "kernel$", "dense"))
+      rules.append((name + "bias$", "bias"))
     elif isinstance(node, nnx.Conv) and node.feature_group_count > 1:
       depthwise = node.feature_group_count == node.in_features == node.out_features
       rules.append((name + "kernel$", "depthwise" if depthwise else "none"))

@@ -99,13 +99,14 @@ def _entry(path: pathlib.Path, name: str, entry: Any) -> tuple[np.dtype, tuple[i
   return _DTYPES[entry["dtype"]], tuple(shape), offsets[0], offsets[1]
 
 
-def _tiling(spans: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
-  """The spans as they would be if they tiled [0, size) back to back in this order (what ``write`` makes)."""
-  out, at = [], 0
-  for begin, end in spans:
-    out.append((at, at + end - begin))
-    at += end - begin
-  return out if at == size else out + [(at, size)]
+def _tiles(spans: list[tuple[int, int]], size: int) -> bool:
+  """Whether the (begin, end) spans, sorted, lie back to back from 0 to ``size`` (what ``write`` makes)."""
+  at = 0
+  for begin, end in sorted(spans):
+    if begin != at:
+      return False
+    at = end
+  return at == size
 
 
 def _header_digest(header: dict[str, Any]) -> str:
@@ -156,7 +157,7 @@ def read(path: str | pathlib.Path, expected_sha256: str | None = None) -> tuple[
     if _digest(chunk) != meta.get(f"sha256:{name}"):
       raise TensorFileError(f"{path}: checksum mismatch in array {name!r} (flipped or damaged bytes)")
     arrays[name] = np.frombuffer(chunk, dtype=dtype).reshape(shape).copy()
-  if sorted(spans) != _tiling(sorted(spans), len(data)):
+  if not _tiles(spans, len(data)):
     raise TensorFileError(f"{path}: the arrays overlap or leave bytes unaccounted for (damaged offsets)")
   extra = {k: v for k, v in meta.items() if not k.startswith("sha256:") and k != "format"}
   for key, value in extra.items():

@@ -1,8 +1,10 @@
 """Roles the trace gives parameters ``rules_for_model`` cannot name (``Regulariser.for_model``; docs/coupled.md).
 
-A custom kernel the trace finds as a plain layer takes that layer's role; a vector added to one layer's outputs
-entry by entry is a bias; one multiplied into a set of channels is a scale (not penalised, like a norm's);
-kernels inside an op the trace cannot enter are named, and so are embedding tables that are also a dense head.
+A custom kernel the trace finds as a plain layer takes that layer's role, in any layout when the penalty's groups
+come from the trace (as do ``nnx.Einsum`` / multi-axis ``nnx.LinearGeneral`` kernels); a vector added to one layer's
+outputs entry by entry is a bias; one otherwise combined entry by entry with one set of channels is not penalised,
+like a norm's parameters; kernels inside an op the trace cannot enter are named, and so are embedding tables that
+are also a dense head.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _entrywise(graph: Any, path: str, ops: set[str]) -> np.ndarray | None:
 
 def _is_scale(graph: Any, path: str) -> bool:
   """A vector only ever combined element-wise with one set of channels, entry i with channel i, and not a layer's
-  bias: a scale (``x * self.v``), a temperature (``x / self.t``), a shift after an activation, a per-channel cap or
+  bias (``_is_bias`` is asked first): a scale (``x * self.v``), a temperature (``x / self.t``), a per-channel cap or
   PReLU slope. Like a normalisation's parameters it is not penalised (role "none"), and surgery slices it with
   its channels."""
   return _entrywise(graph, path, ELEMENTWISE) is not None
@@ -115,17 +117,10 @@ def reader_axis(layer: Any) -> int:
 
 
 def general_kernels(model: Any, user_rules: Any) -> list[str]:
-  """Kernel paths of ``nnx.Einsum`` layers and of ``nnx.LinearGeneral`` layers with several input or output axes
-  outside ``nnx.MultiHeadAttention`` (``groups.rules_for_model`` gives them "none"), unless the user's rules name
-  them."""
-  attention = {id(child) for _, node in nnx.iter_graph(model) if isinstance(node, nnx.MultiHeadAttention)
-               for child in (node.query, node.key, node.value, node.out)}
-  found = []
-  for path, node in nnx.iter_graph(model):
-    general = isinstance(node, nnx.Einsum) or (
-        isinstance(node, nnx.LinearGeneral) and id(node) not in attention and np.ndim(node.kernel[...]) != 2)
-    if general and getattr(node, "kernel", None) is not None:
-      found.append(f"{groups.path_to_str(path)}/kernel")
+  """Kernel paths of the layers ``groups.general_layers`` names (``groups.rules_for_model`` gives them "none"),
+  unless the user's rules name them."""
+  found = [f"{path}/kernel" for path, node in groups.general_layers(model).items()
+           if getattr(node, "kernel", None) is not None]
   named = set(groups.named_leaves(nnx.state(model, nnx.Param), list(user_rules or []))) if found else set()
   return [path for path in found if path not in named]
 

@@ -66,8 +66,8 @@ def cut_along_fixed_arrays(t: Tracer) -> None:
   one that holds whole lines along it is cut along another (a head of (…, heads, head_dim) activations that
   meet RoPE's sin/cos tables over head_dim: the tables keep their length)."""
   for ids, axes in t.fixed_array_sites:
-    roots = np.vectorize(t.sets.find, otypes=[np.int64])(ids) if ids.size else ids
-    roots = np.where(ids >= 0, roots, NO_NODE)
+    nodes, inverse = np.unique(ids, return_inverse=True)  # one find per node, not per element
+    roots = np.array([t.sets.find(int(n)) if n >= 0 else NO_NODE for n in nodes], np.int64)[inverse].reshape(ids.shape)
     for axis in axes:
       lines = np.moveaxis(roots, axis, -1).reshape(-1, roots.shape[axis])
       partial = lines[np.any(lines != lines[:, :1], axis=1)]

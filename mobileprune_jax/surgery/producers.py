@@ -150,10 +150,8 @@ def _carried_through(a: Act, b: Act, dims) -> np.ndarray | None:
       ids = np.take(ids, 0, axis=d)
     kept = [d for d in range(x.ids.ndim) if d not in contract]  # axes left, in order: batch axes to the front
     ids = np.moveaxis(ids, [kept.index(d) for d in batch], range(len(batch)))
-    other_free = other.ids.ndim - len(contract) - len(batch)
-    spread = ids.reshape(ids.shape[:len(batch)] + (1,) * other_free + ids.shape[len(batch):]) if side == 1 else \
-        ids.reshape(ids.shape + (1,) * other_free)
-    return spread
+    other_free = (1,) * (other.ids.ndim - len(contract) - len(batch))  # output: batch, lhs free, rhs free axes
+    return ids.reshape(ids.shape[:len(batch)] + other_free + ids.shape[len(batch):] if side else ids.shape + other_free)
   return None
 
 
@@ -162,10 +160,10 @@ def dot_of_activations(t: Tracer, eqn, a: Act, b: Act) -> Act:
   operand has no channel and the other's channels pass through (``_carried_through``)."""
   (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
   out_shape = tuple(eqn.outvars[0].aval.shape)
+  dims = ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))
+  live = jax.lax.dot_general(np.asarray(~a.zero, np.float32), np.asarray(~b.zero, np.float32), dims)
   carried = _carried_through(a, b, eqn.params["dimension_numbers"])
   if carried is not None:
-    dims = ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))
-    live = jax.lax.dot_general(np.asarray(~a.zero, np.float32), np.asarray(~b.zero, np.float32), dims)
     return Act.of_zero(np.broadcast_to(carried, out_shape).copy(), np.asarray(live) == 0)
   batch_shape = tuple(a.ids.shape[d] for d in lb)
   move = lambda v, batch: np.moveaxis(v, batch, range(len(batch))).reshape(batch_shape + (-1,))
@@ -173,7 +171,5 @@ def dot_of_activations(t: Tracer, eqn, a: Act, b: Act) -> Act:
   reps = np.full(batch_shape, NO_NODE, np.int64)
   for index in np.ndindex(*batch_shape):
     reps[index] = t.union_all(np.concatenate([a_ids[index], b_ids[index]]))
-  dims = ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))
-  live = jax.lax.dot_general(np.asarray(~a.zero, np.float32), np.asarray(~b.zero, np.float32), dims)
   ids = np.broadcast_to(reps.reshape(batch_shape + (1,) * (len(out_shape) - len(batch_shape))), out_shape).copy()
   return Act.of_zero(ids, np.asarray(live) == 0)
