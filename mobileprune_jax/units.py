@@ -78,6 +78,7 @@ class Units:
     components: for each component, the kernel paths its units span (a PALM block must hold whole ones).
     units: for each removable unit, {path: sorted flat entry indices} (what tests and users inspect).
     notes: kernels left out of the units, and why.
+    roots: for each removable unit, the graph node (``Graph.find``) of the channel set it is the unit of.
   """
 
   side: str
@@ -88,6 +89,7 @@ class Units:
   components: tuple[tuple[str, ...], ...]
   units: tuple[dict[str, np.ndarray], ...]
   notes: tuple[str, ...] = ()
+  roots: tuple[int, ...] = ()
 
   @property
   def size(self) -> int:
@@ -223,7 +225,7 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
   for k, c in enumerate(component):
     comps[c].append(paths[k])
   return Units(side, paths, tuple(tuple(layer.kernel_shape) for layer in layers), tuple(int(o) for o in offsets),
-               buckets, tuple(tuple(v) for v in comps), tuple(unit_entries), tuple(notes))
+               buckets, tuple(tuple(v) for v in comps), tuple(unit_entries), tuple(notes), tuple(sorted(by_root)))
 
 
 def _components(n_layers: int, tree_layers: list[set[int]]) -> list[int]:

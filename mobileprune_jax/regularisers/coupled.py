@@ -41,7 +41,7 @@ from mobileprune_jax.prox.convex import tree_shrink
 from mobileprune_jax.prox.group_l0 import pi
 from mobileprune_jax.prox.tree_l0 import theta_leafwise
 from mobileprune_jax.prox.validation import compute_dtype
-from mobileprune_jax.regularisers import traced_roles
+from mobileprune_jax.regularisers import fixed_shapes, traced_roles
 from mobileprune_jax.regularisers.base import ELEMENTS, Regulariser
 from mobileprune_jax.surgery import depgraph
 
@@ -338,6 +338,12 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
   if tied:  # an embedding table that is also a dense layer (a tied output head): its columns read the stream
     rules = [(f"^{re.escape(path)}$", "dense") for path in tied] + rules
     roles = dict(zip(paths, groups.leaf_roles(params, rules)))
+  graph, fixed = fixed_shapes.pin_fixed_shapes(model, sample_input, graph, shapes)
+  if fixed:  # shrink keeps these channels, so no unit may hold them
+    warnings.warn(f"{reg.name}.for_model: {len(fixed)} channel(s) pass through a {fixed_shapes.describe(fixed)} whose "
+                  "shape the model's code fixes (a size, bound or group count written as a constant); surgery keeps "
+                  "them, so they are not removable units (compute the size from the input's shape, e.g. -1, to let "
+                  "them go)", stacklevel=3)
   covered = [layer.kernel_path for layer in graph.layers
              if roles.get(layer.kernel_path) in reg.rules_by_role and roles[layer.kernel_path] != "bias"]
   units = units_lib.units_from_graph(graph, shapes, covered, reg.unit_side)

@@ -63,6 +63,7 @@ class ShrinkReport:
   params_before: int = 0
   params_after: int = 0
   max_abs_diff: float = float("nan")
+  kept_shape_sites: int = 0  # channels kept because the model's code fixes a shape they pass through
 
   def __str__(self) -> str:
     lines = [str(layer) for layer in self.layers]
@@ -77,6 +78,7 @@ class ShrinkReport:
         "params_before": self.params_before,
         "params_after": self.params_after,
         "max_abs_diff": self.max_abs_diff,
+        "kept_shape_sites": self.kept_shape_sites,
     }
 
 
@@ -331,7 +333,7 @@ def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = Tr
   report = plan(model, sample_input, graph, round_to=round_to)
   new = apply_cuts(model, report.cuts)
   report.params_before, report.params_after = count_params(model), count_params(new)
-  sites = _unsynced_sites(model, graph.shape_sites)
+  sites = unsynced_sites(model, graph.shape_sites)
   failure = parity_failure(model, new, sample_input, atol, report) if check or sites else None
   if failure is not None and sites:
     # the code recomputed a shape the cut changed (a channel shuffle, a split at fixed sizes): keep those channels
@@ -342,13 +344,14 @@ def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = Tr
     report = plan(model, sample_input, graph, round_to=round_to, keep=frozenset(sites))
     new = apply_cuts(model, report.cuts)
     report.params_before, report.params_after = count_params(model), count_params(new)
+    report.kept_shape_sites = len(sites)
     failure = parity_failure(model, new, sample_input, atol, report)
   if failure is not None and check:
     raise failure
   return new, report
 
 
-def _unsynced_sites(model: nnx.Module, sites: dict[int, str]) -> dict[int, str]:
+def unsynced_sites(model: nnx.Module, sites: dict[int, str]) -> dict[int, str]:
   """``sites`` without the grouped convs of ``nnx.Conv`` layers (``_sync_attributes`` updates their group count)."""
   convs = {path_to_str(path) for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Conv)}
   synced = lambda op: op.startswith("grouped conv ") and op.split()[2].rpartition("/")[0] in convs

@@ -1,0 +1,76 @@
+"""Channels a model's code fixes the shape of: ``for_model`` keeps them out of the units when surgery must keep them.
+
+A reshape, slice or split whose sizes the code writes as constants (``reshape(b, t, 4, 8)``, ``x[..., :8]``)
+cannot be run on fewer channels, so ``surgery.shrink_with_report`` keeps every channel passing through such a
+shape site (``Graph.shape_sites``) when cutting them does not rebuild an equal model. A penalty that treated
+those channels as removable units would make zeros no surgery can use. Whether the code adapts (``reshape(n, -1)``
+after a flatten, ``reshape(b, t, -1, head_dim)`` over whole heads) is found the way shrink finds it: one unit at
+each site is zeroed in a copy of the model, which is then shrunk; if shrink has to keep the sites, so does the
+penalty (docs/coupled.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mobileprune_jax import units as units_lib
+from mobileprune_jax.surgery.shrink import shrink_with_report, unsynced_sites, variables_by_path
+
+__all__ = ["describe", "pin_fixed_shapes", "probe_roots"]
+
+
+def pin_fixed_shapes(model: nnx.Module, sample_input: Any, graph: Any,
+                     shapes: Mapping[str, tuple[int, ...]]) -> tuple[Any, dict[int, str]]:
+  """``graph`` with its shape-site channels pinned when surgery must keep them, and those sites (node -> op).
+
+  Args:
+    model: the traced model (not modified).
+    sample_input: its sample input (as for ``Regulariser.for_model``).
+    graph: its trace (``surgery.depgraph.trace``); returned unchanged when the sites adapt or there are none.
+    shapes: the shape of every parameter by path.
+  """
+  sites = unsynced_sites(model, graph.shape_sites)
+  if not sites:
+    return graph, {}
+  readers = units_lib.units_from_graph(graph, shapes, sorted({layer.kernel_path for layer in graph.layers}))
+  chosen = probe_roots(graph, sites, readers.roots)
+  if not chosen:  # no site channel is a removable unit: nothing to decide
+    return graph, {}
+  probe = nnx.clone(model)
+  variables = variables_by_path(probe)
+  for i in chosen:
+    for path, flat in readers.units[i].items():
+      value = np.array(variables[path].get_value())
+      value.reshape(-1)[flat] = 0
+      variables[path].set_value(jnp.asarray(value, variables[path].get_value().dtype))
+  try:
+    _, report = shrink_with_report(probe, sample_input, check=False)
+  except Exception:  # shrink itself fails on the cut copy: no surgery removes these channels, so no unit holds them
+    kept = True
+  else:
+    kept = report.kept_shape_sites > 0
+  if not kept:
+    return graph, {}
+  return dataclasses.replace(graph, pinned=set(graph.pinned) | set(sites)), sites
+
+
+def probe_roots(graph: Any, sites: Mapping[int, str], roots: Sequence[int]) -> list[int]:
+  """Indices (into ``roots``) of one removable unit per (op, producing layer) of the shape sites, the first in order."""
+  unit_of = {root: i for i, root in enumerate(roots)}
+  chosen: dict[tuple[str, Any], int] = {}
+  for node in sorted(sites):
+    i = unit_of.get(graph.find(node))
+    if i is not None:
+      chosen.setdefault((sites[node], graph.node_layer.get(node)), i)
+  return sorted(set(chosen.values()))
+
+
+def describe(sites: Mapping[int, str]) -> str:
+  """The kinds of op among ``sites``: "reshape", "slice", "grouped conv", ... joined by " / "."""
+  return " / ".join(sorted({"grouped conv" if op.startswith("grouped conv") else op for op in sites.values()}))
