@@ -2,8 +2,9 @@
 
 ``reduce_*`` over axes (global mean / max pools, LayerNorm's statistics) and ``reduce_window_*``
 (``nnx.max_pool`` / ``avg_pool``, ``lax.reduce_window``, any window, stride and padding). Padding
-and zero wildcards fit any channel; a reduction that mixes channels (LayerNorm / GroupNorm /
-softmax over channels) pins them, with a note.
+and zero wildcards fit any channel. A reduction whose windows split the channels into disjoint groups
+(GroupNorm's statistics) joins each group into one set, removed whole; one that mixes them all (LayerNorm,
+softmax over channels), in overlapping windows, or with elements of no channel pins them, with a note.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mobileprune_jax.surgery.values import Act, uniform_nodes
 if TYPE_CHECKING:
   from mobileprune_jax.surgery.tracer import Tracer
 
-_MIXING = "(LayerNorm / GroupNorm / softmax over channels mix them)"
+_MIXING = "(LayerNorm / softmax over channels mix them)"
 
 
 def merge_windows(t: Tracer, name: str, ids: np.ndarray, values: np.ndarray, wild: np.ndarray) -> Act:
@@ -28,12 +29,30 @@ def merge_windows(t: Tracer, name: str, ids: np.ndarray, values: np.ndarray, wil
   flat_ids, flat_wild = ids.reshape(-1, ids.shape[-1]).T, wild.reshape(-1, ids.shape[-1]).T
   out_ids, same = uniform_nodes(flat_ids, flat_wild)
   zero_windows = np.all(values.reshape(-1, ids.shape[-1]) == 0, axis=1)  # all-zero windows are zero anyway
-  mixed = ~same & ~zero_windows
-  if mixed.any():
-    t.pin(flat_ids[:, mixed][~flat_wild[:, mixed]], f"{name} across channels {_MIXING}: those channels are kept")
+  groups = _disjoint_groups(flat_ids[:, ~same], flat_wild[:, ~same]) if not same.all() else None
+  if groups is not None:  # GroupNorm's statistics: each group of channels goes whole, with what is reduced from it
+    out_ids = out_ids.copy()  # (a group of zeros too: its statistics are its own, not a zero wildcard)
+    out_ids[~same] = [t.union_all(np.fromiter(g, np.int64)) for g in groups]
+  else:
+    mixed = ~same & ~zero_windows
+    if mixed.any():
+      t.pin(flat_ids[:, mixed][~flat_wild[:, mixed]], f"{name} across channels {_MIXING}: those channels are kept")
   with np.errstate(invalid="ignore", over="ignore"):
     out = reduce(values, axis=-1)  # NaN (unknown) wherever any element is unknown
   return Act(out_ids.reshape(shape), np.where(np.isinf(out), np.nan, out))
+
+
+def _disjoint_groups(ids: np.ndarray, wild: np.ndarray) -> list[frozenset[int]] | None:
+  """The channel set of each column of ``ids`` (positions, windows) when those sets split the channels into several
+  disjoint groups (GroupNorm: each window holds one group), else None (one window holds them all: LayerNorm, or
+  windows overlap: channels would chain into one set)."""
+  if np.any(ids[~wild] < 0):  # an element of no channel (computed from the input) mixed in: removal changes it
+    return None
+  sets = [frozenset(col[~w].tolist()) for col, w in zip(ids.T, wild.T)]
+  distinct = set(sets)
+  if len(distinct) < 2 or sum(map(len, distinct)) != len(frozenset().union(*distinct)):
+    return None
+  return sets
 
 
 def reduce(t: Tracer, eqn, a: Act) -> Act:

@@ -260,6 +260,10 @@ def _sync_attributes(model: nnx.Module) -> None:
       vec = node.scale if node.scale is not None else node.bias
       if vec is not None:
         node.num_features = vec.shape[-1]
+    elif isinstance(node, nnx.GroupNorm):  # whole groups were cut (the trace joins each group's channels)
+      vec = node.scale if node.scale is not None else node.bias
+      if vec is not None:
+        node.num_groups = vec.shape[-1] // node.group_size
   for _, node in nnx.iter_graph(model):
     if isinstance(node, (nnx.LSTMCell, nnx.OptimizedLSTMCell, nnx.GRUCell, nnx.SimpleCell)):
       # the state width is the recurrent kernel's input width (initialize_carry reads hidden_features)
