@@ -153,8 +153,11 @@ class Regulariser:
     """This penalty with ``model``'s coupled units as its groups: the units surgery removes.
 
     One trace of ``model`` on ``sample_input`` (or ``graph``, a trace already made) gives the channel sets
-    surgery removes together; every kernel entry joins the unit of the channel it reads (the writer side for
-    DEGL/EGL), so a zero unit is a channel the rebuilt model drops (``regularisers.coupled``, docs/algorithms.md §K).
+    surgery removes together; every kernel entry joins the unit of the channel it reads, so a zero unit is a channel
+    the rebuilt model drops (``regularisers.coupled``, docs/algorithms.md §K). DEGL/EGL take the writer side: a zero
+    unit leaves its channel equal to its bias, which surgery drops only where that is zero (or made zero, e.g. by a
+    ReLU); DEGL's threshold step zeroes the unit's biases and readers with it. Channels surgery must keep (a model
+    output, a LayerNorm'd stream, a shape the code fixes) are in no unit.
     Element-wise penalties (ℓ0, ℓ1, ℓ2) come back unchanged except for the model's depthwise rules.
 
     Examples:
