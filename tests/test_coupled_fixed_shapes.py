@@ -141,3 +141,35 @@ def test_channels_of_a_conv_whose_group_count_the_code_fixes_are_not_units():
   assert all(set(u) == {"fc/kernel"} for u in reg.units.units)  # only c2's 12 channels, each one row of fc
   assert sorted(tuple(u["fc/kernel"]) for u in reg.units.units) == [tuple(range(c * 5, c * 5 + 5)) for c in range(12)]
   assert _removed_when_zeroed(model, x, reg.units.units[7])
+
+
+class TrainModeNet(nnx.Module):
+  """BatchNorm and Dropout in training mode (as ``for_model`` usually meets a model) and a flatten with -1."""
+
+  def __init__(self, rngs):
+    self.conv, self.bn = nnx.Conv(3, 6, (3, 3), strides=2, rngs=rngs), nnx.BatchNorm(6, rngs=rngs)
+    self.drop = nnx.Dropout(0.5, rngs=rngs)
+    self.fc = nnx.Linear(4 * 4 * 6, 5, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.drop(nnx.relu(self.bn(self.conv(x))))
+    return self.fc(h.reshape(h.shape[0], -1))
+
+
+def test_a_model_in_training_mode_keeps_its_flattened_channels_as_units():
+  model = TrainModeNet(nnx.Rngs(0, dropout=1))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+  reg, messages = _for_model(model, x)
+  assert not any("removable units" in m for m in messages), messages
+  fc = np.arange(96 * 5).reshape(4, 4, 6, 5)  # conv channel c: its 16 rows of fc
+  assert sorted(tuple(u["fc/kernel"]) for u in reg.units.units) == [tuple(np.sort(fc[:, :, c].ravel())) for c in range(6)]
+  model.eval()
+  assert _removed_when_zeroed(model, x, reg.units.units[2])
+
+
+def test_when_the_probe_cannot_shrink_the_warning_says_why():
+  model = models.create("lenet5")
+  model.fc2.bias[...] = model.fc2.bias[...].at[0].set(jnp.nan)  # no shrink of this model can succeed
+  reg, messages = _for_model(model, jnp.zeros((2, 28, 28, 1)))
+  assert any("failed (ValueError: cannot shrink a model with non-finite values" in m for m in messages), messages
+  assert _units_reading(reg, "fc1/kernel") == []  # the flattened channels are not units

@@ -26,8 +26,9 @@ __all__ = ["describe", "pin_fixed_shapes", "probe_roots"]
 
 
 def pin_fixed_shapes(model: nnx.Module, sample_input: Any, graph: Any,
-                     shapes: Mapping[str, tuple[int, ...]]) -> tuple[Any, dict[int, str]]:
-  """``graph`` with its shape-site channels pinned when surgery must keep them, and those sites (node -> op).
+                     shapes: Mapping[str, tuple[int, ...]]) -> tuple[Any, dict[int, str], str]:
+  """``graph`` with its shape-site channels pinned when surgery must keep them, those sites (node -> op), and why
+  when the probe's shrink itself failed ("" otherwise).
 
   Args:
     model: the traced model (not modified).
@@ -37,11 +38,11 @@ def pin_fixed_shapes(model: nnx.Module, sample_input: Any, graph: Any,
   """
   sites = unsynced_sites(model, graph.shape_sites)
   if not sites:
-    return graph, {}
+    return graph, {}, ""
   readers = units_lib.units_from_graph(graph, shapes, sorted({layer.kernel_path for layer in graph.layers}))
   chosen = probe_roots(graph, sites, readers.roots)
   if not chosen:  # no site channel is a removable unit: nothing to decide
-    return graph, {}
+    return graph, {}, ""
   probe = nnx.clone(model)
   variables = variables_by_path(probe)
   for i in chosen:
@@ -51,13 +52,13 @@ def pin_fixed_shapes(model: nnx.Module, sample_input: Any, graph: Any,
       variables[path].set_value(jnp.asarray(value, variables[path].get_value().dtype))
   try:
     _, report = shrink_with_report(probe, sample_input, check=False)
-  except Exception:  # shrink itself fails on the cut copy: no surgery removes these channels, so no unit holds them
-    kept = True
+  except Exception as e:  # shrink itself fails on the cut copy: no surgery removes these channels, so no unit holds them
+    failure = f"shrinking a copy with one of them zeroed failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
   else:
-    kept = report.kept_shape_sites > 0
-  if not kept:
-    return graph, {}
-  return dataclasses.replace(graph, pinned=set(graph.pinned) | set(sites)), sites
+    if report.kept_shape_sites == 0:
+      return graph, {}, ""
+    failure = ""
+  return dataclasses.replace(graph, pinned=set(graph.pinned) | set(sites)), sites, failure
 
 
 def probe_roots(graph: Any, sites: Mapping[int, str], roots: Sequence[int]) -> list[int]:
