@@ -31,8 +31,9 @@ def merge_windows(t: Tracer, name: str, ids: np.ndarray, values: np.ndarray, wil
   zero_windows = np.all(values.reshape(-1, ids.shape[-1]) == 0, axis=1)  # all-zero windows are zero anyway
   groups = _disjoint_groups(flat_ids[:, ~same], flat_wild[:, ~same]) if not same.all() else None
   if groups is not None:  # GroupNorm's statistics: each group of channels goes whole, with what is reduced from it
-    out_ids = out_ids.copy()  # (a group of zeros too: its statistics are its own, not a zero wildcard)
-    out_ids[~same] = [t.union_all(np.fromiter(g, np.int64)) for g in groups]
+    members, column_set = groups  # (a group of zeros too: its statistics are its own, not a zero wildcard)
+    out_ids = out_ids.copy()
+    out_ids[~same] = np.array([t.union_all(m) for m in members], np.int64)[column_set]
   else:
     mixed = ~same & ~zero_windows
     if mixed.any():
@@ -42,17 +43,21 @@ def merge_windows(t: Tracer, name: str, ids: np.ndarray, values: np.ndarray, wil
   return Act(out_ids.reshape(shape), np.where(np.isinf(out), np.nan, out))
 
 
-def _disjoint_groups(ids: np.ndarray, wild: np.ndarray) -> list[frozenset[int]] | None:
-  """The channel set of each column of ``ids`` (positions, windows) when those sets split the channels into several
-  disjoint groups (GroupNorm: each window holds one group), else None (one window holds them all: LayerNorm, or
-  windows overlap: channels would chain into one set)."""
+def _disjoint_groups(ids: np.ndarray, wild: np.ndarray) -> tuple[list[np.ndarray], np.ndarray] | None:
+  """The distinct channel sets of the columns of ``ids`` (positions, windows) and each column's set, when those sets
+  split the channels into several disjoint groups (GroupNorm: each window holds one group); else None (one window
+  holds them all: LayerNorm; windows overlap: channels would chain into one set; or an element of no channel)."""
   if np.any(ids[~wild] < 0):  # an element of no channel (computed from the input) mixed in: removal changes it
     return None
-  sets = [frozenset(col[~w].tolist()) for col, w in zip(ids.T, wild.T)]
-  distinct = set(sets)
-  if len(distinct) < 2 or sum(map(len, distinct)) != len(frozenset().union(*distinct)):
+  keys = np.sort(np.where(wild, -1, ids), axis=0)  # each column's set, sorted, duplicates blanked, sorted again
+  keys[1:][keys[1:] == keys[:-1]] = -1
+  keys = np.sort(keys, axis=0)
+  distinct, column_set = np.unique(keys, axis=1, return_inverse=True)
+  members = [col[col >= 0] for col in distinct.T]
+  total = sum(len(m) for m in members)
+  if len(members) < 2 or total != len(np.unique(np.concatenate(members))):
     return None
-  return sets
+  return members, column_set.reshape(-1)
 
 
 def reduce(t: Tracer, eqn, a: Act) -> Act:
