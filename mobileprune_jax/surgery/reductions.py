@@ -49,7 +49,10 @@ def _disjoint_groups(ids: np.ndarray, wild: np.ndarray) -> tuple[list[np.ndarray
   holds them all: LayerNorm; windows overlap: channels would chain into one set; or an element of no channel)."""
   if np.any(ids[~wild] < 0):  # an element of no channel (computed from the input) mixed in: removal changes it
     return None
-  keys = np.sort(np.where(wild, -1, ids), axis=0)  # each column's set, sorted, duplicates blanked, sorted again
+  masked = np.where(wild, -1, ids)
+  if np.array_equal(masked, np.broadcast_to(masked[:, :1], masked.shape)):  # every window the same (LayerNorm)
+    return None
+  keys = np.sort(masked, axis=0)  # each column's set, sorted, duplicates blanked, sorted again
   keys[1:][keys[1:] == keys[:-1]] = -1
   keys = np.sort(keys, axis=0)
   distinct, column_set = np.unique(keys, axis=1, return_inverse=True)
