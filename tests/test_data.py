@@ -193,3 +193,47 @@ def test_tiny_imagenet_errors(tmp_path):
   (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99\t0\t0\t1\t1\n")
   with pytest.raises(ValueError, match="n99"):
     data.load("tiny_imagenet", str(root))
+
+
+def _uci(root, window=128, n_labels=None, text=None):
+  rng = np.random.default_rng(4)
+  base = root / "UCI HAR Dataset"
+  for split, n in (("train", 10), ("test", 4)):
+    (base / split / "Inertial Signals").mkdir(parents=True)
+    for i, s in enumerate(har.UCI_SIGNALS):
+      path = base / split / "Inertial Signals" / f"{s}_{split}.txt"
+      if text is not None and i == 3:
+        path.write_text(text)
+      else:
+        np.savetxt(path, rng.normal(size=(n, window if i != 5 else 128)))
+    np.savetxt(base / split / f"y_{split}.txt", rng.integers(1, 7, n_labels or n), fmt="%d")
+
+
+@pytest.mark.parametrize("case, match", [
+    ({"window": 127}, r"body_acc_x_train.txt: 10 windows of 127 readings, expected 10 \(one per label\) of 128"),
+    ({"n_labels": 9}, r"body_acc_x_train.txt: 10 windows of 128 readings, expected 9 \(one per label\)"),
+    ({"text": "0.1 0.2 oops\n"}, r"body_gyro_x_train.txt: not a numeric table"),
+])
+def test_damaged_uci_har_files_are_one_line_naming_the_file(tmp_path, case, match):
+  _uci(tmp_path, **case)
+  with pytest.raises(data.InvalidDataError, match=match):
+    data.load("uci_har", str(tmp_path))
+
+
+@pytest.mark.parametrize("text, match", [
+    ("garbage\n1,Walking,1,a,b,c;\n", "no valid 'user,activity,time,x,y,z;' record"),
+    ("".join(f"1,Walking,{i},1,2,3;\n" for i in range(30)), "30 readings, fewer than one window of 80"),
+])
+def test_wisdm_files_with_too_little_data_are_one_line(tmp_path, text, match):
+  (tmp_path / "WISDM_ar_v1.1_raw.txt").write_text(text)
+  with pytest.raises(data.InvalidDataError, match=match):
+    data.load("wisdm", str(tmp_path))
+
+
+@pytest.mark.parametrize("text", ["", "\n".join(" ".join(["1"] * 10) for _ in range(300))])
+def test_pamap2_files_without_the_54_columns_are_one_line(tmp_path, text):
+  proto = tmp_path / "PAMAP2_Dataset" / "Protocol"
+  proto.mkdir(parents=True)
+  (proto / "subject101.dat").write_text(text)
+  with pytest.raises(data.InvalidDataError, match=r"subject101.dat: (0|10) columns, expected 54"):
+    data.load("pamap2", str(tmp_path))

@@ -18,7 +18,7 @@ import pathlib
 import numpy as np
 
 from mobileprune_jax.data.dataset import Dataset
-from mobileprune_jax.data.errors import DataUnavailableError
+from mobileprune_jax.data.errors import DataUnavailableError, InvalidDataError
 
 EXPECTED = {
     "wisdm": "WISDM_ar_v1.1_raw.txt",
@@ -39,8 +39,11 @@ def zscore(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
   return ((x - mean) / std).astype(np.float32)
 
 
-def windows(signal: np.ndarray, labels: np.ndarray, window: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+def windows(signal: np.ndarray, labels: np.ndarray, window: int, step: int,
+            source: str = "the signal") -> tuple[np.ndarray, np.ndarray]:
   """Sliding windows (N, window, C) and their mode labels (ties: the smallest label)."""
+  if len(signal) < window:
+    raise InvalidDataError(f"{source}: {len(signal)} readings, fewer than one window of {window}")
   starts = np.arange(0, len(signal) - window + 1, step)
   x = np.stack([signal[s : s + window] for s in starts]) if len(starts) else np.zeros((0, window, signal.shape[1]))
   y = np.array([np.bincount(labels[s : s + window]).argmax() for s in starts], np.int32)
@@ -85,16 +88,29 @@ def read_wisdm(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     if np.all(np.isfinite(xyz)):
       rows.append(xyz)
       labels.append(classes[parts[1]])
+  if not rows:
+    raise InvalidDataError(f"{path}: no valid 'user,activity,time,x,y,z;' record")
   return np.asarray(rows, np.float64), np.asarray(labels, np.int64)
 
 
 def read_uci_har(root: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarray]:
   """(windows (N, 128, 9), labels 0..5) of the official split."""
   base = root / split
-  signals = [np.loadtxt(base / "Inertial Signals" / f"{s}_{split}.txt", ndmin=2) for s in UCI_SIGNALS]
-  x = np.stack(signals, axis=-1)
-  y = np.loadtxt(base / f"y_{split}.txt", dtype=np.int64, ndmin=1) - 1
-  return x.astype(np.float64), y
+  signals = [_table(base / "Inertial Signals" / f"{s}_{split}.txt", float) for s in UCI_SIGNALS]
+  y = _table(base / f"y_{split}.txt", int).reshape(-1) - 1
+  for s, signal in zip(UCI_SIGNALS, signals):
+    if signal.shape != (len(y), SETTINGS["uci_har"][0]):
+      raise InvalidDataError(f"{base / 'Inertial Signals' / f'{s}_{split}.txt'}: {signal.shape[0]} windows of "
+                             f"{signal.shape[1]} readings, expected {len(y)} (one per label) of {SETTINGS['uci_har'][0]}")
+  return np.stack(signals, axis=-1).astype(np.float64), y
+
+
+def _table(path: pathlib.Path, dtype: type) -> np.ndarray:
+  """A whitespace-separated numeric table (2-D), or one line of InvalidDataError naming the file."""
+  try:
+    return np.loadtxt(path, dtype=np.float64 if dtype is float else np.int64, ndmin=2)
+  except (ValueError, OSError) as e:
+    raise InvalidDataError(f"{path}: not a numeric table ({str(e).splitlines()[0]})") from None
 
 
 def read_pamap2(protocol_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +123,9 @@ def read_pamap2(protocol_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
   for f in files:
     data = np.genfromtxt(f, dtype=np.float64)  # non-numeric → NaN
     data = np.atleast_2d(data)
+    if data.size == 0 or data.shape[1] <= max(PAMAP2_COLUMNS):
+      raise InvalidDataError(f"{f}: {data.shape[1] if data.size else 0} columns, expected 54 (timestamp, activity, "
+                             "heart rate, 3 IMUs of 17)")
     cols = data[:, PAMAP2_COLUMNS]
     for c in range(cols.shape[1]):  # linear interpolation over NaNs
       col = cols[:, c]
@@ -138,7 +157,7 @@ def load(name: str, data_dir: str, fold: int = 0, **_):
     if path is None:
       raise DataUnavailableError(f"{root}: no {EXPECTED[name]}")
     signal, labels = read_wisdm(path)
-    x, y = windows(_standardise(signal), labels, window, step)
+    x, y = windows(_standardise(signal), labels, window, step, str(path))
     train_x, train_y, val_x, val_y, test_x, test_y = _shuffle_split(x, y, fold)
     classes = len(WISDM_CLASSES)
   elif name == "uci_har":
@@ -158,7 +177,7 @@ def load(name: str, data_dir: str, fold: int = 0, **_):
     if anyfile is None:
       raise DataUnavailableError(f"{root}: no {EXPECTED[name]}")
     signal, labels = read_pamap2(anyfile.parent)
-    x, y = windows(_standardise(signal), labels, window, step)
+    x, y = windows(_standardise(signal), labels, window, step, str(anyfile.parent))
     train_x, train_y, val_x, val_y, test_x, test_y = _shuffle_split(x, y, fold)
     classes = len(PAMAP2_ACTIVITIES)
   else:
