@@ -113,3 +113,24 @@ def test_for_model_makes_one_unit_per_group(make):
     c1 = np.arange(3 * 3 * 3 * 16).reshape(3, 3, 3, 16)
     got = sorted(tuple(u["c1/kernel"]) for u in reg.units.units if "c1/kernel" in u)
     assert got == [tuple(np.sort(c1[..., 4 * g:4 * g + 4].ravel())) for g in range(4)]
+
+
+class Maxout(nnx.Module):
+  """A maxout layer: the max over each group of 3 channels (non-overlapping windows along the channels)."""
+
+  def __init__(self, rngs):
+    self.fc1, self.fc2 = nnx.Linear(6, 12, rngs=rngs), nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.fc1(x)
+    return self.fc2(h.reshape(*h.shape[:-1], -1, 3).max(-1))
+
+
+def test_a_maxout_unit_goes_with_its_three_channels():
+  model = Maxout(nnx.Rngs(0))
+  model.fc2.kernel[...] = model.fc2.kernel[...].at[2].set(0)  # nothing reads maxout unit 2 (fc1 channels 6, 7, 8)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6)), jnp.float32)
+  new, _ = surgery.shrink_with_report(model, x)
+  np.testing.assert_allclose(np.asarray(new(x)), np.asarray(model(x)), atol=1e-6)
+  assert new.fc1.kernel.shape == (6, 9) and new.fc2.kernel.shape == (3, 3)
+  np.testing.assert_array_equal(np.asarray(new.fc1.kernel[...]), np.asarray(model.fc1.kernel[...])[:, [0, 1, 2, 3, 4, 5, 9, 10, 11]])
