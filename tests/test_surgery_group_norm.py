@@ -134,3 +134,30 @@ def test_a_maxout_unit_goes_with_its_three_channels():
   np.testing.assert_allclose(np.asarray(new(x)), np.asarray(model(x)), atol=1e-6)
   assert new.fc1.kernel.shape == (6, 9) and new.fc2.kernel.shape == (3, 3)
   np.testing.assert_array_equal(np.asarray(new.fc1.kernel[...]), np.asarray(model.fc1.kernel[...])[:, [0, 1, 2, 3, 4, 5, 9, 10, 11]])
+
+
+class QKNormAttention(nnx.Module):
+  """Attention with a LayerNorm over head_dim on q and k (QK-norm): each head's statistics are its own."""
+
+  def __init__(self, rngs, d=16, heads=4, head_dim=8):
+    self.head_dim = head_dim
+    self.q, self.k, self.v = (nnx.Linear(d, heads * head_dim, rngs=rngs) for _ in range(3))
+    self.qn, self.kn = nnx.LayerNorm(head_dim, rngs=rngs), nnx.LayerNorm(head_dim, rngs=rngs)
+    self.o = nnx.Linear(heads * head_dim, d, rngs=rngs)
+
+  def __call__(self, x):
+    b, t, _ = x.shape
+    split = lambda h: h.reshape(b, t, -1, self.head_dim)
+    q, k, v = self.qn(split(self.q(x))), self.kn(split(self.k(x))), split(self.v(x))
+    a = jax.nn.softmax(jnp.einsum("bthd,bshd->bhts", q, k) / np.sqrt(self.head_dim), -1)
+    return x + self.o(jnp.einsum("bhts,bshd->bthd", a, v).reshape(b, t, -1))
+
+
+def test_a_head_goes_through_a_layer_norm_over_head_dim():
+  model = QKNormAttention(nnx.Rngs(0))
+  model.o.kernel[...] = model.o.kernel[...].at[8:16].set(0)  # nothing reads head 1
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 5, 16)), jnp.float32)
+  new, _ = surgery.shrink_with_report(model, x)
+  np.testing.assert_allclose(np.asarray(new(x)), np.asarray(model(x)), atol=1e-5)
+  assert new.q.kernel.shape == new.k.kernel.shape == new.v.kernel.shape == (16, 24) and new.o.kernel.shape == (24, 16)
+  assert new.qn.scale.shape == (8,)  # the norm's parameters are per head_dim entry: shared by the heads, kept
