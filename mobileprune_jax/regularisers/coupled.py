@@ -340,11 +340,7 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
     roles = dict(zip(paths, groups.leaf_roles(params, rules)))
   graph, fixed, failure = fixed_shapes.pin_fixed_shapes(model, sample_input, graph, shapes)
   if fixed:  # shrink keeps these channels, so no unit may hold them
-    how = (f", and {failure}; they are" if failure else " whose shape the model's code fixes (a size, bound or group "
-           "count written as a constant); surgery keeps them, so they are")
-    warnings.warn(f"{reg.name}.for_model: {len(fixed)} channel(s) pass through a {fixed_shapes.describe(fixed)}{how} "
-                  "not removable units" + ("" if failure else " (compute the size from the input's shape, e.g. -1, to "
-                                           "let them go)"), stacklevel=3)
+    warnings.warn(fixed_shapes.warning(reg.name, fixed, failure), stacklevel=3)
   covered = [layer.kernel_path for layer in graph.layers
              if roles.get(layer.kernel_path) in reg.rules_by_role and roles[layer.kernel_path] != "bias"]
   units = units_lib.units_from_graph(graph, shapes, covered, reg.unit_side)

@@ -22,7 +22,7 @@ from flax import nnx
 from mobileprune_jax import units as units_lib
 from mobileprune_jax.surgery.shrink import shrink_with_report, unsynced_sites, variables_by_path
 
-__all__ = ["describe", "pin_fixed_shapes", "probe_roots"]
+__all__ = ["describe", "pin_fixed_shapes", "probe_roots", "warning"]
 
 
 def pin_fixed_shapes(model: nnx.Module, sample_input: Any, graph: Any,
@@ -75,3 +75,13 @@ def probe_roots(graph: Any, sites: Mapping[int, str], roots: Sequence[int]) -> l
 def describe(sites: Mapping[int, str]) -> str:
   """The kinds of op among ``sites``: "reshape", "slice", "grouped conv", ... joined by " / "."""
   return " / ".join(sorted({"grouped conv" if op.startswith("grouped conv") else op for op in sites.values()}))
+
+
+def warning(name: str, sites: Mapping[int, str], failure: str) -> str:
+  """``for_model``'s one line about the channels ``pin_fixed_shapes`` kept out of the units."""
+  head = f"{name}.for_model: {len(sites)} channel(s) pass through a {describe(sites)}"
+  if failure:
+    return f"{head}, and {failure}; they are not removable units"
+  return (f"{head} whose shape the model's code fixes (a size, bound or group count written as a constant); surgery "
+          "keeps them, so they are not removable units (compute the size from the input's shape, e.g. -1, to let them "
+          "go)")
