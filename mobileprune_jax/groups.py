@@ -286,13 +286,17 @@ def _attention_projections(model: Any) -> set[int]:
           for child in (node.query, node.key, node.value, node.out)}
 
 
+def _is_general(node: Any, attention: set[int]) -> bool:
+  """An ``nnx.Einsum``, or an ``nnx.LinearGeneral`` with several input or output axes outside attention."""
+  return isinstance(node, nnx.Einsum) or (isinstance(node, nnx.LinearGeneral) and id(node) not in attention
+                                          and jnp.ndim(node.kernel[...]) != 2)
+
+
 def general_layers(model: Any) -> dict[str, Any]:
   """Layers whose parameter shapes do not say which axis they read, by path: ``nnx.Einsum`` (any contraction) and
   ``nnx.LinearGeneral`` with several input or output axes outside ``nnx.MultiHeadAttention``."""
   attention = _attention_projections(model)
-  return {path_to_str(path): node for path, node in nnx.iter_graph(model)
-          if isinstance(node, nnx.Einsum) or (isinstance(node, nnx.LinearGeneral) and id(node) not in attention
-                                                and jnp.ndim(node.kernel[...]) != 2)}
+  return {path_to_str(path): node for path, node in nnx.iter_graph(model) if _is_general(node, attention)}
 
 
 def rules_for_model(model: Any) -> list[tuple[str, str]]:
@@ -309,13 +313,12 @@ def rules_for_model(model: Any) -> list[tuple[str, str]]:
   layers (BatchNorm, LayerNorm, RMSNorm, GroupNorm, InstanceNorm) get ``"none"`` whatever their names.
   """
   rules = []
-  general = {id(node) for node in general_layers(model).values()}
   attention = _attention_projections(model)
   for path, node in nnx.iter_graph(model):
     name = f"^{re.escape(path_to_str(path))}/"
     if isinstance(node, nnx.Embed):
       rules.append((name + "embedding$", "none"))
-    elif id(node) in general:
+    elif _is_general(node, attention):
       rules.append((name + "(kernel|bias)$", "none"))
     elif isinstance(node, nnx.LinearGeneral) and id(node) not in attention:  # a 2-D one: a dense layer
       rules.append((name + "kernel$", "dense"))

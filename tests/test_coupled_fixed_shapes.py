@@ -110,16 +110,14 @@ def test_channels_sliced_at_fixed_bounds_are_not_units_but_their_inputs_are():
 
 
 def test_a_flatten_with_minus_one_keeps_its_channel_units():
-  model = models.create("lenet5")
-  x = jnp.zeros((2, 28, 28, 1))
+  model = models.create("lenet5")  # conv2 (…, 50) → 4·4·50 = 800 features (h, w, c order) → fc1 (800, 500)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 28, 28, 1)), jnp.float32)
   reg, messages = _for_model(model, x)
   assert not any("fixes" in m for m in messages), messages
-  flattened = [u for u in _units_reading(reg, "fc1/kernel") if len(u["fc1/kernel"]) != reg.units.shapes[0][0]]
-  n_rows = model.fc1.kernel.shape[0] // model.conv2.kernel.shape[-1]  # H·W rows per conv2 channel
-  assert len(flattened) == model.conv2.kernel.shape[-1]
-  assert {len(u["fc1/kernel"]) for u in flattened} == {n_rows * model.fc1.kernel.shape[1]}
-  assert _removed_when_zeroed(model, jnp.asarray(np.random.default_rng(0).normal(size=(2, 28, 28, 1)),
-                                                 jnp.float32), flattened[3])
+  fc1 = np.arange(800 * 500).reshape(4, 4, 50, 500)  # conv2 channel c: its 16 rows of fc1
+  flattened = _units_reading(reg, "fc1/kernel")
+  assert sorted(tuple(u["fc1/kernel"]) for u in flattened) == [tuple(np.sort(fc1[:, :, c].ravel())) for c in range(50)]
+  assert _removed_when_zeroed(model, x, flattened[3])
 
 
 def test_element_wise_penalties_run_no_probe():

@@ -139,4 +139,3 @@ def general_roles(graph: Any, paths: Sequence[str]) -> tuple[dict[str, str], dic
       roles[path] = "dense" if len(layers[0].kernel_shape) == 2 else "conv"
       axes[path] = layers[0].in_axes[0]
   return roles, axes
-
