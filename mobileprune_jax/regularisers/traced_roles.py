@@ -48,7 +48,8 @@ def roles_from_trace(graph: Any, paths: Sequence[str], any_layout: bool) -> tupl
   chosen = {path: roles.pop() for path, roles in found.items() if len(roles) == 1 and None not in roles}
   roles = {path: role for path, (role, _) in chosen.items()}
   roles.update({path: "bias" for path in paths if path not in roles and _is_bias(graph, path)})
-  roles.update({path: "none" for path in paths if path not in roles and _is_scale(graph, path)})
+  roles.update({path: "none" for path in paths if path not in roles and (_is_scale(graph, path) or
+                                                                        _is_scalar_gain(graph, path))})
   return roles, {path for path, (_, foreign) in chosen.items() if foreign}
 
 
@@ -72,6 +73,14 @@ def _is_scale(graph: Any, path: str) -> bool:
   PReLU slope. Like a normalisation's parameters it is not penalised (role "none"), and surgery slices it with
   its channels."""
   return _entrywise(graph, path, ELEMENTWISE) is not None
+
+
+def _is_scalar_gain(graph: Any, path: str) -> bool:
+  """A single number only ever combined element-wise with channels (ReZero's ``x + self.alpha * f(x)``, a learned
+  temperature): it scales every channel alike, so like a scale it is not penalised (role "none")."""
+  pairs = graph.attachments.get(path, [])
+  ops = graph.attach_ops.get(path)
+  return bool(pairs) and bool(ops) and ops <= ELEMENTWISE and all(not np.any(idx) for idx, _ in pairs)
 
 
 def _is_bias(graph: Any, path: str) -> bool:

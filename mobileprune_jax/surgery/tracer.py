@@ -45,7 +45,7 @@ _REDUCE = {"reduce_max", "reduce_min", "reduce_sum", "reduce_prod", "argmax", "a
 _REDUCE_WINDOW = {"reduce_window_sum", "reduce_window_max", "reduce_window_min"}
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
           "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
-          "remat": "jaxpr", "checkpoint": "jaxpr"}
+          "remat": "jaxpr", "remat2": "jaxpr", "checkpoint": "jaxpr"}
 
 
 def _np_broadcast_in_dim(a, shape, broadcast_dimensions, **_):

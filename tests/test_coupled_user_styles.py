@@ -1,0 +1,90 @@
+"""``for_model`` on ways users write models that change nothing about the units: rematerialised layers
+(``nnx.remat`` / ``jax.checkpoint``) and scalar gains (ReZero). Units are listed by hand; surgery on a copy with a
+unit zeroed by hand is the reference for what a unit may remove."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mobileprune_jax import groups, regularisers, surgery
+
+X = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6, 6, 3)), jnp.float32)
+
+
+class RematNet(nnx.Module):
+  """A residual conv block whose second conv runs under ``nnx.remat`` or ``jax.checkpoint`` (memory-saving)."""
+
+  def __init__(self, rngs, how):
+    self.c1 = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.c2 = nnx.Conv(8, 8, (3, 3), rngs=rngs)
+    self.out = nnx.Linear(8, 4, rngs=rngs)
+    self.how = how
+
+  def __call__(self, x):
+    h = nnx.relu(self.c1(x))
+    if self.how == "nnx.remat":
+      h = h + nnx.remat(lambda conv, a: nnx.relu(conv(a)))(self.c2, h)
+    else:
+      h = h + jax.checkpoint(lambda a: nnx.relu(self.c2(a)))(h)
+    return self.out(h.mean((1, 2)))
+
+
+def _mask(shape, select):
+  m = np.zeros(shape, bool)
+  m[select] = True
+  return m
+
+
+@pytest.mark.parametrize("how", ["nnx.remat", "jax.checkpoint"])
+def test_layers_under_remat_are_units_like_any_other(how):
+  model = RematNet(nnx.Rngs(0), how)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # before: "1 kernel(s) the trace cannot see ... c2/kernel", kept whole
+    reg = regularisers.group_lasso(channel=0.1, neuron=0.1).for_model(model, X)
+  # stream channel j (c1's output plus c2's, added) is read by c2's input slice j and out's row j
+  expected = {frozenset([("c2/kernel", int(i)) for i in np.flatnonzero(_mask((3, 3, 8, 8), np.s_[:, :, j, :]))]
+                        + [("out/kernel", int(i)) for i in np.flatnonzero(_mask((8, 4), np.s_[j, :]))])
+              for j in range(8)}
+  assert {frozenset((p, int(i)) for p, idx in u.items() for i in idx) for u in reg.units.units} == expected
+  params = nnx.state(model, nnx.Param)
+  params["c2"]["kernel"][...] = params["c2"]["kernel"][...].at[:, :, 5, :].set(0)  # unit 5 zeroed by hand
+  params["out"]["kernel"][...] = params["out"]["kernel"][...].at[5, :].set(0)
+  nnx.update(model, params)
+  small = surgery.shrink(model, X)
+  assert small.c1.kernel.shape == (3, 3, 3, 7) and small.c2.kernel.shape == (3, 3, 7, 7)
+  assert small.out.kernel.shape == (7, 4)
+  np.testing.assert_allclose(np.asarray(small(X)), np.asarray(model(X)), atol=1e-5)
+
+
+class ReZero(nnx.Module):
+  """x + alpha·f(x) with one learned scalar alpha."""
+
+  def __init__(self, rngs):
+    self.inp = nnx.Linear(5, 8, rngs=rngs)
+    self.f = nnx.Linear(8, 8, rngs=rngs)
+    self.alpha = nnx.Param(jnp.array(0.1))
+    self.out = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.inp(x)
+    return self.out(h + self.alpha[...] * nnx.relu(self.f(h)))
+
+
+def test_a_scalar_gain_is_an_unpenalised_scale_without_a_warning():
+  model = ReZero(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(6, 5)), jnp.float32)
+  params = nnx.state(model, nnx.Param)
+  with pytest.raises(ValueError, match="alpha"):  # from the params alone nothing says what it is
+    regularisers.group_lasso(neuron=0.1).roles(params)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # before: "1 parameter(s) the model's layers do not explain ... alpha"
+    reg = regularisers.l0_sparse_group_lasso(0.01, neuron=0.5).for_model(model, x)
+  roles = dict(zip(groups.leaf_paths(params), reg.roles(params)))
+  assert roles["alpha"] == "none" and roles["f/kernel"] == roles["out/kernel"] == "dense"
+  new = reg.prox(params, 1.0)
+  np.testing.assert_array_equal(np.asarray(new["alpha"][...]), np.float32(0.1))
+  assert np.any(np.asarray(new["f"]["kernel"][...]) != np.asarray(params["f"]["kernel"][...]))  # f is penalised
