@@ -88,3 +88,62 @@ def test_a_scalar_gain_is_an_unpenalised_scale_without_a_warning():
   new = reg.prox(params, 1.0)
   np.testing.assert_array_equal(np.asarray(new["alpha"][...]), np.float32(0.1))
   assert np.any(np.asarray(new["f"]["kernel"][...]) != np.asarray(params["f"]["kernel"][...]))  # f is penalised
+
+
+class AttentionPool(nnx.Module):
+  """Features weighted by a softmax over positions of a one-channel score (attention pooling), or by a sigmoid
+  spatial gate, before the head: the (b, h, w, 1) weight is broadcast over the 8 channels."""
+
+  def __init__(self, rngs, gate):
+    self.c1 = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.score = nnx.Conv(8, 1, (1, 1), rngs=rngs)
+    self.out = nnx.Linear(8, 4, rngs=rngs)
+    self.gate = gate
+
+  def __call__(self, x):
+    h = nnx.relu(self.c1(x))
+    s = self.score(h)
+    if self.gate:
+      return self.out((h * nnx.sigmoid(s)).mean((1, 2)))
+    w = jax.nn.softmax(s.reshape(s.shape[0], -1), -1).reshape(s.shape)
+    return self.out((h * w).sum((1, 2)))
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_a_weight_map_broadcast_over_the_channels_leaves_each_channel_its_own_unit(gate):
+  model = AttentionPool(nnx.Rngs(0), gate)
+  reg = regularisers.group_lasso(channel=0.1, neuron=0.1).for_model(model, X)
+  # channel j of c1 is read by score's input j and out's row j (before: one unit of all 8 channels, never removed)
+  expected = {frozenset([("score/kernel", j), *(("out/kernel", 4 * j + k) for k in range(4))]) for j in range(8)}
+  assert {frozenset((p, int(i)) for p, idx in u.items() for i in idx) for u in reg.units.units} == expected
+  params = nnx.state(model, nnx.Param)
+  params["score"]["kernel"][...] = params["score"]["kernel"][...].at[:, :, 2, :].set(0)  # unit 2 zeroed by hand
+  params["out"]["kernel"][...] = params["out"]["kernel"][...].at[2, :].set(0)
+  nnx.update(model, params)
+  small = surgery.shrink(model, X)
+  assert small.c1.kernel.shape == (3, 3, 3, 7) and small.score.kernel.shape == (1, 1, 7, 1)
+  assert small.out.kernel.shape == (7, 4)
+  np.testing.assert_allclose(np.asarray(small(X)), np.asarray(model(X)), atol=1e-5)
+
+
+class SpatialAttention(nnx.Module):
+  """CBAM's spatial attention: a gate computed from the mean and max over the channels scales every channel."""
+
+  def __init__(self, rngs):
+    self.c1 = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.gate = nnx.Conv(2, 1, (3, 3), rngs=rngs)
+    self.out = nnx.Linear(8, 4, rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.relu(self.c1(x))
+    g = self.gate(jnp.concatenate([h.mean(-1, keepdims=True), h.max(-1, keepdims=True)], -1))
+    return self.out((h * nnx.sigmoid(g)).mean((1, 2)))
+
+
+def test_a_gate_computed_over_all_channels_still_keeps_them():
+  """Removing a channel would change the mean over channels the gate reads: the broadcast weight does not free them."""
+  model = SpatialAttention(nnx.Rngs(0))
+  model.out.kernel[...] = model.out.kernel[...].at[jnp.asarray([0, 5]), :].set(0)  # nobody reads channels 0 and 5
+  small = surgery.shrink(model, X)
+  assert small.c1.kernel.shape == (3, 3, 3, 8) and small.out.kernel.shape == (8, 4)
+  np.testing.assert_allclose(np.asarray(small(X)), np.asarray(model(X)), atol=1e-5)

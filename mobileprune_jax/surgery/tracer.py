@@ -72,6 +72,15 @@ _NP_STRUCTURAL = {
 }
 
 
+
+def weights_every_channel(x: Act, y: Act) -> bool:
+  """y is a copy along every axis x's channels vary along (a (b, h, w, 1) attention or gate map times a (b, h, w, c)
+  feature map), both belong to channels everywhere, and x has channels: x ⊙ y keeps x's channels apart (a dead
+  channel of x stays dead), while y must stay while any of them does."""
+  varying = {d for d in range(x.ids.ndim) if np.any(np.diff(x.ids, axis=d) != 0)}
+  return bool(varying) and varying <= y.spread and bool(np.all(x.ids >= 0)) and bool(np.all(y.ids >= 0))
+
+
 class Tracer:
   """Interprets a jaxpr over ``Const``/``Act`` values, building layers, nodes and groups."""
 
@@ -265,6 +274,12 @@ class Tracer:
     if len(acts) == 1:  # with a constant: the activation's nodes (the constant has none)
       return Act(np.broadcast_to(acts[0].ids, shape), value)
     a, b = (self.as_act(x, shape) for x in ins[:2])
+    if name == "mul":
+      for x, y in ((a, b), (b, a)):
+        if weights_every_channel(x, y):  # x's channel j times a weight shared by all of them: still channel j
+          self.pin(y.ids, "a weight broadcast over the channels it multiplies (attention pooling, a spatial gate) "
+                   "is kept with its producer's channel")
+          return Act(x.ids, value)
     self.union(a.ids, b.ids)
     pins.unpartnered(self, a, b)
     pins.met_by_opaque(self, [a, b])
