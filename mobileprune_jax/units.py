@@ -16,8 +16,9 @@ analysis into a partition of the traced kernels' entries:
   with no unit term (weight 0): only the sparse and shape terms act on them.
 * **writer side** (DEGL): every entry belongs to the unit of the channel it *writes*: one unit holds
   every producer's output filter of one removable set (the expand filter and the depthwise filter
-  of a MobileNet channel, every conv adding into one stream channel, a head's q/k/v columns).
-  Filters of channels that must stay (the classifier's outputs) are fixed, with no group term.
+  of a MobileNet channel, every conv adding into one stream channel, a head's q/k/v columns), and the
+  per-channel vectors of those channels (``writer_vectors``: biases, norm scales and shifts), so a zero unit is
+  a zero channel. Filters of channels that must stay (the classifier's outputs) are fixed, with no group term.
 
 Units partition the entries (each entry reads, and writes, exactly one feature), so a penalty that
 is a sum over units has an exact prox computed unit by unit. A unit is stored as a two-level tree
@@ -72,7 +73,8 @@ class Units:
 
   Attributes:
     side: "reader" or "writer".
-    paths: the covered kernel paths, in the order of the flat vector; ``shapes`` their shapes.
+    paths: the covered kernel paths, then (writer side) the per-channel vectors its units hold, in the order of the
+      flat vector; ``shapes`` their shapes.
     offsets: start of each path's entries in the flat vector (``len(paths) + 1`` values).
     buckets: the trees, bucketed by shape.
     components: for each component, the kernel paths its units span (a PALM block must hold whole ones).
@@ -198,13 +200,26 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
       else:
         fixed_leaves.extend((k, row[None] + offsets[k], conv) for row in entries)
 
+  attached = writer_vectors(graph, kernel_shapes, set(by_root), set(paths)) if side == "writer" else {}
+  vector_paths = tuple(sorted(attached))
+  paths += vector_paths
+  offsets = np.concatenate([offsets, offsets[-1] + np.cumsum([math.prod(kernel_shapes[p]) for p in vector_paths])
+                            ]).astype(np.int64)
+  extra: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)  # root -> [(path index, entries)]
+  for j, path in enumerate(vector_paths):
+    k = len(layers) + j
+    for root in np.unique(attached[path]):
+      extra[int(root)].append((k, np.flatnonzero(attached[path] == root)))
+
   trees = []  # (leaves (list of 1-D arrays), leaf_kind flags, channel, weight, layers)
   unit_entries = []
   for root in sorted(by_root):
-    members = by_root[root]
+    members = by_root[root] + [(k, e[None] + offsets[k], False) for k, e in extra.get(root, [])]
     leaves, taps = [], []
-    for _, e, conv in members:
-      if conv and side == "reader" and e.shape[1] == 1 and e.shape[0] > 1:  # one-entry taps: one row, not k² leaves
+    for k, e, conv in members:
+      if k >= len(layers):  # a bias / norm entry of a writer unit: with its first filter (one leaf, no padding)
+        leaves[0] = np.concatenate([leaves[0], e.ravel()])
+      elif conv and side == "reader" and e.shape[1] == 1 and e.shape[0] > 1:  # one-entry taps: one row, not k² leaves
         leaves.append(e.ravel())
         taps.append(SINGLE_TAPS)
       else:
@@ -219,13 +234,44 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
   for k, e, conv in fixed_leaves:
     trees.append(([e[0]], [TAP if conv and side == "reader" else ROW], conv, 0.0, {k}))
 
-  component = _components(len(layers), [t[4] for t in trees])
+  component = _components(len(paths), [t[4] for t in trees])
   buckets = _bucket(trees, component, int(offsets[-1]))
   comps: list[list[str]] = [[] for _ in set(component)]
   for k, c in enumerate(component):
     comps[c].append(paths[k])
-  return Units(side, paths, tuple(tuple(layer.kernel_shape) for layer in layers), tuple(int(o) for o in offsets),
+  shapes = tuple(tuple(layer.kernel_shape) for layer in layers) + tuple(tuple(kernel_shapes[p]) for p in vector_paths)
+  return Units(side, paths, shapes, tuple(int(o) for o in offsets),
                buckets, tuple(tuple(v) for v in comps), tuple(unit_entries), tuple(notes), tuple(sorted(by_root)))
+
+
+VECTOR_OPS = {"add", "add_any", "sub", "mul"}  # how a bias, a norm's shift or its scale meets its channels
+
+
+def writer_vectors(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], unit_roots: set[int],
+                   kernels: set[str]) -> dict[str, np.ndarray]:
+  """Per-channel parameters that join writer units: {path: unit root of each entry}.
+
+  A layer's bias, a normalisation's scale and shift: vectors (not kernels) only ever added to or multiplying
+  channels, each entry always the same channel, every one of them a writer unit's. With them in the unit, a zero
+  unit makes its channel exactly zero, so surgery removes it; with the filters alone the channel would stay at its
+  bias.
+  """
+  out = {}
+  for path, pairs in graph.attachments.items():
+    if path in kernels or path not in kernel_shapes or not graph.attach_ops.get(path, set()) <= VECTOR_OPS:
+      continue
+    roots = np.full(math.prod(kernel_shapes[path]), -1, np.int64)
+    consistent = bool(pairs)
+    for idx, nodes in pairs:
+      r = np.array([graph.find(int(n)) if n >= 0 else -2 for n in np.ravel(nodes)], np.int64)
+      idx = np.ravel(idx)
+      pairs_seen = np.unique(np.stack([idx, r]), axis=1)
+      consistent &= len(np.unique(pairs_seen[0])) == pairs_seen.shape[1]  # one channel per entry within a use
+      consistent &= bool(np.all((roots[idx] == -1) | (roots[idx] == r)))  # and across uses
+      roots[idx] = r
+    if consistent and np.all(np.isin(roots, list(unit_roots))):
+      out[path] = roots
+  return out
 
 
 def _components(n_layers: int, tree_layers: list[set[int]]) -> list[int]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mobileprune_jax import groups, regularisers, surgery
+from mobileprune_jax import groups, models, regularisers, surgery
 
 X = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6, 6, 3)), jnp.float32)
 
@@ -147,3 +147,63 @@ def test_a_gate_computed_over_all_channels_still_keeps_them():
   small = surgery.shrink(model, X)
   assert small.c1.kernel.shape == (3, 3, 3, 8) and small.out.kernel.shape == (8, 4)
   np.testing.assert_allclose(np.asarray(small(X)), np.asarray(model(X)), atol=1e-5)
+
+
+class ConvPReLU(nnx.Module):
+  """Conv + bias → PReLU (a learned per-channel slope) → BatchNorm → conv: every vector is non-zero after training."""
+
+  def __init__(self, rngs):
+    self.c1 = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.slope = nnx.Param(jnp.full((8,), 0.25))
+    self.bn = nnx.BatchNorm(8, use_running_average=True, rngs=rngs)
+    self.c2 = nnx.Conv(8, 6, (3, 3), rngs=rngs)
+    self.out = nnx.Linear(6, 4, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.c1(x)
+    h = self.bn(jnp.where(h > 0, h, self.slope[...] * h))
+    return self.out(nnx.relu(self.c2(h)).mean((1, 2)))
+
+
+def _trained_looking(model, seed):
+  """Every vector (biases, norm scales and shifts, running means) random and non-zero, as after training."""
+  rng = np.random.default_rng(seed)
+  state = nnx.state(model)
+  leaves, treedef = jax.tree.flatten(state)
+  leaves = [jnp.asarray(rng.uniform(0.5, 1.5, v.shape) * rng.choice([-1, 1], v.shape), v.dtype)
+            if v.ndim == 1 and jnp.issubdtype(v.dtype, jnp.floating) else v for v in leaves]
+  nnx.update(model, jax.tree.unflatten(treedef, leaves))
+  for _, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.BatchNorm):
+      node.var[...] = jnp.abs(node.var[...])  # variances stay positive
+  return model
+
+
+@pytest.mark.parametrize("make, x", [
+    (lambda: ConvPReLU(nnx.Rngs(0)), X),
+    (lambda: RematNet(nnx.Rngs(1), "nnx.remat"), X),
+    (lambda: models.create("resnet20", in_channels=3), X),
+])
+def test_a_zero_egl_writer_unit_is_a_channel_surgery_removes(make, x):
+  """EGL's writer units hold the producers' biases and the norm parameters of their channels, so a unit at zero is
+  an exactly-zero channel (with the filters alone it stayed at its bias and was kept)."""
+  model = _trained_looking(make(), 0)
+  model.eval()
+  reg = regularisers.elastic_group_lasso(0.1, 0.0).for_model(model, x)
+  units = reg.units.units
+  for u in (units[0], units[len(units) // 2], units[-1]):
+    copy = nnx.clone(model)
+    params = nnx.state(copy, nnx.Param)
+    flat = {p: v for p, v in zip(groups.leaf_paths(params), jax.tree.leaves(params, is_leaf=lambda v: isinstance(
+        v, nnx.Variable)))}
+    for path, idx in u.items():
+      value = np.array(flat[path][...])
+      value.reshape(-1)[idx] = 0
+      flat[path][...] = jnp.asarray(value)
+    small, report = surgery.shrink_with_report(copy, x)
+    assert report.params_after < report.params_before
+    zeros_left = sum(int(np.sum(np.asarray(v) == 0)) for p, v in zip(
+        groups.leaf_paths(nnx.state(small, nnx.Param)), jax.tree.leaves(nnx.state(small, nnx.Param)))
+        if p.endswith("kernel"))
+    assert zeros_left == 0, (u.keys(), zeros_left)  # nothing of the unit is left behind
+    np.testing.assert_allclose(np.asarray(small(x)), np.asarray(copy(x)), atol=1e-4)

@@ -154,9 +154,10 @@ class Regulariser:
 
     One trace of ``model`` on ``sample_input`` (or ``graph``, a trace already made) gives the channel sets
     surgery removes together; every kernel entry joins the unit of the channel it reads, so a zero unit is a channel
-    the rebuilt model drops (``regularisers.coupled``, docs/algorithms.md §K). DEGL/EGL take the writer side: a zero
-    unit leaves its channel equal to its bias, which surgery drops only where that is zero (or made zero, e.g. by a
-    ReLU); DEGL's threshold step zeroes the unit's biases and readers with it. Channels surgery must keep (a model
+    the rebuilt model drops (``regularisers.coupled``, docs/algorithms.md §K). DEGL/EGL take the writer side: a unit
+    holds every producer's output filter of a channel set and the per-channel vectors of those channels (biases,
+    normalisation scales and shifts, a PReLU slope; OTO's zero-invariant groups), so a zero unit is a zero channel
+    surgery drops. Channels surgery must keep (a model
     output, a LayerNorm'd stream, a shape the code fixes) are in no unit.
     Element-wise penalties (ℓ0, ℓ1, ℓ2) come back unchanged except for the model's depthwise rules.
 
@@ -238,6 +239,10 @@ class Regulariser:
         out[i] = layout.join(value, leaves[i].shape).astype(leaves[i].dtype)
     return out
 
+  def acts_on(self, roles: Sequence[str], paths: Sequence[str]) -> list[bool]:
+    """Whether the prox may change each leaf (its role has a rule); the others pass through untouched."""
+    return [role in self.rules_by_role for role in roles]
+
   def as_transform(self, learning_rate: Coefficient) -> optax.GradientTransformationExtraArgs:
     """``u ↦ prox_{s·R}(p + u) − p`` with s = ``learning_rate`` (see ``transforms``)."""
     return prox_transform(self, learning_rate)
@@ -289,8 +294,8 @@ def proximal_updates(regulariser: Regulariser, updates: Any, params: Any, step: 
   moved = [(p + u).astype(p.dtype) for p, u in zip(flat_p, flat_u)]
   target = regulariser.prox_leaves(roles, moved, steps, count=count, multiplier=multiplier,
                                    paths=groups.leaf_paths(params))
-  new_u = [u if role not in regulariser.rules_by_role else (t - p).astype(u.dtype)
-           for role, u, p, t in zip(roles, flat_u, flat_p, target)]
+  acts = regulariser.acts_on(roles, groups.leaf_paths(params))
+  new_u = [(t - p).astype(u.dtype) if act else u for act, u, p, t in zip(acts, flat_u, flat_p, target)]
   return jax.tree.unflatten(treedef, new_u)
 
 

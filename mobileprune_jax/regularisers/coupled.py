@@ -135,6 +135,11 @@ class CoupledRegulariser(Regulariser):
       out[where[self.units.paths[k]]] = v
     return out
 
+  def acts_on(self, roles: Sequence[str], paths: Sequence[str]) -> list[bool]:
+    """Leaves with a rule, and every leaf in the units (a writer unit's biases and norm parameters)."""
+    covered = set(self.units.paths)
+    return [act or path in covered for act, path in zip(super().acts_on(roles, paths), paths)]
+
   def blocks(self, blocks: Sequence[Sequence[str]]) -> list[list[str]]:
     """PALM blocks (lists of leaf paths) merged so that no coupled unit spans two blocks (in first-seen order)."""
     comp_of = {p: c for c, paths in enumerate(self.units.components) for p in paths}
@@ -155,6 +160,10 @@ class CoupledRegulariser(Regulariser):
     merged: dict[int, list[str]] = {}
     for i, block in enumerate(blocks):
       merged.setdefault(find(i), []).extend(block)
+    given = {p for block in blocks for p in block}
+    for block in merged.values():  # a writer unit's biases / norm parameters no layer block lists join its block
+      for c in sorted({comp_of[p] for p in block if p in comp_of}):
+        block.extend(p for p in self.units.components[c] if p not in given)
     return list(merged.values())
 
   def _present(self, where: Mapping[str, int]) -> set[int]:
