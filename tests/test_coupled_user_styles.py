@@ -207,3 +207,37 @@ def test_a_zero_egl_writer_unit_is_a_channel_surgery_removes(make, x):
         if p.endswith("kernel"))
     assert zeros_left == 0, (u.keys(), zeros_left)  # nothing of the unit is left behind
     np.testing.assert_allclose(np.asarray(small(x)), np.asarray(copy(x)), atol=1e-4)
+
+
+class CondNet(nnx.Module):
+  """A ``lax.cond`` on the input: either the features doubled or a layer over them (both branches may run)."""
+
+  def __init__(self, rngs):
+    self.a = nnx.Linear(5, 8, rngs=rngs)
+    self.b = nnx.Linear(8, 8, rngs=rngs)
+    self.o = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.relu(self.a(x))
+    h = jax.lax.cond(jnp.mean(x) > 0, lambda h: 2 * h, lambda h: nnx.relu(self.b(h)), h)
+    return self.o(h)
+
+
+def test_layers_inside_a_cond_are_units_and_either_branch_stays_exact():
+  model = CondNet(nnx.Rngs(0))
+  rng = np.random.default_rng(2)
+  x_pos = jnp.asarray(rng.normal(size=(4, 5)) + 3, jnp.float32)  # the first branch runs
+  x_neg = jnp.asarray(rng.normal(size=(4, 5)) - 3, jnp.float32)  # the second
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # before: "1 kernel(s) the trace cannot see ... b/kernel", kept whole
+    reg = regularisers.group_lasso(neuron=0.1).for_model(model, x_pos)
+  # the cond's output j is a's channel j (doubled) or b's output j: one set, read by b's row j and o's row j
+  expected = {frozenset([*(("b/kernel", 8 * j + k) for k in range(8)), *(("o/kernel", 3 * j + k) for k in range(3))])
+              for j in range(8)}
+  assert {frozenset((p, int(i)) for p, idx in u.items() for i in idx) for u in reg.units.units} == expected
+  model.b.kernel[...] = model.b.kernel[...].at[3, :].set(0)  # unit 3 zeroed by hand
+  model.o.kernel[...] = model.o.kernel[...].at[3, :].set(0)
+  small = surgery.shrink(model, x_pos)
+  assert small.a.kernel.shape == (5, 7) and small.b.kernel.shape == (7, 7) and small.o.kernel.shape == (7, 3)
+  for x in (x_pos, x_neg):
+    np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)

@@ -1,4 +1,5 @@
-"""``lax.scan`` in the channel trace: a recurrent layer (``nnx.RNN`` over an LSTM / GRU / simple cell).
+"""Control flow in the channel trace: ``lax.scan`` (a recurrent layer: ``nnx.RNN`` over an LSTM / GRU / simple
+cell) and ``lax.cond`` / ``lax.switch`` (every branch is traced: either may run).
 
 The body runs once on the trace's abstract values: its layers are found like any other, the scanned inputs enter
 as one step (their nodes must not change along the scanned axis), and each carry enters as fresh nodes joined,
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mobileprune_jax.surgery import pins
 from mobileprune_jax.surgery.graph import NO_NODE
 from mobileprune_jax.surgery.values import Act, Const
 
@@ -55,4 +57,32 @@ def scan(tracer: Any, eqn: Any, ins: list[Any]) -> list[Any] | None:
     shape = tuple(var.aval.shape)
     ids = tracer.as_act(out, shape[1:]).ids
     results.append(Act(np.ascontiguousarray(np.broadcast_to(ids, shape)), np.full(shape, np.nan)))
+  return results
+
+
+def cond(tracer: Any, eqn: Any, ins: list[Any]) -> list[Any]:
+  """The outputs of a ``cond`` / ``switch``: each branch is traced on the operands (its layers are found like any
+  others), and an output's channels in one branch are joined with its channels in the others, element by element,
+  like the cases of a select. Channels meeting, in another branch, a value with no channel that is not zero stay."""
+  branches = eqn.params["branches"]
+  outs = [tracer.run(b.jaxpr, b.consts, ins[1:]) for b in branches]
+  results = []
+  for var, alternatives in zip(eqn.outvars, zip(*outs)):
+    shape = tuple(var.aval.shape)
+    if all(isinstance(a, Const) for a in alternatives):
+      first = np.asarray(alternatives[0].value)
+      same = all(np.array_equal(np.asarray(a.value), first) for a in alternatives[1:])
+      results.append(alternatives[0] if same else Act(np.full(shape, NO_NODE, np.int64), np.full(shape, np.nan)))
+      continue
+    cases = [tracer.as_act(a, shape) for a in alternatives]
+    acts = [c for a, c in zip(alternatives, cases) if isinstance(a, Act)]
+    for c in acts[1:]:
+      tracer.union(acts[0].ids, c.ids)
+    pins.met_by_opaque(tracer, cases)
+    ids = np.full(shape, NO_NODE, np.int64)
+    for c in acts:
+      ids = np.where(ids >= 0, ids, c.ids)
+    first = cases[0].value
+    same = np.logical_and.reduce([c.value == first for c in cases])
+    results.append(Act(ids, np.where(same, first, np.nan)))
   return results

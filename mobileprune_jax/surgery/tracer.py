@@ -167,6 +167,8 @@ class Tracer:
       return self.split(eqn, ins[0])
     if name == "scan" and (outs := loops.scan(self, eqn, ins)) is not None:
       return outs
+    if name == "cond":
+      return loops.cond(self, eqn, ins)
     if name == "pad":
       return [self.pad(eqn, ins)]
     if name == "concatenate":
