@@ -588,6 +588,11 @@ def test_a_model_with_several_inputs_takes_a_tuple_or_a_dict():
     surgery.shrink(m, (tokens, features[:2]))
   with pytest.raises(ValueError, match="holds no array"):
     surgery.shrink(m, ())
+  scalar = {"tokens": tokens, "features": features, "scale": jnp.float32(2.0)}  # a 0-d array argument is passed as
+  new, report = surgery.shrink_with_report(m, scalar)  # it is, like a Python number (before: "non-empty batch axis")
+  assert report.max_abs_diff <= TOL and _params(new) == expected, report
+  with pytest.raises(ValueError, match="non-empty batch axis"):  # but only scalars is no batch
+    surgery.shrink(m, (jnp.float32(1.0), jnp.float32(2.0)))
   sig = r"sample_input does not fit TwoTower.__call__\(tokens, features, scale=1.0\): "
   with pytest.raises(TypeError, match=sig + "missing a required argument: 'features'"):
     regularisers.group_lasso(neuron=0.1).for_model(m, tokens)  # one array is model(x): said before any tracing
@@ -782,3 +787,14 @@ def test_magnitude_thresholding_leaves_embedding_tables_alone():
   np.testing.assert_array_equal(np.asarray(m.emb.embedding[...]), tables[0])
   np.testing.assert_array_equal(np.asarray(m.pos.embedding[...]), tables[1])
   assert np.mean(np.asarray(m.fc1.kernel[...]) == 0) >= 0.5 and out is not None
+
+
+def test_a_sample_input_the_model_cannot_take_is_one_line_naming_its_shape():
+  """Before: the model's own error from deep inside the trace (e.g. conv_general_dilated's), with no word of the input."""
+  model = TutorialCNN(rngs=nnx.Rngs(0))
+  wrong = jnp.zeros((2, 28, 28, 3))  # the model takes one channel
+  for run in (lambda: surgery.shrink(model, wrong), lambda: regularisers.group_lasso(neuron=0.1).for_model(model, wrong)):
+    with pytest.raises(ValueError, match=r"does not run on the sample input \(cut to a batch of one: "
+                                         r"float32\[1, 28, 28, 3\]\): ValueError: conv_general_dilated") as info:
+      run()
+    assert "\n" not in str(info.value)

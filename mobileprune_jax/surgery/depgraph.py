@@ -55,11 +55,16 @@ def call_arguments(sample_input: Any) -> tuple[list[jax.Array], Callable[[list[j
   else:
     call = ((jnp.asarray(sample_input),), {})
   leaves, treedef = jax.tree.flatten(call)
-  is_array = [isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves]
+  any_array = [isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves]
+  # scalars and PRNG keys (a temperature, an nnx.Rngs' key and count) are passed as they are, like Python numbers
+  is_array = [a and np.ndim(leaf) > 0 and not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+              for leaf, a in zip(leaves, any_array)]
   arrays = [jnp.asarray(leaf) for leaf, a in zip(leaves, is_array) if a]
-  if not arrays:
+  if not any(any_array):
     raise ValueError("sample_input holds no array: pass a batch (an array, a tuple of positional or a dict of "
                      "keyword arguments)")
+  if not arrays:
+    arrays = [jnp.asarray(leaf) for leaf, a in zip(leaves, any_array) if a]  # only scalars: no batch axis
   batches = {x.shape[0] if x.ndim else 0 for x in arrays}
   if 0 in batches:
     raise ValueError(f"sample_input must have a non-empty batch axis, got shape(s) {[x.shape for x in arrays]}")
@@ -112,7 +117,12 @@ def trace(model: nnx.Module, sample_input: Any) -> Graph:
     args, kwargs = rebuild(inputs)
     return f(leaves, *args, **kwargs)
 
-  closed = jax.make_jaxpr(call)(leaves, inputs)
+  try:
+    closed = jax.make_jaxpr(call)(leaves, inputs)
+  except Exception as e:  # the model's own error, named with the input it got (one line)
+    shapes = ", ".join(f"{x.dtype}{list(x.shape)}" for x in inputs)
+    raise ValueError(f"the model does not run on the sample input (cut to a batch of one: {shapes}): "
+                     f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
   tracer = Tracer(paths, {p: tuple(np.shape(leaf)) for p, leaf in zip(paths, leaves)})
   args = []
   for path, leaf in zip(paths, leaves):
