@@ -241,3 +241,81 @@ def test_layers_inside_a_cond_are_units_and_either_branch_stays_exact():
   assert small.a.kernel.shape == (5, 7) and small.b.kernel.shape == (7, 7) and small.o.kernel.shape == (7, 3)
   for x in (x_pos, x_neg):
     np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)
+
+
+class SplitBranches(nnx.Module):
+  """One projection split in two equal parts (``jnp.split(h, 2)``), each part its own branch, then joined."""
+
+  def __init__(self, rngs):
+    self.proj = nnx.Linear(5, 16, rngs=rngs)
+    self.fa = nnx.Linear(8, 6, rngs=rngs)
+    self.fb = nnx.Linear(8, 6, rngs=rngs)
+    self.out = nnx.Linear(12, 3, rngs=rngs)
+
+  def __call__(self, x):
+    a, b = jnp.split(nnx.relu(self.proj(x)), 2, axis=-1)
+    return self.out(jnp.concatenate([nnx.relu(self.fa(a)), nnx.relu(self.fb(b))], -1))
+
+
+def test_equal_parts_of_a_split_go_in_aligned_pairs():
+  """jnp.split(h, 2) computes its parts' sizes, so they must stay equal: entry i of each part is one unit (before:
+  each its own, a cut of one part broke the split, and for_model kept every split channel out of the units)."""
+  model = SplitBranches(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(6, 5)), jnp.float32)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    reg = regularisers.group_lasso(neuron=0.1).for_model(model, x)
+  pairs = {frozenset([*(("fa/kernel", 6 * i + k) for k in range(6)), *(("fb/kernel", 6 * i + k) for k in range(6))])
+           for i in range(8)}
+  branch_outputs = {frozenset(("out/kernel", 3 * j + k) for k in range(3)) for j in range(12)}
+  assert {frozenset((p, int(i)) for p, idx in u.items() for i in idx) for u in reg.units.units} == pairs | branch_outputs
+  model.fa.kernel[...] = model.fa.kernel[...].at[3, :].set(0)  # the pair unit 3 zeroed by hand
+  model.fb.kernel[...] = model.fb.kernel[...].at[3, :].set(0)
+  small = surgery.shrink(model, x)
+  assert small.proj.kernel.shape == (5, 14) and small.fa.kernel.shape == small.fb.kernel.shape == (7, 6)
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)
+
+
+class ShuffleBlock(nnx.Module):
+  """ShuffleNetV2's unit: split the channels in halves, one half through pw → dw → pw, concat, channel shuffle."""
+
+  def __init__(self, rngs):
+    self.stem = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.pw1 = nnx.Conv(4, 4, (1, 1), rngs=rngs)
+    self.dw = nnx.Conv(4, 4, (3, 3), feature_group_count=4, rngs=rngs)
+    self.pw2 = nnx.Conv(4, 4, (1, 1), rngs=rngs)
+    self.head = nnx.Linear(8, 4, rngs=rngs)
+
+  def __call__(self, x):
+    a, b = jnp.split(nnx.relu(self.stem(x)), 2, axis=-1)
+    h = jnp.concatenate([a, nnx.relu(self.pw2(self.dw(nnx.relu(self.pw1(b)))))], -1)
+    n, hh, ww, c = h.shape
+    h = h.reshape(n, hh, ww, 2, c // 2).transpose(0, 1, 2, 4, 3).reshape(n, hh, ww, c)
+    return self.head(h.mean((1, 2)))
+
+
+@pytest.mark.parametrize("make", [lambda: ShuffleBlock(nnx.Rngs(0)), lambda: SplitBranches(nnx.Rngs(0)),
+                                  lambda: AttentionPool(nnx.Rngs(0), False), lambda: CondNet(nnx.Rngs(0))],
+                         ids=["shuffle", "split", "attention-pool", "cond"])
+def test_every_unit_zeroed_alone_is_removed_by_surgery(make):
+  """The reference for what a unit may hold: surgery on a copy with only that unit zeroed must remove it (params
+  drop, no shape site kept, outputs equal). A shuffle pairs each kept half's channel with the branch's: a cut in one
+  half breaks it, so for_model keeps those channels out of the units (one probe per unit, not all at once)."""
+  model = make()
+  x = X if isinstance(model, (ShuffleBlock, AttentionPool)) else jnp.asarray(
+      np.random.default_rng(4).normal(size=(6, 5)) + (3 if isinstance(model, CondNet) else 0), jnp.float32)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    reg = regularisers.group_lasso(neuron=0.1, channel=0.1).for_model(model, x)
+  assert reg.units.units
+  for u in reg.units.units:
+    copy = nnx.clone(model)
+    params = nnx.state(copy, nnx.Param)
+    flat = dict(zip(groups.leaf_paths(params), jax.tree.leaves(params, is_leaf=lambda v: isinstance(v, nnx.Variable))))
+    for path, idx in u.items():
+      value = np.array(flat[path][...])
+      value.reshape(-1)[idx] = 0
+      flat[path][...] = jnp.asarray(value)
+    small, report = surgery.shrink_with_report(copy, x)
+    assert report.params_after < report.params_before and report.kept_shape_sites == 0, sorted(u)
+    np.testing.assert_allclose(np.asarray(small(x)), np.asarray(copy(x)), atol=1e-5)

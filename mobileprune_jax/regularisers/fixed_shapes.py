@@ -4,9 +4,9 @@ A reshape, slice or split whose sizes the code writes as constants (``reshape(b,
 cannot be run on fewer channels, so ``surgery.shrink_with_report`` keeps every channel passing through such a
 shape site (``Graph.shape_sites``) when cutting them does not rebuild an equal model. A penalty that treated
 those channels as removable units would make zeros no surgery can use. Whether the code adapts (``reshape(n, -1)``
-after a flatten, ``reshape(b, t, -1, head_dim)`` over whole heads) is found the way shrink finds it: one unit at
-each site is zeroed in a copy of the model, which is then shrunk; if shrink has to keep the sites, so does the
-penalty (docs/coupled.md).
+after a flatten, ``reshape(b, t, -1, head_dim)`` over whole heads) is found the way shrink finds it: one unit per (op, producing layer)
+of the sites is zeroed in a copy of the model, one copy per unit, which is then shrunk; if shrink has to keep the
+sites for any of them, so does the penalty (docs/coupled.md).
 """
 
 from __future__ import annotations
@@ -43,21 +43,23 @@ def pin_fixed_shapes(model: nnx.Module, sample_input: Any, graph: Any,
   chosen = probe_roots(graph, sites, readers.roots)
   if not chosen:  # no site channel is a removable unit: nothing to decide
     return graph, {}, ""
-  probe = nnx.clone(model)
-  variables = variables_by_path(probe)
-  for i in chosen:
+  for i in chosen:  # one unit at a time: cuts that only fit together (one from each half of a shuffle) prove nothing
+    probe = nnx.clone(model)
+    variables = variables_by_path(probe)
     for path, flat in readers.units[i].items():
       value = np.array(variables[path].get_value())
       value.reshape(-1)[flat] = 0
       variables[path].set_value(jnp.asarray(value, variables[path].get_value().dtype))
-  try:
-    _, report = shrink_with_report(probe, sample_input, check=False)
-  except Exception as e:  # shrink itself fails on the cut copy: no surgery removes these channels, so no unit holds them
-    failure = f"shrinking a copy with one of them zeroed failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    try:
+      _, report = shrink_with_report(probe, sample_input, check=False)
+    except Exception as e:  # shrink fails on the cut copy: no surgery removes these channels, so no unit holds them
+      failure = f"shrinking a copy with one of them zeroed failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+      break
+    if report.kept_shape_sites:
+      failure = ""
+      break
   else:
-    if report.kept_shape_sites == 0:
-      return graph, {}, ""
-    failure = ""
+    return graph, {}, ""
   return dataclasses.replace(graph, pinned=set(graph.pinned) | set(sites)), sites, failure
 
 

@@ -321,7 +321,11 @@ class Tracer:
     self.note_shape_site(a, [axis], "split")
     bounds = np.cumsum([0] + sizes)
     take = lambda arr, lo, hi: np.take(arr, np.arange(lo, hi), axis=axis)
-    return [Act(take(a.ids, lo, hi), take(a.value, lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    pieces = [Act(take(a.ids, lo, hi), take(a.value, lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    if len(set(sizes)) == 1:  # equal parts (jnp.split(x, n): a fused q/k/v or gate/up projection): entry i of every
+      for piece in pieces[1:]:  # part goes together, so the parts stay equal and aligned after a cut
+        self.union(pieces[0].ids, piece.ids)
+    return pieces
 
   def note_shape_site(self, a: Act, axes: Sequence[int], op: str) -> None:
     """Records the nodes that vary along ``axes`` of ``a`` as passing through ``op``'s static shapes."""
