@@ -85,3 +85,67 @@ def test_a_loop_whose_initial_state_has_a_fixed_width_keeps_it_and_still_cuts_it
   assert new.w_h.kernel.shape == (16, 16) and new.w_x.kernel.shape == (11, 16) and new.inp.kernel.shape == (4, 11)
   assert surgery.count_params(new) == surgery.count_params(model) - 16 - 5
   assert any("scan carry" in note for note in report.notes), report.notes
+
+
+def test_a_zero_egl_writer_unit_of_a_gru_hidden_unit_is_removed():
+  """Writer side: hidden unit j is every gate's column j of both GRU kernels with their biases. At zero its state
+  stays zero at every step (r = z = ½, n = tanh(0) = 0, h' = ½·h), which the trace finds by assuming the zero
+  initial state stays zero through the scan's body and checking it (before: values in a scan were unknown, so only
+  an unread hidden unit could go)."""
+  from mobileprune_jax import regularisers
+
+  class GRUNet(nnx.Module):
+    def __init__(self, rngs):
+      self.inp = nnx.Linear(6, 16, rngs=rngs)
+      self.rnn = nnx.RNN(nnx.GRUCell(16, 16, rngs=rngs))
+      self.out = nnx.Linear(16, 5, rngs=rngs)
+
+    def __call__(self, x):
+      return self.out(self.rnn(nnx.relu(self.inp(x)))[:, -1])
+
+  model = GRUNet(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(4, 7, 6)), jnp.float32)
+  reg = regularisers.elastic_group_lasso(0.1, 0.0).for_model(model, x)
+  j = 6
+  cols = sorted(i * 48 + g * 16 + j for i in range(16) for g in range(3))
+  unit = next(u for u in reg.units.units if sorted(np.asarray(u.get("rnn/cell/dense_h/kernel", [])).tolist()) == cols)
+  assert sorted(np.asarray(unit["rnn/cell/dense_i/kernel"]).tolist()) == cols
+  assert sorted(np.asarray(unit["rnn/cell/dense_i/bias"]).tolist()) == [j, 16 + j, 32 + j]
+  assert all(path.startswith("rnn/cell/") for path in unit)
+  for path, idx in unit.items():  # zeroed by hand
+    *_, layer, leaf = path.split("/")
+    var = getattr(getattr(model.rnn.cell, layer), leaf)
+    value = np.array(var[...])
+    value.reshape(-1)[idx] = 0
+    var[...] = jnp.asarray(value)
+  small = surgery.shrink(model, x)
+  assert small.rnn.cell.hidden_features == 15 and small.out.kernel.shape == (15, 5)
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)
+
+
+class Refine(nnx.Module):
+  """A weight-shared refinement loop (``lax.fori_loop`` with fixed bounds is a scan): h ← h + ¼·relu(f(h))."""
+
+  def __init__(self, rngs):
+    self.a = nnx.Linear(5, 8, rngs=rngs)
+    self.f = nnx.Linear(8, 8, rngs=rngs)
+    self.o = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    h = jax.lax.fori_loop(0, 3, lambda i, h: h + 0.25 * nnx.relu(self.f(h)), nnx.relu(self.a(x)))
+    return self.o(h)
+
+
+def test_a_channel_a_loop_carries_is_dead_when_every_filter_writing_it_is_zero():
+  model = Refine(nnx.Rngs(0))
+  for layer in (model.a, model.f):  # stream channel 2: a's and f's output filters and biases zero
+    layer.kernel[...] = layer.kernel[...].at[:, 2].set(0)
+    layer.bias[...] = layer.bias[...].at[2].set(0)
+  model.a.kernel[...] = model.a.kernel[...].at[:, 5].set(0)  # channel 5 starts at zero, but f's bias makes it grow:
+  model.a.bias[...] = model.a.bias[...].at[5].set(0)  # the assumption that it stays zero fails and is undone
+  model.f.kernel[...] = model.f.kernel[...].at[:, 5].set(0)
+  model.f.bias[...] = model.f.bias[...].at[5].set(1.0)
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(4, 5)), jnp.float32)
+  small = surgery.shrink(model, x)
+  assert small.a.kernel.shape == (5, 7) and small.f.kernel.shape == (7, 7) and small.o.kernel.shape == (7, 3)
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)

@@ -4,13 +4,16 @@ cell) and ``lax.cond`` / ``lax.switch`` (every branch is traced: either may run)
 The body runs once on the trace's abstract values: its layers are found like any other, the scanned inputs enter
 as one step (their nodes must not change along the scanned axis), and each carry enters as fresh nodes joined,
 element by element, with its initial value's nodes and with the body's new carry (a recurrent state is one set of
-channels at every step). Values in the loop are unknown (they change from step to step). Layers stacked along the
+channels at every step). Values in the loop are unknown (they change from step to step), except the carries'
+entries that stay exactly zero: the initial zeros are assumed to stay, the body is run, and where a step makes one
+non-zero the run is undone and tried again without it (so a hidden unit whose filters are all zero is found dead). Layers stacked along the
 scanned axis (``nnx.scan`` over blocks made by ``nnx.vmap``) get other weights at every step: those scans are left
 to the caller (the tracer treats them as opaque).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -35,29 +38,52 @@ def scan(tracer: Any, eqn: Any, ins: list[Any]) -> list[Any] | None:
     if not np.all(ids == ids[:1]):
       return None
     steps.append(Act(np.ascontiguousarray(ids[0]), np.full(shape[1:], np.nan)))
-  carries = []
-  for init, var in zip(inits, eqn.invars[n_consts:n_consts + n_carry]):
-    shape = tuple(var.aval.shape)
-    nodes = tracer.new_nodes(int(np.prod(shape, dtype=np.int64))).reshape(shape)
-    if isinstance(init, Act):
-      tracer.union(nodes, tracer.as_act(init, shape).ids)
-    else:  # an initial state the code makes (zeros of the cell's width): its size is in the code
-      for node in nodes.ravel().tolist():
-        tracer.shape_sites.setdefault(int(node), "scan carry")
-    carries.append(Act(nodes, np.full(shape, np.nan)))
-  body = params["jaxpr"]
-  outs = tracer.run(body.jaxpr, body.consts, list(consts) + carries + steps)
+  init_vars = eqn.invars[n_consts:n_consts + n_carry]
+  zero = [_zero_of(tracer, init, tuple(var.aval.shape)) for init, var in zip(inits, init_vars)]
+  while True:  # the carries' zero entries: assume the initial ones stay zero, drop those a step makes non-zero
+    assumed = any(z.any() for z in zero)
+    snapshot = copy.deepcopy(tracer.__dict__) if assumed else None  # undone if wrong: its layers saw false zeros
+    carries, outs = _run_body(tracer, eqn, consts, inits, steps, zero)
+    new_zero = [tracer.as_act(out, z.shape).zero for out, z in zip(outs[:n_carry], zero)]
+    if not assumed or all(np.all(nz[z]) for nz, z in zip(new_zero, zero)):
+      break
+    tracer.__dict__.update(snapshot)
+    zero = [z & nz for z, nz in zip(zero, new_zero)]
   results = []
-  for carry, out in zip(carries, outs[:n_carry]):
+  for carry, out, z in zip(carries, outs[:n_carry], zero):
     new = tracer.as_act(out, carry.ids.shape)
     tracer.union(carry.ids, new.ids)
     tracer.pin(carry.ids[new.ids < 0], "a recurrent state that a step sets from constants is kept")
-    results.append(Act(carry.ids, np.full(carry.ids.shape, np.nan)))
+    results.append(Act(carry.ids, np.where(z, 0.0, np.nan)))
   for out, var in zip(outs[n_carry:], eqn.outvars[n_carry:]):
     shape = tuple(var.aval.shape)
-    ids = tracer.as_act(out, shape[1:]).ids
-    results.append(Act(np.ascontiguousarray(np.broadcast_to(ids, shape)), np.full(shape, np.nan)))
+    act = tracer.as_act(out, shape[1:])
+    results.append(Act(np.ascontiguousarray(np.broadcast_to(act.ids, shape)),
+                       np.broadcast_to(np.where(act.zero, 0.0, np.nan), shape).copy()))
   return results
+
+
+def _zero_of(tracer: Any, init: Any, shape: tuple[int, ...]) -> np.ndarray:
+  """Entries of a carry's initial value that are exactly zero for every input."""
+  if isinstance(init, Act):
+    return np.array(tracer.as_act(init, shape).zero)
+  return np.broadcast_to(np.asarray(init.value) == 0, shape).copy()
+
+
+def _run_body(tracer: Any, eqn: Any, consts: list[Any], inits: list[Any], steps: list[Act],
+              zero: list[np.ndarray]) -> tuple[list[Act], list[Any]]:
+  """Runs the body once on fresh carry nodes (joined with their initial values' nodes), zero where ``zero``."""
+  carries = []
+  for init, z in zip(inits, zero):
+    nodes = tracer.new_nodes(int(np.prod(z.shape, dtype=np.int64))).reshape(z.shape)
+    if isinstance(init, Act):
+      tracer.union(nodes, tracer.as_act(init, z.shape).ids)
+    else:  # an initial state the code makes (zeros of the cell's width): its size is in the code
+      for node in nodes.ravel().tolist():
+        tracer.shape_sites.setdefault(int(node), "scan carry")
+    carries.append(Act(nodes, np.where(z, 0.0, np.nan)))
+  body = eqn.params["jaxpr"]
+  return carries, tracer.run(body.jaxpr, body.consts, list(consts) + carries + steps)
 
 
 def cond(tracer: Any, eqn: Any, ins: list[Any]) -> list[Any]:
