@@ -39,6 +39,22 @@ def _mask(shape, select):
   return m
 
 
+def _unit_set(units):
+  return {frozenset((p, int(i)) for p, idx in u.items() for i in idx) for u in units}
+
+
+def _zeroed(model, unit):
+  """A copy of ``model`` with every entry of ``unit`` ({path: flat indices}) set to zero by hand."""
+  copy = nnx.clone(model)
+  params = nnx.state(copy, nnx.Param)
+  variables = dict(zip(groups.leaf_paths(params), jax.tree.leaves(params, is_leaf=lambda v: isinstance(v, nnx.Variable))))
+  for path, idx in unit.items():
+    value = np.array(variables[path][...])
+    value.reshape(-1)[idx] = 0
+    variables[path][...] = jnp.asarray(value)
+  return copy
+
+
 @pytest.mark.parametrize("how", ["nnx.remat", "jax.checkpoint"])
 def test_layers_under_remat_are_units_like_any_other(how):
   model = RematNet(nnx.Rngs(0), how)
@@ -49,11 +65,9 @@ def test_layers_under_remat_are_units_like_any_other(how):
   expected = {frozenset([("c2/kernel", int(i)) for i in np.flatnonzero(_mask((3, 3, 8, 8), np.s_[:, :, j, :]))]
                         + [("out/kernel", int(i)) for i in np.flatnonzero(_mask((8, 4), np.s_[j, :]))])
               for j in range(8)}
-  assert {frozenset((p, int(i)) for p, idx in u.items() for i in idx) for u in reg.units.units} == expected
-  params = nnx.state(model, nnx.Param)
-  params["c2"]["kernel"][...] = params["c2"]["kernel"][...].at[:, :, 5, :].set(0)  # unit 5 zeroed by hand
-  params["out"]["kernel"][...] = params["out"]["kernel"][...].at[5, :].set(0)
-  nnx.update(model, params)
+  assert _unit_set(reg.units.units) == expected
+  model = _zeroed(model, {"c2/kernel": np.flatnonzero(_mask((3, 3, 8, 8), np.s_[:, :, 5, :])),
+                          "out/kernel": np.arange(20, 24)})  # unit 5 zeroed by hand
   small = surgery.shrink(model, X)
   assert small.c1.kernel.shape == (3, 3, 3, 7) and small.c2.kernel.shape == (3, 3, 7, 7)
   assert small.out.kernel.shape == (7, 4)
@@ -115,11 +129,8 @@ def test_a_weight_map_broadcast_over_the_channels_leaves_each_channel_its_own_un
   reg = regularisers.group_lasso(channel=0.1, neuron=0.1).for_model(model, X)
   # channel j of c1 is read by score's input j and out's row j (before: one unit of all 8 channels, never removed)
   expected = {frozenset([("score/kernel", j), *(("out/kernel", 4 * j + k) for k in range(4))]) for j in range(8)}
-  assert {frozenset((p, int(i)) for p, idx in u.items() for i in idx) for u in reg.units.units} == expected
-  params = nnx.state(model, nnx.Param)
-  params["score"]["kernel"][...] = params["score"]["kernel"][...].at[:, :, 2, :].set(0)  # unit 2 zeroed by hand
-  params["out"]["kernel"][...] = params["out"]["kernel"][...].at[2, :].set(0)
-  nnx.update(model, params)
+  assert _unit_set(reg.units.units) == expected
+  model = _zeroed(model, {"score/kernel": [2], "out/kernel": np.arange(8, 12)})  # unit 2 zeroed by hand
   small = surgery.shrink(model, X)
   assert small.c1.kernel.shape == (3, 3, 3, 7) and small.score.kernel.shape == (1, 1, 7, 1)
   assert small.out.kernel.shape == (7, 4)
@@ -192,14 +203,7 @@ def test_a_zero_egl_writer_unit_is_a_channel_surgery_removes(make, x):
   reg = regularisers.elastic_group_lasso(0.1, 0.0).for_model(model, x)
   units = reg.units.units
   for u in (units[0], units[len(units) // 2], units[-1]):
-    copy = nnx.clone(model)
-    params = nnx.state(copy, nnx.Param)
-    flat = {p: v for p, v in zip(groups.leaf_paths(params), jax.tree.leaves(params, is_leaf=lambda v: isinstance(
-        v, nnx.Variable)))}
-    for path, idx in u.items():
-      value = np.array(flat[path][...])
-      value.reshape(-1)[idx] = 0
-      flat[path][...] = jnp.asarray(value)
+    copy = _zeroed(model, u)
     small, report = surgery.shrink_with_report(copy, x)
     assert report.params_after < report.params_before
     zeros_left = sum(int(np.sum(np.asarray(v) == 0)) for p, v in zip(
@@ -234,7 +238,7 @@ def test_layers_inside_a_cond_are_units_and_either_branch_stays_exact():
   # the cond's output j is a's channel j (doubled) or b's output j: one set, read by b's row j and o's row j
   expected = {frozenset([*(("b/kernel", 8 * j + k) for k in range(8)), *(("o/kernel", 3 * j + k) for k in range(3))])
               for j in range(8)}
-  assert {frozenset((p, int(i)) for p, idx in u.items() for i in idx) for u in reg.units.units} == expected
+  assert _unit_set(reg.units.units) == expected
   model.b.kernel[...] = model.b.kernel[...].at[3, :].set(0)  # unit 3 zeroed by hand
   model.o.kernel[...] = model.o.kernel[...].at[3, :].set(0)
   small = surgery.shrink(model, x_pos)
@@ -268,7 +272,7 @@ def test_equal_parts_of_a_split_go_in_aligned_pairs():
   pairs = {frozenset([*(("fa/kernel", 6 * i + k) for k in range(6)), *(("fb/kernel", 6 * i + k) for k in range(6))])
            for i in range(8)}
   branch_outputs = {frozenset(("out/kernel", 3 * j + k) for k in range(3)) for j in range(12)}
-  assert {frozenset((p, int(i)) for p, idx in u.items() for i in idx) for u in reg.units.units} == pairs | branch_outputs
+  assert _unit_set(reg.units.units) == pairs | branch_outputs
   model.fa.kernel[...] = model.fa.kernel[...].at[3, :].set(0)  # the pair unit 3 zeroed by hand
   model.fb.kernel[...] = model.fb.kernel[...].at[3, :].set(0)
   small = surgery.shrink(model, x)
@@ -309,13 +313,7 @@ def test_every_unit_zeroed_alone_is_removed_by_surgery(make):
     reg = regularisers.group_lasso(neuron=0.1, channel=0.1).for_model(model, x)
   assert reg.units.units
   for u in reg.units.units:
-    copy = nnx.clone(model)
-    params = nnx.state(copy, nnx.Param)
-    flat = dict(zip(groups.leaf_paths(params), jax.tree.leaves(params, is_leaf=lambda v: isinstance(v, nnx.Variable))))
-    for path, idx in u.items():
-      value = np.array(flat[path][...])
-      value.reshape(-1)[idx] = 0
-      flat[path][...] = jnp.asarray(value)
+    copy = _zeroed(model, u)
     small, report = surgery.shrink_with_report(copy, x)
     assert report.params_after < report.params_before and report.kept_shape_sites == 0, sorted(u)
     np.testing.assert_allclose(np.asarray(small(x)), np.asarray(copy(x)), atol=1e-5)

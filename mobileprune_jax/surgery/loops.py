@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from mobileprune_jax.surgery import pins
 from mobileprune_jax.surgery.graph import NO_NODE
 from mobileprune_jax.surgery.values import Act, Const
 
@@ -102,13 +101,5 @@ def cond(tracer: Any, eqn: Any, ins: list[Any]) -> list[Any]:
       continue
     cases = [tracer.as_act(a, shape) for a in alternatives]
     acts = [c for a, c in zip(alternatives, cases) if isinstance(a, Act)]
-    for c in acts[1:]:
-      tracer.union(acts[0].ids, c.ids)
-    pins.met_by_opaque(tracer, cases)
-    ids = np.full(shape, NO_NODE, np.int64)
-    for c in acts:
-      ids = np.where(ids >= 0, ids, c.ids)
-    first = cases[0].value
-    same = np.logical_and.reduce([c.value == first for c in cases])
-    results.append(Act(ids, np.where(same, first, np.nan)))
+    results.append(tracer.join_cases(cases, acts, cases))
   return results

@@ -294,10 +294,16 @@ class Tracer:
     acts = [c for x, c in zip(ins[1:], cases) if isinstance(x, Act)]
     if isinstance(pred, Act):  # element-wise like the cases: a predicate from their channels (leaky_relu's
       acts.append(self.as_act(pred, shape))  # x >= 0) goes with them; an input's (a mask) is an operand like any
+    return self.join_cases(cases, acts, acts)
+
+  def join_cases(self, cases: list[Act], acts: list[Act], met: list[Act]) -> Act:
+    """One value that is one of ``cases`` element by element (a select's cases, a cond's branch outputs): the
+    channels of ``acts`` joined, ``met``'s channels meeting a value of no channel kept, and the constant value where
+    every case has the same one."""
     for c in acts[1:]:
       self.union(acts[0].ids, c.ids)
-    pins.met_by_opaque(self, acts)
-    ids = np.full(shape, NO_NODE, np.int64)
+    pins.met_by_opaque(self, met)
+    ids = np.full(cases[0].ids.shape, NO_NODE, np.int64)
     for c in acts:
       ids = np.where(ids >= 0, ids, c.ids)
     first = cases[0].value
