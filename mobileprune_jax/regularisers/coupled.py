@@ -336,8 +336,9 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
   roles = dict(zip(paths, groups.leaf_roles(params, rules)))
   hidden = traced_roles.hidden_layers(graph, roles)
   if hidden:  # layers inside an op the trace cannot enter (a scan, an RNN cell): per-layer groups would zero rows
-    warnings.warn(f"{reg.name}.for_model: {len(hidden)} kernel(s) the trace cannot see (inside a scan or another "
-                  f"opaque op) are not penalised: {', '.join(hidden[:4])}{', ...' if len(hidden) > 4 else ''}; "
+    warnings.warn(f"{reg.name}.for_model: {len(hidden)} kernel(s) the trace cannot see (inside a scan over "
+                  "stacked layers or another opaque op, or applied to parameters alone, e.g. learned latents) are not "
+                  f"penalised: {', '.join(hidden[:4])}{', ...' if len(hidden) > 4 else ''}; "
                   "surgery keeps them whole (pass rules=[(path, role)] to penalise them anyway)", stacklevel=3)
     hidden_rules = [(f"^{re.escape(path.rpartition('/')[0])}/(kernel|bias)$" if "/" in path else
                      f"^{re.escape(path)}$", "none") for path in hidden]
