@@ -157,8 +157,8 @@ class Regulariser:
     the rebuilt model drops (``regularisers.coupled``, docs/algorithms.md §K). DEGL/EGL take the writer side: a unit
     holds every producer's output filter of a channel set and the per-channel vectors of those channels (biases,
     normalisation scales and shifts, a PReLU slope; OTO's zero-invariant groups), so a zero unit is a zero channel
-    surgery drops. Channels surgery must keep (a model
-    output, a LayerNorm'd stream, a shape the code fixes) are in no unit.
+    surgery drops. Channels surgery must keep (a model output, a LayerNorm'd stream, a shape the code fixes) are in
+    no unit.
     Element-wise penalties (ℓ0, ℓ1, ℓ2) come back unchanged except for the model's depthwise rules.
 
     Examples:

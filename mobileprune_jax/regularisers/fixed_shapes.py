@@ -4,9 +4,9 @@ A reshape, slice or split whose sizes the code writes as constants (``reshape(b,
 cannot be run on fewer channels, so ``surgery.shrink_with_report`` keeps every channel passing through such a
 shape site (``Graph.shape_sites``) when cutting them does not rebuild an equal model. A penalty that treated
 those channels as removable units would make zeros no surgery can use. Whether the code adapts (``reshape(n, -1)``
-after a flatten, ``reshape(b, t, -1, head_dim)`` over whole heads) is found the way shrink finds it: one unit per (op, producing layer)
-of the sites is zeroed in a copy of the model, one copy per unit, which is then shrunk; if shrink has to keep the
-sites for any of them, so does the penalty (docs/coupled.md).
+after a flatten, ``reshape(b, t, -1, head_dim)`` over whole heads) is found the way shrink finds it: one unit per
+(op, producing layer) of the sites is zeroed in a copy of the model, one copy per unit, which is then shrunk; if
+shrink has to keep the sites for any of them, so does the penalty (docs/coupled.md).
 """
 
 from __future__ import annotations
