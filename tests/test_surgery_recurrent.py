@@ -149,3 +149,30 @@ def test_a_channel_a_loop_carries_is_dead_when_every_filter_writing_it_is_zero()
   small = surgery.shrink(model, x)
   assert small.a.kernel.shape == (5, 7) and small.f.kernel.shape == (7, 7) and small.o.kernel.shape == (7, 3)
   np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model(x)), atol=1e-5)
+
+
+class RefineUntil(Refine):
+  """The same refinement, its step count computed from the input: ``fori_loop`` with traced bounds is a while_loop."""
+
+  def __call__(self, x):
+    steps = 2 + (jnp.mean(x) > 0).astype(jnp.int32)
+    return self.o(jax.lax.fori_loop(0, steps, lambda i, h: h + 0.25 * nnx.relu(self.f(h)), nnx.relu(self.a(x))))
+
+
+def test_a_while_loop_body_is_traced_like_a_scan():
+  """Before: a while_loop was opaque, so f was kept whole (and for_model left it unpenalised)."""
+  from mobileprune_jax import regularisers
+
+  model = RefineUntil(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(7).normal(size=(4, 5)), jnp.float32)
+  reg = regularisers.group_lasso(neuron=0.1).for_model(model, x)
+  units = {frozenset((p, int(i)) for p, idx in u.items() for i in idx) for u in reg.units.units}
+  assert units == {frozenset([*(("f/kernel", 8 * j + k) for k in range(8)), *(("o/kernel", 3 * j + k) for k in range(3))])
+                   for j in range(8)}  # stream channel j: read by f's row j at every step and by o's row j
+  for layer in (model.a, model.f):
+    layer.kernel[...] = layer.kernel[...].at[:, 2].set(0)
+    layer.bias[...] = layer.bias[...].at[2].set(0)
+  small = surgery.shrink(model, x)
+  assert small.a.kernel.shape == (5, 7) and small.f.kernel.shape == (7, 7) and small.o.kernel.shape == (7, 3)
+  for sample in (x, x - 3, x + 3):  # two and three steps
+    np.testing.assert_allclose(np.asarray(small(sample)), np.asarray(model(sample)), atol=1e-5)

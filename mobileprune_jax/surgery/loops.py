@@ -1,5 +1,6 @@
 """Control flow in the channel trace: ``lax.scan`` (a recurrent layer: ``nnx.RNN`` over an LSTM / GRU / simple
-cell) and ``lax.cond`` / ``lax.switch`` (every branch is traced: either may run).
+cell), ``lax.while_loop`` (its body like a scan's) and ``lax.cond`` / ``lax.switch`` (every branch is traced:
+either may run).
 
 The body runs once on the trace's abstract values: its layers are found like any other, the scanned inputs enter
 as one step (their nodes must not change along the scanned axis), and each carry enters as fresh nodes joined,
@@ -37,23 +38,8 @@ def scan(tracer: Any, eqn: Any, ins: list[Any]) -> list[Any] | None:
     if not np.all(ids == ids[:1]):
       return None
     steps.append(Act(np.ascontiguousarray(ids[0]), np.full(shape[1:], np.nan)))
-  init_vars = eqn.invars[n_consts:n_consts + n_carry]
-  zero = [_zero_of(tracer, init, tuple(var.aval.shape)) for init, var in zip(inits, init_vars)]
-  while True:  # the carries' zero entries: assume the initial ones stay zero, drop those a step makes non-zero
-    assumed = any(z.any() for z in zero)
-    snapshot = copy.deepcopy(tracer.__dict__) if assumed else None  # undone if wrong: its layers saw false zeros
-    carries, outs = _run_body(tracer, eqn, consts, inits, steps, zero)
-    new_zero = [tracer.as_act(out, z.shape).zero for out, z in zip(outs[:n_carry], zero)]
-    if not assumed or all(np.all(nz[z]) for nz, z in zip(new_zero, zero)):
-      break
-    tracer.__dict__.update(snapshot)
-    zero = [z & nz for z, nz in zip(zero, new_zero)]
-  results = []
-  for carry, out, z in zip(carries, outs[:n_carry], zero):
-    new = tracer.as_act(out, carry.ids.shape)
-    tracer.union(carry.ids, new.ids)
-    tracer.pin(carry.ids[new.ids < 0], "a recurrent state that a step sets from constants is kept")
-    results.append(Act(carry.ids, np.where(z, 0.0, np.nan)))
+  carries, outs, zero = _carry(tracer, eqn.params["jaxpr"], consts, inits, steps)
+  results = _final_carries(tracer, carries, outs[:n_carry], zero)
   for out, var in zip(outs[n_carry:], eqn.outvars[n_carry:]):
     shape = tuple(var.aval.shape)
     act = tracer.as_act(out, shape[1:])
@@ -62,26 +48,67 @@ def scan(tracer: Any, eqn: Any, ins: list[Any]) -> list[Any] | None:
   return results
 
 
-def _zero_of(tracer: Any, init: Any, shape: tuple[int, ...]) -> np.ndarray:
+def while_loop(tracer: Any, eqn: Any, ins: list[Any]) -> list[Any]:
+  """The final carries of a ``while_loop`` (a ``fori_loop`` with traced bounds): the body is traced like a scan's,
+  and the condition too, on the carries (a convergence test over the channels keeps them)."""
+  params = eqn.params
+  n_cond, n_body = params["cond_nconsts"], params["body_nconsts"]
+  cond_consts, body_consts, inits = ins[:n_cond], ins[n_cond:n_cond + n_body], ins[n_cond + n_body:]
+  carries, outs, zero = _carry(tracer, params["body_jaxpr"], body_consts, inits, [])
+  results = _final_carries(tracer, carries, outs, zero)
+  cond_jaxpr = params["cond_jaxpr"]
+  tracer.run(cond_jaxpr.jaxpr, cond_jaxpr.consts, list(cond_consts) + results)
+  return results
+
+
+def _carry(tracer: Any, body: Any, consts: list[Any], inits: list[Any], steps: list[Act]):
+  """Traces a loop body once on fresh carry nodes; returns (carries, body outputs, each carry's exact zeros).
+
+  A carry's initial zeros are assumed to stay zero; where a step makes one non-zero, the trace of the body is
+  undone (its layers saw false zeros) and redone without it.
+  """
+  zero = [_zero_of(tracer, init) for init in inits]
+  while True:
+    assumed = any(z.any() for z in zero)
+    snapshot = copy.deepcopy(tracer.__dict__) if assumed else None
+    carries, outs = _run_body(tracer, body, consts, inits, steps, zero)
+    new_zero = [tracer.as_act(out, z.shape).zero for out, z in zip(outs[:len(inits)], zero)]
+    if not assumed or all(np.all(nz[z]) for nz, z in zip(new_zero, zero)):
+      return carries, outs, zero
+    tracer.__dict__.update(snapshot)
+    zero = [z & nz for z, nz in zip(zero, new_zero)]
+
+
+def _final_carries(tracer: Any, carries: list[Act], outs: list[Any], zero: list[np.ndarray]) -> list[Act]:
+  """Each carry's nodes joined with the body's new value (one set of channels at every step), exact zeros kept."""
+  results = []
+  for carry, out, z in zip(carries, outs, zero):
+    new = tracer.as_act(out, carry.ids.shape)
+    tracer.union(carry.ids, new.ids)
+    tracer.pin(carry.ids[new.ids < 0], "a recurrent state that a step sets from constants is kept")
+    results.append(Act(carry.ids, np.where(z, 0.0, np.nan)))
+  return results
+
+
+def _zero_of(tracer: Any, init: Any) -> np.ndarray:
   """Entries of a carry's initial value that are exactly zero for every input."""
   if isinstance(init, Act):
-    return np.array(tracer.as_act(init, shape).zero)
-  return np.broadcast_to(np.asarray(init.value) == 0, shape).copy()
+    return np.array(init.zero)
+  return np.asarray(init.value) == 0
 
 
-def _run_body(tracer: Any, eqn: Any, consts: list[Any], inits: list[Any], steps: list[Act],
+def _run_body(tracer: Any, body: Any, consts: list[Any], inits: list[Any], steps: list[Act],
               zero: list[np.ndarray]) -> tuple[list[Act], list[Any]]:
   """Runs the body once on fresh carry nodes (joined with their initial values' nodes), zero where ``zero``."""
   carries = []
   for init, z in zip(inits, zero):
     nodes = tracer.new_nodes(int(np.prod(z.shape, dtype=np.int64))).reshape(z.shape)
     if isinstance(init, Act):
-      tracer.union(nodes, tracer.as_act(init, z.shape).ids)
+      tracer.union(nodes, init.ids)
     else:  # an initial state the code makes (zeros of the cell's width): its size is in the code
       for node in nodes.ravel().tolist():
         tracer.shape_sites.setdefault(int(node), "scan carry")
     carries.append(Act(nodes, np.where(z, 0.0, np.nan)))
-  body = eqn.params["jaxpr"]
   return carries, tracer.run(body.jaxpr, body.consts, list(consts) + carries + steps)
 
 

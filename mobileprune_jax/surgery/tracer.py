@@ -169,6 +169,8 @@ class Tracer:
       return outs
     if name == "cond":
       return loops.cond(self, eqn, ins)
+    if name == "while":
+      return loops.while_loop(self, eqn, ins)
     if name == "pad":
       return [self.pad(eqn, ins)]
     if name == "concatenate":
