@@ -5,8 +5,8 @@ cannot be run on fewer channels, so ``surgery.shrink_with_report`` keeps every c
 shape site (``Graph.shape_sites``) when cutting them does not rebuild an equal model. A penalty that treated
 those channels as removable units would make zeros no surgery can use. Whether the code adapts (``reshape(n, -1)``
 after a flatten, ``reshape(b, t, -1, head_dim)`` over whole heads) is found the way shrink finds it: one unit per
-(op, producing layer) of the sites is zeroed in a copy of the model, one copy per unit, which is then shrunk; if
-shrink has to keep the sites for any of them, so does the penalty (docs/coupled.md).
+(op, producing layer) of the sites is zeroed in a copy of the model, which is then shrunk (units meeting in one op
+in separate copies); if shrink has to keep the sites for any copy, so does the penalty (docs/coupled.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from flax import nnx
 from mobileprune_jax import units as units_lib
 from mobileprune_jax.surgery.shrink import shrink_with_report, unsynced_sites, variables_by_path
 
-__all__ = ["describe", "pin_fixed_shapes", "probe_roots", "warning"]
+__all__ = ["describe", "pin_fixed_shapes", "probe_batches", "probe_roots", "warning"]
 
 
 def pin_fixed_shapes(model: nnx.Module, sample_input: Any, graph: Any,
@@ -43,13 +43,14 @@ def pin_fixed_shapes(model: nnx.Module, sample_input: Any, graph: Any,
   chosen = probe_roots(graph, sites, readers.roots)
   if not chosen:  # no site channel is a removable unit: nothing to decide
     return graph, {}, ""
-  for i in chosen:  # one unit at a time: cuts that only fit together (one from each half of a shuffle) prove nothing
+  for batch in probe_batches(graph, chosen, readers.roots):
     probe = nnx.clone(model)
     variables = variables_by_path(probe)
-    for path, flat in readers.units[i].items():
-      value = np.array(variables[path].get_value())
-      value.reshape(-1)[flat] = 0
-      variables[path].set_value(jnp.asarray(value, variables[path].get_value().dtype))
+    for i in batch:
+      for path, flat in readers.units[i].items():
+        value = np.array(variables[path].get_value())
+        value.reshape(-1)[flat] = 0
+        variables[path].set_value(jnp.asarray(value, variables[path].get_value().dtype))
     try:
       _, report = shrink_with_report(probe, sample_input, check=False)
     except Exception as e:  # shrink fails on the cut copy: no surgery removes these channels, so no unit holds them
@@ -61,6 +62,27 @@ def pin_fixed_shapes(model: nnx.Module, sample_input: Any, graph: Any,
   else:
     return graph, {}, ""
   return dataclasses.replace(graph, pinned=set(graph.pinned) | set(sites)), sites, failure
+
+
+def probe_batches(graph: Any, chosen: Sequence[int], roots: Sequence[int]) -> list[list[int]]:
+  """The chosen units in batches zeroed together, no two of a batch meeting in one op's shape site: there, cuts that
+  only fit together (one from each half of a channel shuffle) would pass for removable, while units of separate
+  ops (each block's head reshape) are judged in one shrink."""
+  groups_of: dict[int, set[int]] = {}
+  for g, nodes in enumerate(graph.shape_site_groups):
+    for root in {graph.find(int(n)) for n in nodes}:
+      groups_of.setdefault(root, set()).add(g)
+  batches: list[tuple[list[int], set[int]]] = []
+  for i in chosen:
+    mine = groups_of.get(roots[i], set())
+    for batch, taken in batches:
+      if not mine & taken:
+        batch.append(i)
+        taken |= mine
+        break
+    else:
+      batches.append(([i], set(mine)))
+  return [batch for batch, _ in batches]
 
 
 def probe_roots(graph: Any, sites: Mapping[int, str], roots: Sequence[int]) -> list[int]:

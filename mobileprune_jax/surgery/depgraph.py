@@ -138,7 +138,8 @@ def trace(model: nnx.Module, sample_input: Any) -> Graph:
       tracer.pin(o.ids)
       output_shapes.append(tuple(o.ids.shape))
   return Graph(tracer.layers, tracer.parent, tracer.pinned, tracer.node_layer, tracer.attachments,
-               list(dict.fromkeys(tracer.notes)), paths, output_shapes, tracer.shape_sites, tracer.attach_ops)
+               list(dict.fromkeys(tracer.notes)), paths, output_shapes, tracer.shape_sites, tracer.attach_ops,
+               tracer.shape_site_groups)
 
 
 def join_shared_kernels(tracer: Tracer) -> None:

@@ -178,6 +178,7 @@ class Graph:
   # shrunk model, so ``shrink`` keeps these channels if the plan that cuts them does not rebuild an equal model
   shape_sites: dict[int, str] = dataclasses.field(default_factory=dict)
   attach_ops: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # attached path -> element-wise ops
+  shape_site_groups: list[np.ndarray] = dataclasses.field(default_factory=list)  # the site nodes of each op
 
   def find(self, n: int) -> int:
     return self._sets.find(n)

@@ -67,7 +67,7 @@ def _carry(tracer: Any, body: Any, consts: list[Any], inits: list[Any], steps: l
   A carry's initial zeros are assumed to stay zero; where a step makes one non-zero, the trace of the body is
   undone (its layers saw false zeros) and redone without it.
   """
-  zero = [_zero_of(tracer, init) for init in inits]
+  zero = [_zero_of(init) for init in inits]
   while True:
     assumed = any(z.any() for z in zero)
     snapshot = copy.deepcopy(tracer.__dict__) if assumed else None
@@ -90,7 +90,7 @@ def _final_carries(tracer: Any, carries: list[Act], outs: list[Any], zero: list[
   return results
 
 
-def _zero_of(tracer: Any, init: Any) -> np.ndarray:
+def _zero_of(init: Any) -> np.ndarray:
   """Entries of a carry's initial value that are exactly zero for every input."""
   if isinstance(init, Act):
     return np.array(init.zero)
@@ -106,6 +106,7 @@ def _run_body(tracer: Any, body: Any, consts: list[Any], inits: list[Any], steps
     if isinstance(init, Act):
       tracer.union(nodes, init.ids)
     else:  # an initial state the code makes (zeros of the cell's width): its size is in the code
+      tracer.shape_site_groups.append(nodes.ravel())
       for node in nodes.ravel().tolist():
         tracer.shape_sites.setdefault(int(node), "scan carry")
     carries.append(Act(nodes, np.where(z, 0.0, np.nan)))

@@ -72,7 +72,6 @@ _NP_STRUCTURAL = {
 }
 
 
-
 def weights_every_channel(x: Act, y: Act) -> bool:
   """y is a copy along every axis x's channels vary along (a (b, h, w, 1) attention or gate map times a (b, h, w, c)
   feature map), both belong to channels everywhere, and x has channels: x ⊙ y keeps x's channels apart (a dead
@@ -95,6 +94,7 @@ class Tracer:
     self.attachments: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     self.notes: list[str] = []
     self.shape_sites: dict[int, str] = {}
+    self.shape_site_groups: list[np.ndarray] = []  # the nodes of each op recorded in shape_sites
     self.attach_ops: dict[str, set[str]] = {}  # path -> the element-wise ops that combine it with channels
 
   # -- nodes ---------------------------------------------------------------------------
@@ -337,7 +337,10 @@ class Tracer:
 
   def note_shape_site(self, a: Act, axes: Sequence[int], op: str) -> None:
     """Records the nodes that vary along ``axes`` of ``a`` as passing through ``op``'s static shapes."""
-    for node in shape_sites.varying_nodes(a.ids, axes).tolist():
+    nodes = shape_sites.varying_nodes(a.ids, axes)
+    if len(nodes):
+      self.shape_site_groups.append(np.asarray(nodes, np.int64))
+    for node in nodes.tolist():
       self.shape_sites.setdefault(int(node), op)
 
   def pad(self, eqn, ins: list[Any]) -> Act:
