@@ -258,7 +258,8 @@ def writer_vectors(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], unit
   """
   out = {}
   for path, pairs in graph.attachments.items():
-    if path in kernels or path not in kernel_shapes or not graph.attach_ops.get(path, set()) <= VECTOR_OPS:
+    ops = graph.attach_ops.get(path, set())
+    if path in kernels or path not in kernel_shapes or not ops or not ops <= VECTOR_OPS:
       continue
     roots = np.full(math.prod(kernel_shapes[path]), -1, np.int64)
     consistent = bool(pairs)
