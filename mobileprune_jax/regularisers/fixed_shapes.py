@@ -56,12 +56,26 @@ def pin_fixed_shapes(model: nnx.Module, sample_input: Any, graph: Any,
     except Exception as e:  # shrink fails on the cut copy: no surgery removes these channels, so no unit holds them
       failure = f"shrinking a copy with one of them zeroed failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
       break
-    if report.kept_shape_sites:
-      failure = ""
+    if report.kept_shape_sites or not all(entries_cut(report.cuts, readers.units[i], shapes) for i in batch):
+      failure = ""  # kept, or a computed kernel's zeros are not the zeros of the kernel it applies
       break
   else:
     return graph, {}, ""
   return dataclasses.replace(graph, pinned=set(graph.pinned) | set(sites)), sites, failure
+
+
+def entries_cut(cuts: Mapping[str, Sequence[tuple[int, Sequence[int]]]], unit: Mapping[str, np.ndarray],
+                shapes: Mapping[str, tuple[int, ...]]) -> bool:
+  """Whether ``cuts`` (a shrink plan: path -> [(axis, kept indices)]) drops every entry of ``unit`` (path -> flat
+  indices): an entry goes when its index along some cut axis is not kept."""
+  for path, flat in unit.items():
+    coords = np.unravel_index(np.asarray(flat, np.int64), shapes[path])
+    dropped = np.zeros(len(coords[0]) if coords else 0, bool)
+    for axis, keep in cuts.get(path, []):
+      dropped |= ~np.isin(coords[axis], np.asarray(keep, np.int64))
+    if not dropped.all():
+      return False
+  return True
 
 
 def probe_batches(graph: Any, chosen: Sequence[int], roots: Sequence[int]) -> list[list[int]]:
@@ -96,9 +110,15 @@ def probe_roots(graph: Any, sites: Mapping[int, str], roots: Sequence[int]) -> l
   return sorted(set(chosen.values()))
 
 
+def _kind(op: str) -> str:
+  return "grouped conv" if op.startswith("grouped conv") else (
+      "kernel computed from parameters" if op.startswith("computed kernel") else op)
+
+
 def describe(sites: Mapping[int, str]) -> str:
-  """The kinds of op among ``sites``: "reshape", "slice", "grouped conv", ... joined by " / "."""
-  return " / ".join(sorted({"grouped conv" if op.startswith("grouped conv") else op for op in sites.values()}))
+  """The kinds of op among ``sites``: "reshape", "slice", "grouped conv", "kernel computed from parameters", ...
+  joined by " / "."""
+  return " / ".join(sorted({_kind(op) for op in sites.values()}))
 
 
 def warning(name: str, sites: Mapping[int, str], failure: str) -> str:
@@ -106,6 +126,13 @@ def warning(name: str, sites: Mapping[int, str], failure: str) -> str:
   head = f"{name}.for_model: {len(sites)} channel(s) pass through a {describe(sites)}"
   if failure:
     return f"{head}, and {failure}; they are not removable units"
-  return (f"{head} whose shape the model's code fixes (a size, bound or group count written as a constant); surgery "
-          "keeps them, so they are not removable units (compute the size from the input's shape, e.g. -1, to let them "
-          "go)")
+  fixed = (" whose shape the model's code fixes (a size, bound or group count written as a constant); surgery keeps "
+           "them, so they are not removable units (compute the size from the input's shape, e.g. -1, to let them go)")
+  computed = sorted({op.split()[-1] for op in sites.values() if op.startswith("computed kernel")})
+  if not computed:
+    return head + fixed
+  why = (f"zeros in {', '.join(computed[:3])} are not zeros of the kernel the layer applies, which the model computes "
+         "from it by more than entry-by-entry ops (weight standardisation, spectral or weight norm)")
+  if all(op.startswith("computed kernel") for op in sites.values()):
+    return f"{head}; surgery keeps them, so they are not removable units: {why}"
+  return f"{head}{fixed}; and {why}"

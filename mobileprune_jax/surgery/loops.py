@@ -34,10 +34,11 @@ def scan(tracer: Any, eqn: Any, ins: list[Any]) -> list[Any] | None:
   steps = []
   for x, var in zip(xs, eqn.invars[n_consts + n_carry:]):
     shape = tuple(var.aval.shape)
-    ids = tracer.as_act(x, shape).ids if isinstance(x, Act) else np.full(shape, NO_NODE, np.int64)
-    if not np.all(ids == ids[:1]):
+    act = tracer.as_act(x, shape)
+    if not np.all(act.ids == act.ids[:1]):
       return None
-    steps.append(Act(np.ascontiguousarray(ids[0]), np.full(shape[1:], np.nan)))
+    # one step's slice: its nodes, and zero where every step is (a dead channel stays dead); 0-d stays 0-d
+    steps.append(Act.of_zero(np.asarray(act.ids[0], order="C"), np.all(act.zero, axis=0)))
   carries, outs, zero = _carry(tracer, eqn.params["jaxpr"], consts, inits, steps)
   results = _final_carries(tracer, carries, outs[:n_carry], zero)
   for out, var in zip(outs[n_carry:], eqn.outvars[n_carry:]):

@@ -57,7 +57,7 @@ def conv(t: Tracer, eqn, x: Act, k: Const) -> Act:
     kind = "depthwise" if per_in == per_out == 1 else "grouped"
     layer = Layer(kind, path, (in_ax,), (out_ax,), in_nodes, out_nodes, spatial, tuple(kernel.shape),
                   groups=groups)
-    t.add_layer(layer, in_zero, kernel)
+    t.add_layer(layer, in_zero, kernel, computed_from=k.mixed)
     out_zero = ~np.any(np.any(layer.io(kernel) != 0, axis=2) & ~in_zero[:, None], axis=0)
     return Act.of_zero(_per_channel(out_shape, out_spec[1], out_nodes), _per_channel(out_shape, out_spec[1], out_zero))
   out_nodes = t.new_nodes(n_out)
@@ -69,7 +69,7 @@ def conv(t: Tracer, eqn, x: Act, k: Const) -> Act:
                 spatial, tuple(kernel.shape), not unsliceable)
   if unsliceable:
     t.pin(in_nodes, why)
-  t.add_layer(layer, in_zero, kernel, why)
+  t.add_layer(layer, in_zero, kernel, why, computed_from=k.mixed)
   if unsliceable:
     out_zero = np.zeros(n_out, bool)
   else:  # output channel f is identically zero iff every non-zero weight reads a zero channel
@@ -98,7 +98,8 @@ def dot(t: Tracer, eqn, ins: list) -> Act:
   out_nodes = t.new_nodes(n_out)
   layer = Layer("dense", path or "<computed kernel>", in_axes, out_axes, in_nodes, out_nodes, 1, tuple(kernel.shape),
                 path is not None)
-  t.add_layer(layer, in_zero, kernel, "dot_general with a kernel that is not a plain parameter: its channels are kept")
+  t.add_layer(layer, in_zero, kernel, "dot_general with a kernel that is not a plain parameter: its channels are kept",
+              computed_from=k.mixed)
   out_zero = ~np.any(np.any(layer.io(kernel) != 0, axis=2) & ~in_zero[:, None], axis=0)
   # output dims: (x free dims, kernel free dims) if x is the lhs, else (kernel free dims, x free dims)
   n_x_free = x.ids.ndim - len(x_contract)
@@ -128,7 +129,7 @@ def lookup(t: Tracer, eqn, table: Const, indices: Act) -> Act:
   rows, n_out = value.shape
   out_nodes = t.new_nodes(n_out)
   layer = Layer("embedding", path, (0,), (1,), np.full(rows, NO_NODE, np.int64), out_nodes, 1, tuple(value.shape))
-  t.add_layer(layer, np.zeros(rows, bool), value)
+  t.add_layer(layer, np.zeros(rows, bool), value, computed_from=table.mixed)
   out_zero = ~np.any(value != 0, axis=0)
   axis = len(out_shape) - 1
   return Act.of_zero(_per_channel(out_shape, axis, out_nodes), _per_channel(out_shape, axis, out_zero))

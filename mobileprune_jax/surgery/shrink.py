@@ -63,7 +63,8 @@ class ShrinkReport:
   params_before: int = 0
   params_after: int = 0
   max_abs_diff: float = float("nan")
-  kept_shape_sites: int = 0  # channels kept because the model's code fixes a shape they pass through
+  kept_shape_sites: int = 0  # channels kept because the model's code fixes a shape they pass through or computes
+  # the kernel of a layer they enter or leave (``Graph.shape_sites``)
 
   def __str__(self) -> str:
     lines = [str(layer) for layer in self.layers]
@@ -341,10 +342,12 @@ def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = Tr
   failure = parity_failure(model, new, sample_input, atol, report) if check or sites else None
   if failure is not None and sites:
     # the code recomputed a shape the cut changed (a channel shuffle, a split at fixed sizes): keep those channels
-    ops = " / ".join(sorted({" ".join(op.split()[:2]) if op.startswith("grouped") else op for op in sites.values()}))
+    ops = " / ".join(sorted({" ".join(op.split()[:2]) if op.startswith(("grouped", "computed")) else op
+                             for op in sites.values()}))
     graph = dataclasses.replace(graph, notes=notes + [
         f"cutting the channels that pass through a {ops} did not rebuild an equal model ({failure.args[0].splitlines()[0]}"
-        f"); those {len(sites)} channels are kept (the model's code computes that op's shapes)"])
+        f"); those {len(sites)} channels are kept (the model's code computes that op's shapes, or that kernel from "
+        "its parameters)"])
     report = plan(model, sample_input, graph, round_to=round_to, keep=frozenset(sites))
     new = apply_cuts(model, report.cuts)
     report.params_before, report.params_after = count_params(model), count_params(new)

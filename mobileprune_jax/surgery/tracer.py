@@ -208,6 +208,9 @@ class Tracer:
       outs = out if eqn.primitive.multiple_results else [out]
       values = [host(o) for o in outs]
     origin: dict[str, np.ndarray] = {}
+    positional = (0,) if name in _STRUCTURAL or name == "gather" else range(len(ins)) if (
+        name in _BINARY or name in _UNARY_ZERO_PRESERVING or name in _UNARY_OTHER) and len(values) == 1 else ()
+    mixed = frozenset().union(*(c.mixed for c in ins), *(c.origin for i, c in enumerate(ins) if i not in positional))
     if name in _STRUCTURAL and ins[0].origin:
       origin = {p: self.structural_array(eqn, idx) for p, idx in ins[0].origin.items()}
     elif name == "gather" and ins[0].origin:  # e.g. a position-embedding lookup at fixed positions
@@ -221,12 +224,12 @@ class Tracer:
         for p, idx in c.origin.items():
           idx = np.broadcast_to(idx, shape)
           origin[p] = np.where(idx >= 0, idx, origin[p]) if p in origin else idx
-    return [Const(v, origin if i == 0 else {}) for i, v in enumerate(values)]
+    return [Const(v, origin if i == 0 else {}, mixed) for i, v in enumerate(values)]
 
   @staticmethod
   def structural_array(eqn, arr: np.ndarray) -> np.ndarray:
     """Applies a structural primitive (reshape, broadcast, transpose, ...) to a metadata array."""
-    return np.ascontiguousarray(_NP_STRUCTURAL[eqn.primitive.name](arr, **eqn.params))
+    return np.asarray(_NP_STRUCTURAL[eqn.primitive.name](arr, **eqn.params), order="C")  # 0-d stays 0-d
 
   # -- activations ---------------------------------------------------------------------
 
@@ -400,7 +403,11 @@ class Tracer:
     self.pin(ids[:, ~uniform], "a feature read by a layer carries several channels: they are kept")
     return in_nodes, np.all(zero, axis=0)
 
-  def add_layer(self, layer: Layer, in_zero: np.ndarray, kernel: np.ndarray, why_not: str | None = None) -> None:
+  def add_layer(self, layer: Layer, in_zero: np.ndarray, kernel: np.ndarray, why_not: str | None = None,
+                computed_from: frozenset[str] = frozenset()) -> None:
+    """Records a layer. ``computed_from``: the variables its kernel is computed from by more than entry-by-entry
+    ops (``Const.mixed``): cutting its channels changes its other entries (the mean and norm of a standardised
+    kernel) unless they rebuild an equal model, so its channels are shape sites (op "computed kernel <path>")."""
     index = len(self.layers)
     self.layers.append(layer)
     for n in layer.out_nodes:
@@ -415,3 +422,9 @@ class Tracer:
       for node in np.concatenate([layer.in_nodes, layer.out_nodes]).tolist():
         if node >= 0:
           self.shape_sites.setdefault(int(node), f"grouped conv {layer.kernel_path}")
+    if computed_from:
+      nodes = np.unique(np.concatenate([layer.in_nodes, layer.out_nodes]))
+      nodes = nodes[nodes >= 0]
+      self.shape_site_groups.append(nodes)
+      for node in nodes.tolist():
+        self.shape_sites.setdefault(int(node), f"computed kernel {layer.kernel_path}")

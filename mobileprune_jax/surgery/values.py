@@ -14,10 +14,13 @@ from mobileprune_jax.surgery.graph import NO_NODE
 
 @dataclasses.dataclass
 class Const:
-  """A value known without the input; ``origin[path]`` = flat index into that parameter (or -1)."""
+  """A value known without the input; ``origin[path]`` = flat index into that parameter (or -1); ``mixed``: the
+  variables whose values entered it through an op that is not entry by entry (a norm, a mean, a matrix product),
+  e.g. a standardised kernel (w − mean w) / std w, or w / σ(w, u) under spectral norm."""
 
   value: np.ndarray
   origin: dict[str, np.ndarray]
+  mixed: frozenset[str] = frozenset()
 
 
 @dataclasses.dataclass

@@ -1,0 +1,192 @@
+"""Kernels the model computes from its parameters by more than entry-by-entry ops, and scans over plain arrays.
+
+Weight standardisation ((w − mean w) / std w, BiT's StdConv), spectral norm (w / σ(w, u)) and a merged low-rank
+update (w + a·b) apply a kernel whose entries change when a slice of w is cut, or that needs other variables cut
+with it. Surgery must then keep what it cannot cut exactly (the reference is always the unpruned model's output),
+and ``for_model`` must not present units whose zeros are not zeros of the applied kernel.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mobileprune_jax import regularisers, surgery
+from mobileprune_jax.regularisers.fixed_shapes import entries_cut
+
+
+class StdConv(nnx.Conv):
+  """A weight-standardised conv (BiT): each filter is standardised over its taps and input channels."""
+
+  def __call__(self, x):
+    w = self.kernel[...]
+    w = (w - w.mean((0, 1, 2), keepdims=True)) / jnp.sqrt(w.var((0, 1, 2), keepdims=True) + 1e-5)
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + self.bias[...]
+
+
+class StdNet(nnx.Module):
+  def __init__(self, rngs):
+    self.c1 = StdConv(3, 8, (3, 3), rngs=rngs)
+    self.c2 = StdConv(8, 6, (3, 3), rngs=rngs)
+    self.head = nnx.Linear(6, 4, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(nnx.relu(self.c2(nnx.relu(self.c1(x)))).mean((1, 2)))
+
+
+def _image():
+  return jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 3)), jnp.float32)
+
+
+def _max_diff(a, b, x):
+  return float(jnp.max(jnp.abs(a(x) - b(x))))
+
+
+def test_a_dead_channel_into_a_standardised_kernel_is_kept_not_cut_wrongly():
+  # c1's filter 3 and bias 3 are zero, so channel 3 is dead; cutting c2's input slice 3 would change c2's mean and
+  # std over its inputs, so the model would differ (by 8.7 on such a net before, with check=False)
+  model = StdNet(nnx.Rngs(0))
+  model.c1.kernel[...] = model.c1.kernel[...].at[..., 3].set(0)
+  model.c1.bias[...] = model.c1.bias[...].at[3].set(0)
+  x = _image()
+  for check in (False, True):
+    small, report = surgery.shrink_with_report(model, x, check=check)
+    assert _max_diff(small, model, x) < 1e-4
+    assert any("computed kernel" in note for note in report.notes), report.notes
+  assert report.params_after == report.params_before
+
+
+def test_the_outputs_of_the_last_standardised_kernel_are_cut_when_that_is_exact():
+  # the head's input row 2 is zero: c2's filter 2 is read by nothing. Each filter is standardised on its own, so
+  # dropping it leaves the others as they were: 3·3·8 + 1 (filter, bias) + 4 (the head's row) entries go
+  model = StdNet(nnx.Rngs(0))
+  model.head.kernel[...] = model.head.kernel[...].at[2].set(0)
+  x = _image()
+  small, report = surgery.shrink_with_report(model, x)
+  assert report.params_before - report.params_after == 3 * 3 * 8 + 1 + 4
+  assert small.c2.kernel.shape == (3, 3, 8, 5)
+  assert _max_diff(small, model, x) < 1e-4
+
+
+def test_for_model_presents_no_unit_of_a_standardised_kernel():
+  model = StdNet(nnx.Rngs(0))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    reg = regularisers.group_lasso(neuron=0.1, channel=0.1).for_model(model, _image())
+  messages = [str(w.message) for w in caught]
+  assert any("not zeros of the kernel the layer applies" in m and "c1/kernel" in m for m in messages), messages
+  held = {path for unit in reg.units.units for path in unit}
+  assert not held & {"c1/kernel", "c2/kernel"}, held
+
+
+class SpectralNet(nnx.Module):
+  def __init__(self, rngs):
+    self.a = nnx.SpectralNorm(nnx.Linear(6, 8, rngs=rngs), rngs=rngs)
+    self.b = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.b(nnx.relu(self.a(x, update_stats=False)))
+
+
+def test_spectral_norm_is_traced_and_its_power_iteration_vector_never_goes_out_of_step():
+  # the trace used to fail ("select cases must have the same shapes"): a (1, 1) constant squeezed to a scalar came
+  # out 1-d. Its filter 5 is zero, but cutting it would leave the power-iteration vector u at 8 entries
+  model = SpectralNet(nnx.Rngs(0))
+  inner = model.a.layer_instance
+  inner.kernel[...] = inner.kernel[...].at[:, 5].set(0)
+  inner.bias[...] = inner.bias[...].at[5].set(0)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6)), jnp.float32)
+  small, report = surgery.shrink_with_report(model, x)
+  assert _max_diff(small, model, x) < 1e-5
+  assert report.params_after == report.params_before
+
+
+class MergedLowRank(nnx.Module):
+  """A dense layer whose kernel is w + a·b (a merged low-rank update)."""
+
+  def __init__(self, rngs):
+    self.w = nnx.Param(jax.random.normal(jax.random.key(0), (5, 7)) * 0.3)
+    self.a = nnx.Param(jax.random.normal(jax.random.key(1), (5, 2)) * 0.3)
+    self.b = nnx.Param(jax.random.normal(jax.random.key(2), (2, 7)) * 0.3)
+    self.out = nnx.Linear(7, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(nnx.relu(x @ (self.w[...] + self.a[...] @ self.b[...])))
+
+
+def test_a_kernel_plus_a_low_rank_product_keeps_the_channels_the_product_fills():
+  # column 4 of w and of b is zero, so the applied kernel's column 4 is zero; cutting w's column alone made a shrunk
+  # model that does not run (a·b still has 7 columns)
+  model = MergedLowRank(nnx.Rngs(0))
+  model.w[...] = model.w[...].at[:, 4].set(0)
+  model.b[...] = model.b[...].at[:, 4].set(0)
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 5)), jnp.float32)
+  small, _ = surgery.shrink_with_report(model, x)
+  assert _max_diff(small, model, x) < 1e-5
+
+
+class ScaledKernel(nnx.Module):
+  """An equalised-learning-rate layer: the kernel times a constant, entry by entry: still a plain kernel."""
+
+  def __init__(self, rngs):
+    self.w = nnx.Param(jax.random.normal(jax.random.key(0), (5, 7)))
+    self.out = nnx.Linear(7, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(nnx.relu(x @ (self.w[...] / np.sqrt(5.0)).astype(jnp.bfloat16).astype(jnp.float32)))
+
+
+def test_a_kernel_scaled_by_a_constant_is_still_cut():
+  model = ScaledKernel(nnx.Rngs(0))
+  model.w[...] = model.w[...].at[:, 4].set(0)
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 5)), jnp.float32)
+  small, report = surgery.shrink_with_report(model, x)
+  assert report.params_before - report.params_after == 5 + 3  # w's column 4 and out's row 4
+  assert not report.kept_shape_sites
+  assert _max_diff(small, model, x) < 1e-5
+
+
+class DecayingSum(nnx.Module):
+  """c ← g_t · c + h_t over time with per-step gains scanned over as a plain 1-d array."""
+
+  def __init__(self, rngs):
+    self.a = nnx.Linear(3, 8, rngs=rngs)
+    self.b = nnx.Linear(8, 2, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.a(x)
+    gains = jnp.linspace(0.5, 1.0, x.shape[1])
+
+    def step(c, xs):
+      g, h_t = xs
+      return c * g + h_t, None
+
+    c, _ = jax.lax.scan(step, jnp.zeros_like(h[:, 0]), (gains, h.swapaxes(0, 1)))
+    return self.b(c)
+
+
+def test_a_dead_channel_scanned_over_stays_dead():
+  # a's output 2 is zero at every step, so the carry's channel 2 stays zero: a's filter and bias (3 + 1) and b's
+  # row (2) go. Before, each step's slice was taken as unknown and nothing was cut.
+  model = DecayingSum(nnx.Rngs(0))
+  model.a.kernel[...] = model.a.kernel[...].at[:, 2].set(0)
+  model.a.bias[...] = model.a.bias[...].at[2].set(0)
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 5, 3)), jnp.float32)
+  small, report = surgery.shrink_with_report(model, x)
+  assert (report.params_before, report.params_after) == (50, 44)
+  assert _max_diff(small, model, x) < 1e-5
+
+
+def test_entries_cut_reads_a_plan_entry_by_entry():
+  shapes = {"w": (2, 3)}
+  cuts = {"w": [(1, [0, 2])]}  # column 1 dropped
+  column = lambda j: np.ravel_multi_index((np.arange(2), np.full(2, j)), (2, 3))
+  assert entries_cut(cuts, {"w": column(1)}, shapes)
+  assert not entries_cut(cuts, {"w": column(0)}, shapes)
+  assert not entries_cut(cuts, {"w": np.concatenate([column(1), column(2)])}, shapes)
+  assert not entries_cut({}, {"w": column(1)}, shapes)
