@@ -323,7 +323,8 @@ def shrink_with_report(model: nnx.Module, sample_input: Any, *, check: bool = Tr
   ``graph``: a trace of ``model`` with its current weights (``analysis.analyze(model, x).graph``).
   ``check``: the rebuilt model's outputs must equal the original's within atol·max(1, max |y|) — absolute
   for outputs of magnitude ≤ 1, relative above (float32 sums in another order differ by a few ulps of
-  the output; ``report.max_abs_diff`` is the absolute difference). If they do not (or the model's code fails on
+  the output; ``report.max_abs_diff`` is the absolute difference); a model computing in bfloat16 / float16 within
+  4 ulps of that type (``parity.parity_failure``). If they do not (or the model's code fails on
   the cut arrays: a reshape or slice at sizes it computes), the channels that pass through such shapes
   (``Graph.shape_sites``) are kept and the model is planned again, with a note. ``check=False`` skips the
   comparison for models whose code computes no such shape; for the others it still runs, since only it finds

@@ -9,7 +9,7 @@ that is the same for every input (NaN: not constant) — so a dead filter follow
 with a negative shift and a ReLU is known to be exactly zero. An element with no node that is
 identically zero (a zero pad) is a *wildcard*: it belongs to every channel at once.
 
-Element-wise ops keep node ids; reshapes, transposes, slices, pads, concatenations and pools
+Element-wise ops keep node ids; reshapes, transposes, slices, pads, concatenations, stacks, tiles and pools
 (``reduce_window``, reductions) move them with the data; element-wise ops between two
 activations (a residual add, a squeeze-and-excitation gate) join their nodes into one group;
 a parameter vector combined element-wise with an activation (a bias, BatchNorm's scale and
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobileprune_jax.surgery import kernels, linear_maps, loops, pins, producers, reductions, shape_sites
+from mobileprune_jax.surgery import arrangements, kernels, linear_maps, loops, pins, producers, reductions, shape_sites
 from mobileprune_jax.surgery.graph import NO_NODE, Layer, UnionFind
 from mobileprune_jax.surgery.values import Act, Const, host, meeting, set_zero, spread_axes, uniform_nodes, unique_pairs
 
@@ -40,7 +40,7 @@ _UNARY_OTHER = {"exp", "exp2", "log", "logistic", "cos", "cosh", "acos", "rsqrt"
                 "not", "lgamma", "digamma", "integer_pow"}
 _BINARY = {"add", "add_any", "sub", "mul", "div", "max", "min", "pow", "atan2", "rem", "nextafter", "and", "or",
            "xor", "eq", "ne", "lt", "le", "gt", "ge"}
-_STRUCTURAL = {"reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice", "rev"}
+_STRUCTURAL = {"reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice", "rev", "tile"}
 _REDUCE = {"reduce_max", "reduce_min", "reduce_sum", "reduce_prod", "argmax", "argmin"}
 _REDUCE_WINDOW = {"reduce_window_sum", "reduce_window_max", "reduce_window_min"}
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
@@ -69,6 +69,7 @@ _NP_STRUCTURAL = {
     "expand_dims": lambda a, dimensions, **_: np.expand_dims(a, tuple(dimensions)),
     "slice": _np_slice,
     "rev": lambda a, dimensions, **_: np.flip(a, tuple(dimensions)),
+    "tile": lambda a, reps, **_: np.tile(a, tuple(reps)),  # a channel tiled k times: its node at each copy
 }
 
 
@@ -164,7 +165,7 @@ class Tracer:
     if name in _STRUCTURAL:
       return [self.structural(eqn, ins[0])]
     if name == "split" and isinstance(ins[0], Act):
-      return self.split(eqn, ins[0])
+      return arrangements.split(self, eqn, ins[0])
     if name == "scan" and (outs := loops.scan(self, eqn, ins)) is not None:
       return outs
     if name == "cond":
@@ -172,9 +173,13 @@ class Tracer:
     if name == "while":
       return loops.while_loop(self, eqn, ins)
     if name == "pad":
-      return [self.pad(eqn, ins)]
+      return [arrangements.pad(self, eqn, ins)]
     if name == "concatenate":
-      return [self.concatenate(eqn, ins)]
+      return [arrangements.concatenate(self, eqn, ins)]
+    if name == "stack":
+      return [arrangements.stack(self, eqn, ins)]
+    if name == "dynamic_slice" and isinstance(ins[0], Act) and all(isinstance(i, Const) for i in ins[1:]):
+      return [arrangements.dynamic_slice(self, eqn, ins[0], ins[1:])]
     if name in _REDUCE:
       return [reductions.reduce(self, eqn, ins[0])]
     if name in _REDUCE_WINDOW:
@@ -326,18 +331,6 @@ class Tracer:
       spread = spread_axes(a.ids.shape, tuple(eqn.params["shape"]), tuple(eqn.params["broadcast_dimensions"]), a.spread)
     return Act(self.structural_array(eqn, a.ids).astype(np.int64), self.structural_array(eqn, a.value), spread)
 
-  def split(self, eqn, a: Act) -> list[Act]:
-    """``jnp.split``: each piece carries its part of the input's nodes."""
-    axis, sizes = eqn.params["axis"], [int(n) for n in eqn.params["sizes"]]
-    self.note_shape_site(a, [axis], "split")
-    bounds = np.cumsum([0] + sizes)
-    take = lambda arr, lo, hi: np.take(arr, np.arange(lo, hi), axis=axis)
-    pieces = [Act(take(a.ids, lo, hi), take(a.value, lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    if len(set(sizes)) == 1:  # equal parts (jnp.split(x, n): a fused q/k/v or gate/up projection): entry i of every
-      for piece in pieces[1:]:  # part goes together, so the parts stay equal and aligned after a cut
-        self.union(pieces[0].ids, piece.ids)
-    return pieces
-
   def note_shape_site(self, a: Act, axes: Sequence[int], op: str) -> None:
     """Records the nodes that vary along ``axes`` of ``a`` as passing through ``op``'s static shapes."""
     nodes = shape_sites.varying_nodes(a.ids, axes)
@@ -345,31 +338,6 @@ class Tracer:
       self.shape_site_groups.append(np.asarray(nodes, np.int64))
     for node in nodes.tolist():
       self.shape_sites.setdefault(int(node), op)
-
-  def pad(self, eqn, ins: list[Any]) -> Act:
-    a, value = ins
-    cfg = eqn.params["padding_config"]
-    shape = tuple(eqn.outvars[0].aval.shape)
-    if isinstance(value, Act) or any(interior for _, _, interior in cfg) or any(lo < 0 or hi < 0 for lo, hi, _ in cfg):
-      return self.opaque(eqn, ins)[0]
-    pad_value = float(np.asarray(value.value))
-    if pad_value == 0:  # zero padding: the new elements fit any channel
-      ids = np.full(shape, NO_NODE, np.int64)
-    else:  # a constant that is not zero: its own node, kept (cutting it would change the pad)
-      pad_node = self.new_nodes(1)[0]
-      self.pinned.add(int(pad_node))
-      ids = np.full(shape, pad_node, np.int64)
-    values = np.full(shape, pad_value)
-    src = self.as_act(a, tuple(eqn.invars[0].aval.shape))
-    self.note_shape_site(src, [d for d, (lo, hi, _) in enumerate(cfg) if lo or hi], "pad")
-    sl = tuple(slice(lo, lo + n) for (lo, _, _), n in zip(cfg, src.ids.shape))
-    ids[sl], values[sl] = src.ids, src.value
-    return Act(ids, values)
-
-  def concatenate(self, eqn, ins: list[Any]) -> Act:
-    dim = eqn.params["dimension"]
-    parts = [self.as_act(x, tuple(v.aval.shape)) for x, v in zip(ins, eqn.invars)]
-    return Act(np.concatenate([p.ids for p in parts], dim), np.concatenate([p.value for p in parts], dim))
 
   def opaque(self, eqn, ins: list[Any]) -> list[Act]:
     for x in ins:

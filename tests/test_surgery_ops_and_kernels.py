@@ -190,3 +190,148 @@ def test_entries_cut_reads_a_plan_entry_by_entry():
   assert not entries_cut(cuts, {"w": column(0)}, shapes)
   assert not entries_cut(cuts, {"w": np.concatenate([column(1), column(2)])}, shapes)
   assert not entries_cut({}, {"w": column(1)}, shapes)
+
+
+# ------------------------------------------------ jnp.stack, jnp.tile, lax.dynamic_slice (primitives of their own) ---
+
+
+class StackedBranches(nnx.Module):
+  """Two branches stacked on a new axis, then flattened into the head: (b, 2, 12) -> (b, 24)."""
+
+  def __init__(self, rngs):
+    self.inp = nnx.Linear(6, 16, rngs=rngs)
+    self.b1 = nnx.Linear(16, 12, rngs=rngs)
+    self.b2 = nnx.Linear(16, 12, rngs=rngs)
+    self.head = nnx.Linear(24, 4, rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.relu(self.inp(x))
+    stacked = jnp.stack([nnx.relu(self.b1(h)), nnx.tanh(self.b2(h))], 1)
+    return self.head(stacked.reshape(stacked.shape[0], -1))
+
+
+def _vectors():
+  return jnp.asarray(np.random.default_rng(4).normal(size=(3, 6)), jnp.float32)
+
+
+def test_stacked_operands_lose_a_channel_together():
+  # the head's rows 3 and 12 + 3 read channel 3 of both branches: zeroed, both branches' filter 3 (16 + 1 each) and
+  # those rows (4 each) go. Before, `stack` was an op the trace did not know: every branch channel stayed.
+  model = StackedBranches(nnx.Rngs(0))
+  model.head.kernel[...] = model.head.kernel[...].at[np.array([3, 15])].set(0)
+  x = _vectors()
+  small, report = surgery.shrink_with_report(model, x)
+  assert report.params_before - report.params_after == 2 * (16 + 1) + 2 * 4
+  assert small.b1.kernel.shape == small.b2.kernel.shape == (16, 11)
+  assert _max_diff(small, model, x) < 1e-5
+
+
+def test_a_channel_dead_in_one_stacked_operand_only_stays():
+  # b1's filter 3 is zero but b2's is not: the stack needs equal shapes, so channel 3 stays in both
+  model = StackedBranches(nnx.Rngs(0))
+  model.b1.kernel[...] = model.b1.kernel[...].at[:, 3].set(0)
+  model.b1.bias[...] = model.b1.bias[...].at[3].set(0)
+  x = _vectors()
+  small, report = surgery.shrink_with_report(model, x)
+  assert report.params_after == report.params_before
+  assert _max_diff(small, model, x) < 1e-5
+
+
+def test_for_model_units_of_stacked_channels_hold_every_copy():
+  model = StackedBranches(nnx.Rngs(0))
+  reg = regularisers.group_lasso(neuron=0.1).for_model(model, _vectors())
+  head = {frozenset(u["head/kernel"].tolist()) for u in reg.units.units if set(u) == {"head/kernel"}}
+  rows = lambda r: set(range(r * 4, r * 4 + 4))
+  assert head == {frozenset(rows(j) | rows(12 + j)) for j in range(12)}
+
+
+class TiledChannels(nnx.Module):
+  def __init__(self, rngs):
+    self.a = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.b = nnx.Conv(16, 8, (3, 3), rngs=rngs)
+    self.head = nnx.Linear(8, 4, rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.relu(self.a(x))
+    return self.head(nnx.relu(self.b(jnp.tile(h, (1, 1, 1, 2)))).mean((1, 2)))
+
+
+def test_a_tiled_channel_goes_with_every_copy():
+  # a's filter 5 and bias are zero: channel 5 and its copy 8 + 5 are dead; a loses 3·3·3 + 1, b its input slices 5
+  # and 13 (3·3·8 each)
+  model = TiledChannels(nnx.Rngs(0))
+  model.a.kernel[...] = model.a.kernel[...].at[..., 5].set(0)
+  model.a.bias[...] = model.a.bias[...].at[5].set(0)
+  x = _image()
+  small, report = surgery.shrink_with_report(model, x)
+  assert report.params_before - report.params_after == 27 + 1 + 2 * 72
+  assert small.b.kernel.shape == (3, 3, 14, 8)
+  assert _max_diff(small, model, x) < 1e-5
+
+
+class LastSteps(nnx.Module):
+  def __init__(self, rngs):
+    self.a = nnx.Linear(3, 8, rngs=rngs)
+    self.b = nnx.Linear(8, 4, rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.relu(self.a(x))
+    return self.b(jax.lax.dynamic_slice_in_dim(h, h.shape[1] - 2, 2, axis=1).mean(1))
+
+
+def test_a_dynamic_slice_at_known_indices_is_a_slice():
+  # a's filter 2 and bias are zero: 3 + 1 entries and b's row 2 (4) go
+  model = LastSteps(nnx.Rngs(0))
+  model.a.kernel[...] = model.a.kernel[...].at[:, 2].set(0)
+  model.a.bias[...] = model.a.bias[...].at[2].set(0)
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 6, 3)), jnp.float32)
+  small, report = surgery.shrink_with_report(model, x)
+  assert (report.params_before, report.params_after) == (68, 60)
+  assert _max_diff(small, model, x) < 1e-5
+
+
+# ------------------------------------------------------------------------- models computing in bfloat16 ---
+
+
+class Bfloat16Net(nnx.Module):
+  def __init__(self, rngs):
+    kw = dict(dtype=jnp.bfloat16, rngs=rngs)
+    self.c1 = nnx.Conv(3, 16, (3, 3), **kw)
+    self.c2 = nnx.Conv(16, 16, (3, 3), **kw)
+    self.head = nnx.Linear(16, 4, **kw)
+
+  def __call__(self, x):
+    h = nnx.relu(self.c2(nnx.relu(self.c1(x.astype(jnp.bfloat16)))))
+    return self.head(h.mean((1, 2))).astype(jnp.float32)
+
+
+def test_a_bfloat16_model_is_compared_within_its_own_rounding():
+  # 8 of c1's filters and 4 of c2's are zero: the cut model sums over fewer channels, which moves bfloat16 outputs
+  # by an ulp (0.0039 at outputs up to 1.5: float32's 1e-4 · max(1, |y|) made shrink raise)
+  model = Bfloat16Net(nnx.Rngs(0))
+  dead = np.random.default_rng(0).permutation(16)[:8]
+  model.c1.kernel[...] = model.c1.kernel[...].at[..., dead].set(0)
+  model.c1.bias[...] = model.c1.bias[...].at[dead].set(0)
+  model.c2.kernel[...] = model.c2.kernel[...].at[..., dead[:4]].set(0)
+  model.c2.bias[...] = model.c2.bias[...].at[dead[:4]].set(0)
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(4, 8, 8, 3)) * 4, jnp.float32)
+  small, report = surgery.shrink_with_report(model, x)
+  assert small.c1.kernel.shape == (3, 3, 3, 8) and small.c2.kernel.shape == (3, 3, 8, 12)
+  assert report.max_abs_diff > 1e-4 * max(1.0, float(jnp.max(jnp.abs(model(x)))))  # what float32's bound refused
+  assert report.max_abs_diff <= 4 * float(jnp.finfo(jnp.bfloat16).eps) * max(1.0, float(jnp.max(jnp.abs(model(x)))))
+  from mobileprune_jax.surgery.parity import coarsest_float
+  assert coarsest_float(model, x) == jnp.bfloat16
+  assert coarsest_float(StdNet(nnx.Rngs(0)), _image()) == jnp.float32
+
+
+def test_a_real_difference_in_a_bfloat16_model_is_still_refused():
+  from mobileprune_jax.surgery.parity import parity_failure
+
+  model = Bfloat16Net(nnx.Rngs(0))
+  other = nnx.clone(model)
+  other.head.bias[...] = other.head.bias[...] + 0.25  # every output moves by 0.25
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(4, 8, 8, 3)) * 4, jnp.float32)
+  report = surgery.plan(model, x)
+  failure = parity_failure(model, other, x, 1e-4, report)
+  assert failure is not None and "4 ulps of bfloat16" in str(failure), failure
+  assert parity_failure(model, nnx.clone(model), x, 1e-4, report) is None
