@@ -335,3 +335,30 @@ def test_a_real_difference_in_a_bfloat16_model_is_still_refused():
   failure = parity_failure(model, other, x, 1e-4, report)
   assert failure is not None and "4 ulps of bfloat16" in str(failure), failure
   assert parity_failure(model, nnx.clone(model), x, 1e-4, report) is None
+
+
+class TwoEncodersAlongTime(nnx.Module):
+  """Two encoders' sequences joined along time, then a layer over the channels."""
+
+  def __init__(self, rngs):
+    self.ea = nnx.Linear(3, 16, rngs=rngs)
+    self.eb = nnx.Linear(5, 16, rngs=rngs)
+    self.mix = nnx.Linear(16, 16, rngs=rngs)
+    self.head = nnx.Linear(16, 4, rngs=rngs)
+
+  def __call__(self, a, b):
+    h = jnp.concatenate([nnx.relu(self.ea(a)), nnx.relu(self.eb(b))], axis=1)
+    return self.head(nnx.relu(self.mix(h)).mean(1))
+
+
+def test_sequences_joined_along_time_lose_a_channel_together():
+  # mix's row 3 is zero: channel 3 of both encoders is read by nothing, so ea's and eb's filter 3 (3 + 1, 5 + 1) and
+  # the row (16) go. Before, mix's input 3 carried two channels and was kept.
+  model = TwoEncodersAlongTime(nnx.Rngs(0))
+  model.mix.kernel[...] = model.mix.kernel[...].at[3].set(0)
+  rng = np.random.default_rng(7)
+  x = (jnp.asarray(rng.normal(size=(2, 6, 3)), jnp.float32), jnp.asarray(rng.normal(size=(2, 4, 5)), jnp.float32))
+  small, report = surgery.shrink_with_report(model, x)
+  assert (report.params_before, report.params_after) == (500, 474)
+  assert small.ea.kernel.shape == (3, 15) and small.eb.kernel.shape == (5, 15)
+  assert float(jnp.max(jnp.abs(small(*x) - model(*x)))) < 1e-5

@@ -53,10 +53,27 @@ def pad(t: Tracer, eqn, ins: list[Any]) -> Act:
 
 
 def concatenate(t: Tracer, eqn, ins: list[Any]) -> Act:
-  """``jnp.concatenate``: the operands' nodes side by side."""
+  """``jnp.concatenate``: the operands' nodes side by side. Joined along an axis their channels do not vary along
+  (two sequences along time), the operands must keep equal channel axes: channel i of each goes with channel i of
+  the others (``along_other_axes``)."""
   dim = eqn.params["dimension"]
   parts = [t.as_act(x, tuple(v.aval.shape)) for x, v in zip(ins, eqn.invars)]
+  lines = [along_other_axes(p.ids, dim) for p in parts]
+  if len(parts) > 1 and all(line is not None for line in lines):
+    for line in lines[1:]:
+      t.union(lines[0], line)
+    rep = np.max(np.stack(np.broadcast_arrays(*lines)), axis=0)  # one node of each joined set, where any has one
+    parts = [Act(np.where(p.ids >= 0, np.broadcast_to(rep, p.ids.shape), p.ids), p.value) for p in parts]
   return Act(np.concatenate([p.ids for p in parts], dim), np.concatenate([p.value for p in parts], dim))
+
+
+def along_other_axes(ids: np.ndarray, axis: int) -> np.ndarray | None:
+  """The nodes of ``ids`` with ``axis`` taken out (size 1) when they do not vary along it (positions without a node
+  aside), else None."""
+  if ids.shape[axis] == 0:
+    return None
+  top = ids.max(axis=axis, keepdims=True)
+  return top if np.all((ids == top) | (ids < 0)) else None
 
 
 def stack(t: Tracer, eqn, ins: list[Any]) -> Act:
