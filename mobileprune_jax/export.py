@@ -31,7 +31,7 @@ from flax import nnx
 
 from mobileprune_jax import data, int8, metrics, quiet, surgery
 from mobileprune_jax.nnx_only import EXPORT_ROUTE, require_nnx
-from mobileprune_jax.surgery.depgraph import eval_mode
+from mobileprune_jax.surgery.depgraph import eval_mode, inference_kwargs
 
 QUANTIZE = (None, "float16", "dynamic_int8", "int8")
 # int8: measured on the calibration examples (in-distribution), not on random inputs, which saturate
@@ -67,11 +67,12 @@ def _interpreter(path: str | pathlib.Path, threads: int | None = 1):
 
 
 def _forward(model: nnx.Module):
-  graphdef, state = nnx.split(eval_mode(model))
+  model = eval_mode(model)
+  graphdef, state = nnx.split(model)
   leaves, treedef = jax.tree.flatten(state)  # raw arrays: the Variables are rebuilt inside the trace
 
-  def f(x):
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(x)
+  def f(x):  # a call(x, train=True) default is set for inference (``depgraph.inference_kwargs``)
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(x, **inference_kwargs(model, (x,), {}))
 
   return f
 
@@ -88,7 +89,8 @@ def to_tflite(model: nnx.Module, sample_input: Any, path: str | pathlib.Path, qu
   outputs with the file's scales.
 
   Args:
-    model: an NNX module (exported in inference mode; the module itself is not changed).
+    model: an NNX module (exported in inference mode, a ``train=True`` default of its call included:
+      ``surgery.depgraph.inference_kwargs``; the module itself is not changed).
     sample_input: an input batch; its shape and dtype become the file's static signature.
     path: where to write the file.
     quantize: None (float32), "float16" (float16 weights), "dynamic_int8" (int8 weights, float

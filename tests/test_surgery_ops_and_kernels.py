@@ -362,3 +362,43 @@ def test_sequences_joined_along_time_lose_a_channel_together():
   assert (report.params_before, report.params_after) == (500, 474)
   assert small.ea.kernel.shape == (3, 15) and small.eb.kernel.shape == (5, 15)
   assert float(jnp.max(jnp.abs(small(*x) - model(*x)))) < 1e-5
+
+
+# ------------------------------------------------------- a model whose call defaults to training mode ---
+
+
+class TrainByDefault(nnx.Module):
+  """Flax examples' style: ``train=True`` by default, passed on to BatchNorm and Dropout (overriding ``.eval()``)."""
+
+  def __init__(self, rngs):
+    self.c1 = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.bn1 = nnx.BatchNorm(8, rngs=rngs)
+    self.c2 = nnx.Conv(8, 6, (3, 3), rngs=rngs)
+    self.bn2 = nnx.BatchNorm(6, rngs=rngs)
+    self.drop = nnx.Dropout(0.5, rngs=rngs)
+    self.head = nnx.Linear(6, 4, rngs=rngs)
+
+  def __call__(self, x, train: bool = True):
+    h = nnx.relu(self.bn1(self.c1(x), use_running_average=not train))
+    h = nnx.relu(self.bn2(self.c2(h), use_running_average=not train))
+    return self.head(self.drop(h.mean((1, 2)), deterministic=not train))
+
+
+def test_a_model_training_by_default_is_traced_and_compared_in_inference_mode():
+  # the head's row 2 is zero: c2's filter 2 (3·3·8 + 1), bn2's scale and shift (2; its statistics are not counted as
+  # parameters) and the row (4) go. Before, the trace and
+  # the comparison ran the training forward (dropout on, batch statistics): shrink raised (outputs differed by 0.8)
+  model = TrainByDefault(nnx.Rngs(0))
+  model.head.kernel[...] = model.head.kernel[...].at[2].set(0)
+  x = _image()
+  small, report = surgery.shrink_with_report(model, x)
+  assert report.params_before - report.params_after == 3 * 3 * 8 + 1 + 2 + 4
+  assert small.bn2.mean.shape == (5,)
+  model.eval()
+  small.eval()
+  assert float(jnp.max(jnp.abs(small(x, train=False) - model(x, train=False)))) < 1e-5
+  # a flag given in sample_input is left as given
+  from mobileprune_jax.surgery.depgraph import inference_kwargs
+  assert inference_kwargs(model, (x,), {}) == {"train": False}
+  assert inference_kwargs(model, (x, True), {}) == {}
+  assert inference_kwargs(model, (x,), {"train": True}) == {"train": True}

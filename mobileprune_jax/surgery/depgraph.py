@@ -88,9 +88,35 @@ def forward_fn(model: nnx.Module):
   treedef = flat[1]
 
   def f(leaves, *args, **kwargs):
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(*args, **kwargs)
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(*args, **inference_kwargs(model, args, kwargs))
 
   return graphdef, leaves, paths, f
+
+
+_INFERENCE_VALUES = {"train": False, "training": False, "is_training": False, "deterministic": True,
+                     "use_running_average": True, "inference": True}
+
+
+def inference_kwargs(model: Any, args: tuple, kwargs: dict) -> dict:
+  """``kwargs`` with the model's own mode flag set for inference when the call leaves it at a training default.
+
+  ``__call__(self, x, train=True)`` passing ``use_running_average=not train`` to BatchNorm and ``deterministic=not
+  train`` to Dropout overrides ``model.eval()``; surgery traces and compares the inference forward pass, so a
+  boolean parameter named train / training / is_training (default True) gets False and one named deterministic /
+  use_running_average / inference (default False) gets True, unless ``sample_input`` gives it.
+  """
+  try:
+    signature = inspect.signature(model.__call__)
+    bound = signature.bind_partial(*args, **kwargs).arguments
+  except (TypeError, ValueError):
+    return kwargs
+  out = dict(kwargs)
+  for name, param in signature.parameters.items():
+    want = _INFERENCE_VALUES.get(name)
+    if (want is not None and name not in bound and isinstance(param.default, bool) and param.default != want
+        and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)):
+      out[name] = want
+  return out
 
 
 def check_signature(model: Any, args: tuple, kwargs: dict) -> None:

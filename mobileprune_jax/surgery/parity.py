@@ -40,7 +40,7 @@ def output_diff_and_scale(a: nnx.Module, b: nnx.Module, sample_input: Any, n: in
 
   def call(model, x):
     args, kwargs = rebuild(x)
-    return model(*args, **kwargs)
+    return model(*args, **depgraph.inference_kwargs(model, args, kwargs))
 
   forward = nnx.jit(call)
   worst, scale = 0.0, 0.0
@@ -65,11 +65,11 @@ def coarsest_float(model: nnx.Module, sample_input: Any) -> jnp.dtype:
   coarser): a bfloat16 or float16 layer rounds its outputs, so cutting zero channels (sums in another order) may
   move an output by an ulp of that type."""
   x0, rebuild = depgraph.call_arguments(sample_input)
-  model = depgraph.eval_mode(model)
+  _, leaves, _, f = depgraph.forward_fn(model)  # functional: a model that updates its statistics traces too
 
   def call(x):
     args, kwargs = rebuild(x)
-    return model(*args, **kwargs)
+    return f(leaves, *args, **kwargs)
 
   coarsest = jnp.dtype(jnp.float32)
 
