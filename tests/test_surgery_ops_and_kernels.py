@@ -402,3 +402,34 @@ def test_a_model_training_by_default_is_traced_and_compared_in_inference_mode():
   assert inference_kwargs(model, (x,), {}) == {"train": False}
   assert inference_kwargs(model, (x, True), {}) == {}
   assert inference_kwargs(model, (x,), {"train": True}) == {"train": True}
+
+
+# ----------------------------------------------- an attention mask built from an input: a copy along the heads ---
+
+
+class MaskedAttention(nnx.Module):
+  """Token ids and a padding mask in; the mask is made pairwise and broadcast over heads by nnx.MultiHeadAttention."""
+
+  def __init__(self, rngs):
+    self.emb = nnx.Embed(30, 16, rngs=rngs)
+    self.att = nnx.MultiHeadAttention(4, 16, decode=False, rngs=rngs)
+    self.head = nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, ids, mask):
+    h = self.emb(ids)
+    h = h + self.att(h, mask=mask[:, None, None, :] & mask[:, None, :, None], deterministic=True)
+    return self.head(h.mean(1))
+
+
+def test_a_head_goes_under_a_padding_mask_from_the_input():
+  # the out projection's rows of head 2 are zero: its q/k/v filters (16·4 + 4 each) and those rows (4·16) go. The
+  # mask reached the scores through a reshape and an `and` that dropped its being a copy along the heads, so every
+  # head met "an op the trace does not understand" and was kept.
+  model = MaskedAttention(nnx.Rngs(0))
+  model.att.out.kernel[...] = model.att.out.kernel[...].at[2].set(0)
+  rng = np.random.default_rng(8)
+  x = (jnp.asarray(rng.integers(0, 30, (3, 7))), jnp.asarray(rng.random((3, 7)) > 0.3).at[:, 0].set(True))
+  small, report = surgery.shrink_with_report(model, x)
+  assert report.params_before - report.params_after == 3 * (16 * 4 + 4) + 4 * 16
+  assert small.att.num_heads == 3
+  assert float(jnp.max(jnp.abs(small(*x) - model(*x)))) < 1e-5

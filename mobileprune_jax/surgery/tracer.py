@@ -28,7 +28,18 @@ import numpy as np
 
 from mobileprune_jax.surgery import arrangements, kernels, linear_maps, loops, pins, producers, reductions, shape_sites
 from mobileprune_jax.surgery.graph import NO_NODE, Layer, UnionFind
-from mobileprune_jax.surgery.values import Act, Const, host, meeting, set_zero, spread_axes, uniform_nodes, unique_pairs
+from mobileprune_jax.surgery.values import (
+  Act,
+  Const,
+  carried_spread,
+  host,
+  meeting,
+  operands_spread,
+  set_zero,
+  spread_axes,
+  uniform_nodes,
+  unique_pairs,
+)
 
 # element-wise primitives, and whether f(0) == 0 for the unary ones
 _UNARY_ZERO_PRESERVING = {
@@ -155,11 +166,11 @@ class Tracer:
     if all(isinstance(x, Const) for x in ins):
       return self.const_eqn(eqn, ins)
     if name in _UNARY_ZERO_PRESERVING or name in _UNARY_OTHER:
-      return [Act(ins[0].ids, self.constant_values(eqn, ins))]
+      return [Act(ins[0].ids, self.constant_values(eqn, ins), ins[0].spread)]
     if name in _BINARY:
       return [self.binary(name, eqn, ins)]
     if name == "clamp" and isinstance(ins[1], Act) and not isinstance(ins[0], Act) and not isinstance(ins[2], Act):
-      return [Act(ins[1].ids, self.constant_values(eqn, ins))]
+      return [Act(ins[1].ids, self.constant_values(eqn, ins), ins[1].spread)]
     if name == "select_n":
       return [self.select(eqn, ins)]
     if name in _STRUCTURAL:
@@ -284,7 +295,7 @@ class Tracer:
     elif name == "div":
       value = set_zero(value, zero(ins[0]))
     if len(acts) == 1:  # with a constant: the activation's nodes (the constant has none)
-      return Act(np.broadcast_to(acts[0].ids, shape), value)
+      return Act(np.broadcast_to(acts[0].ids, shape), value, operands_spread(ins, shape))
     a, b = (self.as_act(x, shape) for x in ins[:2])
     if name == "mul":
       for x, y in ((a, b), (b, a)):
@@ -295,7 +306,7 @@ class Tracer:
     self.union(a.ids, b.ids)
     pins.unpartnered(self, a, b)
     pins.met_by_opaque(self, [a, b])
-    return Act(np.where(a.ids >= 0, a.ids, b.ids), value)
+    return Act(np.where(a.ids >= 0, a.ids, b.ids), value, operands_spread(ins, shape))
 
   def select(self, eqn, ins: list[Any]) -> Act:
     shape = tuple(eqn.outvars[0].aval.shape)
@@ -326,10 +337,12 @@ class Tracer:
       self.note_shape_site(a, shape_sites.reshaped_axes(a.ids.shape, tuple(eqn.params["new_sizes"])), "reshape")
     elif name == "slice":
       self.note_shape_site(a, shape_sites.sliced_axes(a.ids.shape, eqn.params), "slice")
-    spread = frozenset()
+    ids = self.structural_array(eqn, a.ids).astype(np.int64)
     if name == "broadcast_in_dim":
       spread = spread_axes(a.ids.shape, tuple(eqn.params["shape"]), tuple(eqn.params["broadcast_dimensions"]), a.spread)
-    return Act(self.structural_array(eqn, a.ids).astype(np.int64), self.structural_array(eqn, a.value), spread)
+    else:
+      spread = carried_spread(name, eqn.params, a.ids.shape, ids.shape, a.spread)
+    return Act(ids, self.structural_array(eqn, a.value), spread)
 
   def note_shape_site(self, a: Act, axes: Sequence[int], op: str) -> None:
     """Records the nodes that vary along ``axes`` of ``a`` as passing through ``op``'s static shapes."""

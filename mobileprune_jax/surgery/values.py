@@ -4,6 +4,7 @@ from) and ``Act`` (input-dependent: a channel node per element), and helpers the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -62,6 +63,49 @@ def spread_axes(in_shape: tuple[int, ...], out_shape: tuple[int, ...], dims: tup
   kept = {d: i for i, d in enumerate(dims)}
   return frozenset(d for d in range(len(out_shape)) if out_shape[d] > 1 and (
       d not in kept or (in_shape[kept[d]] == 1) or kept[d] in old))
+
+
+def carried_spread(name: str, params: dict[str, Any], in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                   spread: frozenset[int]) -> frozenset[int]:
+  """The copy axes (``Act.spread``) of a transpose, reshape, squeeze, expand_dims, slice, rev or tile's output: a copy
+  axis stays one where the op carries it over whole (a reshape that only adds or drops size-1 axes around it)."""
+  if not spread:
+    return frozenset()
+  if name == "transpose":
+    return frozenset(i for i, d in enumerate(params["permutation"]) if d in spread)
+  if name in ("slice", "rev", "tile"):
+    return frozenset(d for d in spread if out_shape[d] > 1)
+  if name not in ("reshape", "squeeze", "expand_dims"):
+    return frozenset()
+  dims_in = [(i, n) for i, n in enumerate(in_shape) if n != 1]
+  dims_out = [(j, n) for j, n in enumerate(out_shape) if n != 1]
+  if [n for _, n in dims_in] != [n for _, n in dims_out]:  # axes split or merged: keep only what is certain
+    return frozenset()
+  return frozenset(j for (i, _), (j, _) in zip(dims_in, dims_out) if i in spread)
+
+
+def operands_spread(operands: Sequence[Any], shape: tuple[int, ...]) -> frozenset[int]:
+  """The copy axes of an element-wise op's output of ``shape``: the axes along which every operand (an ``Act``, or a
+  ``Const`` broadcast to ``shape`` numpy-style) is a copy. A constant holding parameter entries counts only where it
+  has size 1: a parameter with a length along the axis is cut with what the axis holds, even if its entries happen
+  to be equal (RMSNorm's scale at its initial ones); one the code computes (a broadcast literal) where its values
+  are equal along the axis."""
+  common = {d for d in range(len(shape)) if shape[d] > 1}
+  for x in operands:
+    own = np.shape(x.ids if isinstance(x, Act) else x.value)
+    pad = len(shape) - len(own)
+    for d in list(common):
+      k = d - pad
+      if k < 0 or own[k] == 1:
+        continue
+      if isinstance(x, Act):
+        copy = k in x.spread
+      else:
+        value = np.asarray(x.value)
+        copy = not any(np.any(idx >= 0) for idx in x.origin.values()) and bool(np.all(value == np.take(value, [0], k)))
+      if not copy:
+        common.discard(d)
+  return frozenset(common)
 
 
 def host(value: Any) -> Any:
