@@ -239,23 +239,11 @@ def test_a_linen_module_gets_one_line_pointing_to_the_bridge_and_the_bridge_expo
   assert export.parity(path, model, x) <= 1e-5
 
 
-class _TrainByDefault(nnx.Module):
-  """``__call__(x, train=True)`` passing the flag to BatchNorm and Dropout (it overrides ``.eval()``)."""
-
-  def __init__(self, rngs):
-    self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
-    self.bn = nnx.BatchNorm(8, rngs=rngs)
-    self.drop = nnx.Dropout(0.5, rngs=rngs)
-    self.head = nnx.Linear(8, 4, rngs=rngs)
-
-  def __call__(self, x, train: bool = True):
-    h = nnx.relu(self.bn(self.conv(x), use_running_average=not train))
-    return self.head(self.drop(h.mean((1, 2)), deterministic=not train))
-
-
 def test_a_model_training_by_default_is_exported_in_inference_mode(tmp_path):
   # before, dropout stayed on and the converter failed ("failed to legalize operation 'tfl.mul'")
-  model = _TrainByDefault(nnx.Rngs(0))
+  from test_surgery_ops_and_kernels import TrainByDefault
+
+  model = TrainByDefault(nnx.Rngs(0))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 3)), jnp.float32)
   path = export.to_tflite(model, x, tmp_path / "m.tflite")
   model.eval()
