@@ -244,15 +244,17 @@ def units_from_graph(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], co
                buckets, tuple(tuple(v) for v in comps), tuple(unit_entries), tuple(notes), tuple(sorted(by_root)))
 
 
-VECTOR_OPS = {"add", "add_any", "sub", "mul"}  # how a bias, a norm's shift or its scale meets its channels
+VECTOR_OPS = {"add", "add_any", "sub", "mul", "concatenate"}  # how a bias, a norm's shift or scale, a position
+# table or a class token joined before the patches meets its channels
 
 
 def writer_vectors(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], unit_roots: set[int],
                    kernels: set[str]) -> dict[str, np.ndarray]:
   """Per-channel parameters that join writer units: {path: unit root of each entry}.
 
-  A layer's bias, a normalisation's scale and shift: vectors (not kernels) only ever added to or multiplying
-  channels, each entry always the same channel, every one of them a writer unit's. With them in the unit, a zero
+  A layer's bias, a normalisation's scale and shift, a position table, a class token concatenated to the patches:
+  arrays (not kernels) only ever added to, multiplying or joined to channels, each entry always the same channel,
+  every one of them a writer unit's. With them in the unit, a zero
   unit makes its channel exactly zero, so surgery removes it; with the filters alone the channel would stay at its
   bias.
   """

@@ -433,3 +433,66 @@ def test_a_head_goes_under_a_padding_mask_from_the_input():
   assert report.params_before - report.params_after == 3 * (16 * 4 + 4) + 4 * 16
   assert small.att.num_heads == 3
   assert float(jnp.max(jnp.abs(small(*x) - model(*x)))) < 1e-5
+
+
+# ----------------------------------------------- a class token concatenated before the patches, a position table ---
+
+
+class TokenStream(nnx.Module):
+  """A ViT-style stream with no normalisation over channels: patches, a class token joined along the tokens, a
+  position table added, one attention and one MLP block on the residual stream."""
+
+  def __init__(self, rngs, d=16):
+    self.patch = nnx.Conv(3, d, (4, 4), strides=4, rngs=rngs)
+    self.cls = nnx.Param(jax.random.normal(jax.random.key(1), (1, 1, d)))
+    self.pos = nnx.Param(jax.random.normal(jax.random.key(2), (1, 5, d)))
+    self.att = nnx.MultiHeadAttention(4, d, decode=False, rngs=rngs)
+    self.f1 = nnx.Linear(d, 32, rngs=rngs)
+    self.f2 = nnx.Linear(32, d, rngs=rngs)
+    self.head = nnx.Linear(d, 4, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.patch(x)
+    h = h.reshape(h.shape[0], -1, h.shape[-1])
+    h = jnp.concatenate([jnp.broadcast_to(self.cls[...], (h.shape[0], 1, h.shape[-1])), h], 1) + self.pos[...]
+    h = h + self.att(h, deterministic=True)
+    h = h + self.f2(nnx.relu(self.f1(h)))
+    return self.head(h[:, 0])
+
+
+def _stream_image():
+  return jnp.asarray(np.random.default_rng(9).normal(size=(2, 8, 8, 3)), jnp.float32)
+
+
+def test_a_stream_channel_goes_with_its_class_token_and_position_entries():
+  # every writer of stream channel 5 is zero (the patch filter and bias, the class token's and the position table's
+  # entries, the attention's and the MLP's output columns and biases): 4·4·3 + 1, 1, 5, q/k/v rows 3·16, out 16 + 1,
+  # f1's row 32, f2's column 32 + 1 and the head's row 4 go. Before, the class token's position carried no channel,
+  # so every stream channel was kept.
+  model = TokenStream(nnx.Rngs(0))
+  j = 5
+  model.patch.kernel[...] = model.patch.kernel[...].at[..., j].set(0)
+  model.patch.bias[...] = model.patch.bias[...].at[j].set(0)
+  model.cls[...] = model.cls[...].at[..., j].set(0)
+  model.pos[...] = model.pos[...].at[..., j].set(0)
+  model.att.out.kernel[...] = model.att.out.kernel[...].at[..., j].set(0)
+  model.att.out.bias[...] = model.att.out.bias[...].at[j].set(0)
+  model.f2.kernel[...] = model.f2.kernel[...].at[:, j].set(0)
+  model.f2.bias[...] = model.f2.bias[...].at[j].set(0)
+  x = _stream_image()
+  small, report = surgery.shrink_with_report(model, x)
+  assert report.params_before - report.params_after == 49 + 1 + 5 + 48 + 17 + 32 + 33 + 4
+  assert small.cls.shape == (1, 1, 15) and small.pos.shape == (1, 5, 15)
+  assert _max_diff(small, model, x) < 1e-5
+
+
+def test_egl_writer_units_of_the_stream_hold_the_class_token_and_position_entries():
+  model = TokenStream(nnx.Rngs(0))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    reg = regularisers.elastic_group_lasso(0.5, 1e-3).for_model(model, _stream_image())
+  assert not [str(w.message) for w in caught if "cls" in str(w.message)]  # not "parameters no layer explains"
+  for j in range(16):
+    unit = next(u for u in reg.units.units if j in u.get("patch/bias", []))
+    assert set(unit["cls"].tolist()) == {j}
+    assert set(unit["pos"].tolist()) == {p * 16 + j for p in range(5)}

@@ -49,7 +49,8 @@ def roles_from_trace(graph: Any, paths: Sequence[str], any_layout: bool) -> tupl
   roles = {path: role for path, (role, _) in chosen.items()}
   roles.update({path: "bias" for path in paths if path not in roles and _is_bias(graph, path)})
   roles.update({path: "none" for path in paths if path not in roles and (_is_scale(graph, path) or
-                                                                        _is_scalar_gain(graph, path))})
+                                                                        _is_scalar_gain(graph, path) or
+                                                                        _is_joined_table(graph, path))})
   return roles, {path for path, (_, foreign) in chosen.items() if foreign}
 
 
@@ -81,6 +82,14 @@ def _is_scalar_gain(graph: Any, path: str) -> bool:
   pairs = graph.attachments.get(path, [])
   ops = graph.attach_ops.get(path)
   return bool(pairs) and bool(ops) and ops <= ELEMENTWISE and all(not np.any(idx) for idx, _ in pairs)
+
+
+def _is_joined_table(graph: Any, path: str) -> bool:
+  """An array only ever added to or multiplied with channels, or joined to them along another axis, its entries
+  along the channels each meeting a channel (a position embedding, a class token concatenated before the
+  patches): like a bias it is sliced with the channels and not penalised (role "none")."""
+  ops = graph.attach_ops.get(path)
+  return bool(graph.attachments.get(path)) and bool(ops) and ops <= ELEMENTWISE | {"concatenate"}
 
 
 def _is_bias(graph: Any, path: str) -> bool:

@@ -55,7 +55,7 @@ def pad(t: Tracer, eqn, ins: list[Any]) -> Act:
 def concatenate(t: Tracer, eqn, ins: list[Any]) -> Act:
   """``jnp.concatenate``: the operands' nodes side by side. Joined along an axis their channels do not vary along
   (two sequences along time), the operands must keep equal channel axes: channel i of each goes with channel i of
-  the others (``along_other_axes``)."""
+  the others (``along_other_axes``), and a parameter among them (a class token) is attached to those channels."""
   dim = eqn.params["dimension"]
   parts = [t.as_act(x, tuple(v.aval.shape)) for x, v in zip(ins, eqn.invars)]
   lines = [along_other_axes(p.ids, dim) for p in parts]
@@ -64,7 +64,22 @@ def concatenate(t: Tracer, eqn, ins: list[Any]) -> Act:
       t.union(lines[0], line)
     rep = np.max(np.stack(np.broadcast_arrays(*lines)), axis=0)  # one node of each joined set, where any has one
     parts = [Act(np.where(p.ids >= 0, np.broadcast_to(rep, p.ids.shape), p.ids), p.value) for p in parts]
+    for i, x in enumerate(ins):  # a parameter joined along (a class token before the patches): cut with the channels
+      if isinstance(x, Const) and x.origin and _all_from_parameters(x):
+        nodes = Act(np.broadcast_to(rep, parts[i].ids.shape).copy(), parts[i].value)
+        t.attach(x, nodes, nodes.ids.shape)
+        for path in x.origin:
+          t.attach_ops.setdefault(path, set()).add("concatenate")
+        parts[i] = nodes
   return Act(np.concatenate([p.ids for p in parts], dim), np.concatenate([p.value for p in parts], dim))
+
+
+def _all_from_parameters(x: Const) -> bool:
+  """Every entry of ``x`` is a parameter entry (not a value the code writes in)."""
+  covered = np.zeros(np.shape(x.value), bool)
+  for idx in x.origin.values():
+    covered |= np.broadcast_to(idx, covered.shape) >= 0
+  return bool(covered.all())
 
 
 def along_other_axes(ids: np.ndarray, axis: int) -> np.ndarray | None:
