@@ -6,7 +6,10 @@ shape site (``Graph.shape_sites``) when cutting them does not rebuild an equal m
 those channels as removable units would make zeros no surgery can use. Whether the code adapts (``reshape(n, -1)``
 after a flatten, ``reshape(b, t, -1, head_dim)`` over whole heads) is found the way shrink finds it: one unit per
 (op, producing layer) of the sites is zeroed in a copy of the model, which is then shrunk (units meeting in one op
-in separate copies); if shrink has to keep the sites for any copy, so does the penalty (docs/coupled.md).
+in separate copies); if shrink has to keep the sites for any copy, so does the penalty (docs/coupled.md). A layer
+whose kernel the code computes from its parameter (weight standardisation, spectral norm) makes its channels sites
+too: there the probe also checks that the zeroed units were cut, since zeros in the parameter need not be zeros of
+the kernel applied.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def pin_fixed_shapes(model: nnx.Module, sample_input: Any, graph: Any,
   chosen = probe_roots(graph, sites, readers.roots)
   if not chosen:  # no site channel is a removable unit: nothing to decide
     return graph, {}, ""
+  computed = {graph.find(node) for node, op in sites.items() if op.startswith("computed kernel")}
   for batch in probe_batches(graph, chosen, readers.roots):
     probe = nnx.clone(model)
     variables = variables_by_path(probe)
@@ -56,7 +60,8 @@ def pin_fixed_shapes(model: nnx.Module, sample_input: Any, graph: Any,
     except Exception as e:  # shrink fails on the cut copy: no surgery removes these channels, so no unit holds them
       failure = f"shrinking a copy with one of them zeroed failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
       break
-    if report.kept_shape_sites or not all(entries_cut(report.cuts, readers.units[i], shapes) for i in batch):
+    if report.kept_shape_sites or not all(entries_cut(report.cuts, readers.units[i], shapes) for i in batch
+                                          if readers.roots[i] in computed):
       failure = ""  # kept, or a computed kernel's zeros are not the zeros of the kernel it applies
       break
   else:
