@@ -101,11 +101,17 @@ def operands_spread(operands: Sequence[Any], shape: tuple[int, ...]) -> frozense
       if isinstance(x, Act):
         copy = k in x.spread
       else:
-        value = np.asarray(x.value)
-        copy = not any(np.any(idx >= 0) for idx in x.origin.values()) and bool(np.all(value == np.take(value, [0], k)))
+        copy = not any(np.any(idx >= 0) for idx in x.origin.values()) and _equal_along(np.asarray(x.value), k)
       if not copy:
         common.discard(d)
   return frozenset(common)
+
+
+def _equal_along(value: np.ndarray, axis: int) -> bool:
+  """Whether ``value`` is the same at every index along ``axis`` (one pass when it is one number throughout)."""
+  if value.size == 0 or value.strides[axis] == 0 or value.min() == value.max():
+    return True
+  return bool(np.all(value == np.take(value, [0], axis)))
 
 
 def host(value: Any) -> Any:
