@@ -34,7 +34,7 @@ from flax import nnx
 
 from mobileprune_jax import groups
 from mobileprune_jax.regularisers import Regulariser
-from mobileprune_jax.train.steps import cross_entropy
+from mobileprune_jax.train.steps import cross_entropy, forward
 
 
 def layer_blocks(param_paths: Sequence[str], kernel_paths: Sequence[str]) -> list[list[int]]:
@@ -101,7 +101,7 @@ def make_palm_step(model: nnx.Module, regulariser: Regulariser, kernel_paths: Se
 
   def loss_of(leaves, rest, x, y):
     m = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves), rest)
-    return cross_entropy(m(x, train=True), y)
+    return cross_entropy(forward(m, x, training=True), y)
 
   @jax.jit
   def step(leaves, rest, x, y, multiplier, lip_start):

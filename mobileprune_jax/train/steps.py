@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+def forward(model: nnx.Module, x: jax.Array, training: bool) -> jax.Array:
+  """``model(x, train=training)`` when its call takes ``train`` (the zoo's convention); a model whose call does not
+  is run as ``model(x)``, in the mode its ``.train()`` / ``.eval()`` set."""
+  try:
+    params = inspect.signature(model.__call__).parameters
+  except (TypeError, ValueError):
+    return model(x, train=training)
+  if "train" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+    return model(x, train=training)
+  return model(x)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -25,7 +39,7 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax
   """
 
   def loss_fn(m):
-    logits = m(x, train=True)
+    logits = forward(m, x, training=True)
     return cross_entropy(logits, y), logits
 
   (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -49,7 +63,7 @@ def bound_train_step(model: nnx.Module, optimizer: nnx.Optimizer):
 
 @nnx.jit
 def predict(model: nnx.Module, x: jax.Array) -> jax.Array:
-  return jnp.argmax(model(x, train=False), -1)
+  return jnp.argmax(forward(model, x, training=False), -1)
 
 
 class Placement:
