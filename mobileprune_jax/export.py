@@ -31,7 +31,7 @@ from flax import nnx
 
 from mobileprune_jax import data, int8, metrics, quiet, surgery
 from mobileprune_jax.nnx_only import EXPORT_ROUTE, require_nnx
-from mobileprune_jax.surgery.depgraph import eval_mode, inference_kwargs
+from mobileprune_jax.surgery.depgraph import forward_fn
 
 QUANTIZE = (None, "float16", "dynamic_int8", "int8")
 # int8: measured on the calibration examples (in-distribution), not on random inputs, which saturate
@@ -67,14 +67,10 @@ def _interpreter(path: str | pathlib.Path, threads: int | None = 1):
 
 
 def _forward(model: nnx.Module):
-  model = eval_mode(model)
-  graphdef, state = nnx.split(model)
-  leaves, treedef = jax.tree.flatten(state)  # raw arrays: the Variables are rebuilt inside the trace
-
-  def f(x):  # a call(x, train=True) default is set for inference (``depgraph.inference_kwargs``)
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(x, **inference_kwargs(model, (x,), {}))
-
-  return f
+  """``f(x) = model(x)`` in inference mode (a ``train=True`` default of its call included), its state as raw arrays
+  (the Variables are rebuilt inside the trace): ``depgraph.forward_fn``."""
+  _, leaves, _, f = forward_fn(model)
+  return lambda x: f(leaves, x)
 
 
 def to_tflite(model: nnx.Module, sample_input: Any, path: str | pathlib.Path, quantize: str | None = None,

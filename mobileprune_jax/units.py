@@ -17,8 +17,8 @@ analysis into a partition of the traced kernels' entries:
 * **writer side** (DEGL): every entry belongs to the unit of the channel it *writes*: one unit holds
   every producer's output filter of one removable set (the expand filter and the depthwise filter
   of a MobileNet channel, every conv adding into one stream channel, a head's q/k/v columns), and the
-  per-channel vectors of those channels (``writer_vectors``: biases, norm scales and shifts), so a zero unit is
-  a zero channel. Filters of channels that must stay (the classifier's outputs) are fixed, with no group term.
+  per-channel arrays of those channels (``writer_vectors``: biases, norm scales and shifts, position tables,
+  class tokens), so a zero unit is a zero channel. Filters of channels that must stay (the classifier's outputs) are fixed, with no group term.
 
 Units partition the entries (each entry reads, and writes, exactly one feature), so a penalty that
 is a sum over units has an exact prox computed unit by unit. A unit is stored as a two-level tree
@@ -254,9 +254,8 @@ def writer_vectors(graph: Graph, kernel_shapes: dict[str, tuple[int, ...]], unit
 
   A layer's bias, a normalisation's scale and shift, a position table, a class token concatenated to the patches:
   arrays (not kernels) only ever added to, multiplying or joined to channels, each entry always the same channel,
-  every one of them a writer unit's. With them in the unit, a zero
-  unit makes its channel exactly zero, so surgery removes it; with the filters alone the channel would stay at its
-  bias.
+  every one of them a writer unit's. With them in the unit, a zero unit makes its channel exactly zero, so surgery
+  removes it; with the filters alone the channel would stay at its bias.
   """
   out = {}
   for path, pairs in graph.attachments.items():

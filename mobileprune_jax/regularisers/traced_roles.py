@@ -48,9 +48,7 @@ def roles_from_trace(graph: Any, paths: Sequence[str], any_layout: bool) -> tupl
   chosen = {path: roles.pop() for path, roles in found.items() if len(roles) == 1 and None not in roles}
   roles = {path: role for path, (role, _) in chosen.items()}
   roles.update({path: "bias" for path in paths if path not in roles and _is_bias(graph, path)})
-  roles.update({path: "none" for path in paths if path not in roles and (_is_scale(graph, path) or
-                                                                        _is_scalar_gain(graph, path) or
-                                                                        _is_joined_table(graph, path))})
+  roles.update({path: "none" for path in paths if path not in roles and _meets_channels_only(graph, path)})
   return roles, {path for path, (_, foreign) in chosen.items() if foreign}
 
 
@@ -68,26 +66,11 @@ def _entrywise(graph: Any, path: str, ops: set[str]) -> np.ndarray | None:
   return nodes[order] if np.array_equal(idx[order], np.arange(len(idx))) else None
 
 
-def _is_scale(graph: Any, path: str) -> bool:
-  """A vector only ever combined element-wise with one set of channels, entry i with channel i, and not a layer's
-  bias (``_is_bias`` is asked first): a scale (``x * self.v``), a temperature (``x / self.t``), a per-channel cap or
-  PReLU slope. Like a normalisation's parameters it is not penalised (role "none"), and surgery slices it with
-  its channels."""
-  return _entrywise(graph, path, ELEMENTWISE) is not None
-
-
-def _is_scalar_gain(graph: Any, path: str) -> bool:
-  """A single number only ever combined element-wise with channels (ReZero's ``x + self.alpha * f(x)``, a learned
-  temperature): it scales every channel alike, so like a scale it is not penalised (role "none")."""
-  pairs = graph.attachments.get(path, [])
-  ops = graph.attach_ops.get(path)
-  return bool(pairs) and bool(ops) and ops <= ELEMENTWISE and all(not np.any(idx) for idx, _ in pairs)
-
-
-def _is_joined_table(graph: Any, path: str) -> bool:
-  """An array only ever added to or multiplied with channels, or joined to them along another axis, its entries
-  along the channels each meeting a channel (a position embedding, a class token concatenated before the
-  patches): like a bias it is sliced with the channels and not penalised (role "none")."""
+def _meets_channels_only(graph: Any, path: str) -> bool:
+  """An array (not a layer's bias: ``_is_bias`` is asked first) only ever combined element-wise with channels or
+  joined to them along another axis: a per-channel scale (``x * self.v``), a temperature, a PReLU slope, a single
+  gain (ReZero's ``x + self.alpha * f(x)``), a position table, a class token concatenated before the patches. Like a
+  normalisation's parameters it is not penalised (role "none"), and surgery slices it with its channels."""
   ops = graph.attach_ops.get(path)
   return bool(graph.attachments.get(path)) and bool(ops) and ops <= ELEMENTWISE | {"concatenate"}
 

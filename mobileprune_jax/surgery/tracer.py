@@ -224,9 +224,6 @@ class Tracer:
       outs = out if eqn.primitive.multiple_results else [out]
       values = [host(o) for o in outs]
     origin: dict[str, np.ndarray] = {}
-    positional = (0,) if name in _STRUCTURAL or name == "gather" else range(len(ins)) if (
-        name in _BINARY or name in _UNARY_ZERO_PRESERVING or name in _UNARY_OTHER) and len(values) == 1 else ()
-    mixed = frozenset().union(*(c.mixed for c in ins), *(c.origin for i, c in enumerate(ins) if i not in positional))
     if name in _STRUCTURAL and ins[0].origin:
       origin = {p: self.structural_array(eqn, idx) for p, idx in ins[0].origin.items()}
     elif name == "gather" and ins[0].origin:  # e.g. a position-embedding lookup at fixed positions
@@ -240,6 +237,8 @@ class Tracer:
         for p, idx in c.origin.items():
           idx = np.broadcast_to(idx, shape)
           origin[p] = np.where(idx >= 0, idx, origin[p]) if p in origin else idx
+    # variables that entered but are not followed entry by entry into the result (a mean, a norm, a matmul)
+    mixed = frozenset().union(*(c.mixed for c in ins), frozenset().union(*(c.origin for c in ins)) - origin.keys())
     return [Const(v, origin if i == 0 else {}, mixed) for i, v in enumerate(values)]
 
   @staticmethod
@@ -302,7 +301,7 @@ class Tracer:
         if weights_every_channel(x, y):  # x's channel j times a weight shared by all of them: still channel j
           self.pin(y.ids, "a weight broadcast over the channels it multiplies (attention pooling, a spatial gate) "
                    "is kept with its producer's channel")
-          return Act(x.ids, value)
+          return Act(x.ids, value, operands_spread(ins, shape))
     self.union(a.ids, b.ids)
     pins.unpartnered(self, a, b)
     pins.met_by_opaque(self, [a, b])
