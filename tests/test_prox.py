@@ -551,17 +551,19 @@ def test_pi_on_one_entry_groups_against_enumeration():
   assert np.count_nonzero(x) > 50 and np.count_nonzero(x == 0) > 50
 
 
-@pytest.mark.parametrize("n", [1, 7, 65, 300])
-def test_running_max_and_min_against_numpy(n):
-  """``scan`` (a triangular-mask reduction up to ``SHORT_SCAN`` entries, an associative scan beyond) is numpy's
-  accumulate, forwards and reversed, on floats with ±inf and on integers."""
+@pytest.mark.parametrize("shape", [(3, 4, 1), (3, 4, 7), (3, 4, 65), (3, 4, 300), (3, 4, 513), (3, 4, 9000),
+                                   (3, 5000, 40)])  # the last: too big for masks, an associative scan
+def test_running_max_and_min_against_numpy(shape):
+  """``scan`` (a triangular-mask reduction up to ``SHORT_SCAN`` entries, blocks of ``SCAN_BLOCK`` beyond, and blocks
+  of blocks past 256 blocks) is numpy's accumulate, forwards and reversed, on floats with ±inf and on integers."""
   from mobileprune_jax.prox.bracketing import scan
 
+  n = shape[-1]
   rng = np.random.default_rng(n)
-  f = rng.normal(size=(3, 4, n)).astype(np.float32)
+  f = rng.normal(size=shape).astype(np.float32)
   f[0, 0, rng.integers(0, n)] = np.inf
   f[1, 1, rng.integers(0, n)] = -np.inf
-  i = rng.integers(-50, 50, size=(3, 4, n)).astype(np.int32)
+  i = rng.integers(-50, 50, size=shape).astype(np.int32)
   for x in (f, i):
     for op, ufunc in ((jnp.maximum, np.maximum), (jnp.minimum, np.minimum)):
       np.testing.assert_array_equal(np.asarray(scan(op, jnp.asarray(x))), ufunc.accumulate(x, axis=-1))

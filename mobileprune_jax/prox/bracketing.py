@@ -161,26 +161,44 @@ def count_along(mask: Array) -> Array:
   return jnp.cumsum(mask.astype(jnp.int32), axis=-1)
 
 
-SHORT_SCAN = 256  # longest axis ``scan`` reduces over a triangular mask rather than by an associative scan
+SHORT_SCAN = 256  # longest axis ``scan`` reduces over one triangular mask; longer axes go block by block
+SCAN_BLOCK = 32  # block length of a long ``scan``
 
 
 def scan(op, x: Array, reverse: bool = False) -> Array:
   """Inclusive running max or min (``op`` is ``jnp.maximum`` or ``jnp.minimum``) along the last axis.
 
-  An axis of at most ``SHORT_SCAN`` entries (and at most 2²⁴ entry pairs in all) is reduced over a triangular
-  mask, y_k = max_{j ≤ k} x_j: n² work in one kernel, where the log-depth ``jax.lax.associative_scan`` (longer
-  axes) is ~4·log₂ n slices and pads that XLA compiles one by one (on CPU ~16 % of a θ instance's compile).
+  An axis of at most ``SHORT_SCAN`` entries is reduced over a triangular mask, y_k = max_{j ≤ k} x_j (n² work in
+  one kernel). A longer axis is cut into blocks of ``SCAN_BLOCK``: the running max within each block (a mask),
+  then that of the blocks' maxima (recursively), combined: y_k = max(within-block y_k, max of earlier blocks).
+  Both compile to a few kernels, where the log-depth ``jax.lax.associative_scan`` is ~4·log₂ n slices and pads
+  that XLA compiles one by one (on CPU a 513-wide θ sweep compiled in 1.3 s that way). The associative scan is
+  kept for arrays whose masked blocks would exceed 2²⁴ entries.
   """
-  n = x.shape[-1]
-  if n > SHORT_SCAN or x.size * n > 2 ** 24:
-    return jax.lax.associative_scan(op, x, reverse=reverse, axis=x.ndim - 1)
   if op is jnp.maximum:
     reduce, fill = jnp.max, _extreme(x.dtype, low=True)
   elif op is jnp.minimum:
     reduce, fill = jnp.min, _extreme(x.dtype, low=False)
   else:
     raise ValueError(f"scan: op must be jnp.maximum or jnp.minimum, got {op}")
-  idx = jnp.arange(n)
+  n = x.shape[-1]
+  if n <= SHORT_SCAN and x.size * n <= 2 ** 24:
+    return _masked_scan(reduce, fill, x, reverse)
+  if x.size * SCAN_BLOCK > 2 ** 24:
+    return jax.lax.associative_scan(op, x, reverse=reverse, axis=x.ndim - 1)
+  if reverse:
+    return jnp.flip(scan(op, jnp.flip(x, -1)), -1)
+  m = -(-n // SCAN_BLOCK)
+  pad = [(0, 0)] * (x.ndim - 1) + [(0, m * SCAN_BLOCK - n)]
+  within = _masked_scan(reduce, fill, jnp.pad(x, pad, constant_values=fill).reshape(x.shape[:-1] + (m, SCAN_BLOCK)))
+  totals = scan(op, within[..., -1])  # running max of the blocks' maxima
+  earlier = jnp.concatenate([jnp.full(totals.shape[:-1] + (1,), fill, x.dtype), totals[..., :-1]], -1)
+  return op(within, earlier[..., None]).reshape(x.shape[:-1] + (m * SCAN_BLOCK,))[..., :n]
+
+
+def _masked_scan(reduce, fill: Array, x: Array, reverse: bool = False) -> Array:
+  """Running ``reduce`` along the last axis over a triangular mask (``fill``: the identity of ``reduce``)."""
+  idx = jnp.arange(x.shape[-1])
   counts = idx[None, :] >= idx[:, None] if reverse else idx[None, :] <= idx[:, None]  # [k, j]: x_j enters y_k
   return reduce(jnp.where(counts, x[..., None, :], fill), axis=-1)
 
