@@ -358,3 +358,33 @@ def test_the_probe_zeroes_units_of_separate_ops_together_and_units_meeting_in_on
   pw1_and_head = ("head/kernel", "pw1/kernel")  # a stem channel pair: read by pw1 (one half) and the head (other)
   assert any(pw1_and_head in b for b in halves) and any(("head/kernel",) in b for b in halves)  # pw2's: the head
   assert not any(pw1_and_head in b and ("head/kernel",) in b for b in halves)  # never in one copy
+
+
+class NormedHidden(nnx.Module):
+  """Every channel kept by surgery: inputs, outputs, and hidden channels normalised together by a LayerNorm."""
+
+  def __init__(self, rngs: nnx.Rngs, norm: bool = True):
+    self.fc1 = nnx.Linear(6, 8, rngs=rngs)
+    self.norm = nnx.LayerNorm(8, rngs=rngs) if norm else None
+    self.fc2 = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.fc1(x)
+    return self.fc2(self.norm(h) if self.norm is not None else jax.nn.relu(h))
+
+
+def test_a_model_with_no_removable_unit_says_so_and_its_kernels_are_left_alone():
+  x = jnp.ones((2, 6))
+  kernels = lambda p: [np.asarray(p["fc1"]["kernel"]), np.asarray(p["fc2"]["kernel"])]
+  model = NormedHidden(nnx.Rngs(0))
+  with pytest.warns(UserWarning, match=r"group_lasso.for_model: no channel of this model is a removable unit.*"
+                                       r"reduce_sum across channels"):
+    reg = regularisers.group_lasso(neuron=10.0, channel=10.0).for_model(model, x)
+  params = nnx.state(model, nnx.Param)
+  for before, after in zip(kernels(params), kernels(reg.prox(params, 1.0))):
+    np.testing.assert_array_equal(after, before)  # no group term: a coefficient that would zero any unit changes nothing
+  control = NormedHidden(nnx.Rngs(0), norm=False)  # relu instead: the 8 hidden neurons are units
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    reg = regularisers.group_lasso(neuron=10.0, channel=10.0).for_model(control, x)
+  assert np.all(kernels(reg.prox(nnx.state(control, nnx.Param), 1.0))[1] == 0)  # fc2's rows: the hidden units

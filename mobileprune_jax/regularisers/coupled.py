@@ -47,7 +47,7 @@ from mobileprune_jax.surgery import depgraph
 
 Array = jax.Array
 
-__all__ = ["CoupledRegulariser", "TreeMeta", "couple", "sparse_group_units", "egl_units"]
+__all__ = ["CoupledRegulariser", "TreeMeta", "couple", "egl_units", "sparse_group_units"]
 
 
 class TreeMeta(NamedTuple):
@@ -294,6 +294,13 @@ def _inverse_steps(steps: list[Any], values: list[Array], dt) -> Array:
   return jnp.concatenate(parts + [jnp.zeros((1,), dt)])
 
 
+def _no_units_warning(name: str, notes: Sequence[str]) -> str:
+  """The warning of a model none of whose channels is a removable unit, with the trace's first reasons."""
+  reasons = "; ".join(list(dict.fromkeys(notes))[:2]) or "every channel is an output or meets an op that keeps it"
+  return (f"{name}.for_model: no channel of this model is a removable unit, so the penalty has no group term to act "
+          f"on and training will not make the model smaller (surgery keeps every channel: {reasons})")
+
+
 def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -> Regulariser:
   """``reg`` on ``model``'s coupled units (see ``Regulariser.for_model``)."""
   require_nnx(model, f"{reg.name}.for_model", "Regulariser.for_model(model, sample_input) takes a flax.nnx model")
@@ -354,6 +361,8 @@ def couple(reg: Regulariser, model: Any, sample_input: Any, graph: Any = None) -
   covered = [layer.kernel_path for layer in graph.layers
              if roles.get(layer.kernel_path) in reg.rules_by_role and roles[layer.kernel_path] != "bias"]
   units = units_lib.units_from_graph(graph, shapes, covered, reg.unit_side)
+  if covered and not units.units:  # nothing to remove: the unit terms act on nothing, silently, without this
+    warnings.warn(_no_units_warning(reg.name, graph.notes), stacklevel=3)
   outside = sorted(foreign - set(units.paths))
   if outside:  # per-layer groups assume the library's layout: a kernel in another one is penalised by its units or not
     warnings.warn(f"{reg.name}.for_model: {len(outside)} kernel(s) in a layout other than the library's are not in "

@@ -38,8 +38,9 @@ def met_by_opaque(t: Tracer, acts: list[Act]) -> None:
         met |= (y.ids < 0) & ~y.wild  # broadcast over features) is the same for every channel: cut along
     met &= x.ids >= 0
     if met.any():
-      t.pin(np.unique(x.ids[met]), "channels combined with the output of an op the trace does not "
-            "understand (e.g. an embedding lookup) are kept")
+      t.pin(np.unique(x.ids[met]), "channels combined element-wise with a value of no channel (a statistic over "
+            "all channels, as LayerNorm's, or the output of an op the trace does not understand, e.g. an embedding "
+            "lookup) are kept")
 
 
 def met_by_fixed_array(t: Tracer, const: Const, act: Act, shape: tuple[int, ...]) -> None:
