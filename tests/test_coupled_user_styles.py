@@ -388,3 +388,34 @@ def test_a_model_with_no_removable_unit_says_so_and_its_kernels_are_left_alone()
     warnings.simplefilter("error")
     reg = regularisers.group_lasso(neuron=10.0, channel=10.0).for_model(control, x)
   assert np.all(kernels(reg.prox(nnx.state(control, nnx.Param), 1.0))[1] == 0)  # fc2's rows: the hidden units
+
+
+class KeywordRngs(nnx.Module):
+  """A call whose stochastic layers take ``rngs`` by keyword, required (``model(x, rngs=None)`` at inference)."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(3, 6, (3, 3), rngs=rngs)
+    self.fc = nnx.Linear(6, 4, rngs=rngs)
+
+  def __call__(self, x, *, rngs: nnx.Rngs | None, train: bool = False):
+    h = jax.nn.relu(self.conv(x))
+    if train and rngs is not None:  # drop path, as timm-style blocks do
+      h = h * jax.random.bernoulli(rngs.dropout(), 0.9, (h.shape[0], 1, 1, 1)) / 0.9
+    return self.fc(h.mean(axis=(1, 2)))
+
+
+def test_a_sample_input_dict_may_hold_none_for_a_required_keyword():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+  sample = {"x": x, "rngs": None}
+  model = KeywordRngs(nnx.Rngs(0))
+  reg = regularisers.group_lasso(channel=1.0, neuron=1.0).for_model(model, sample)
+  assert [sorted(u) for u in reg.units.units] == [["fc/kernel"]] * 6  # conv channel j: fc row j (in and out are I/O)
+  params = nnx.state(model, nnx.Param)
+  fc = np.asarray(params["fc"]["kernel"]).copy()
+  fc[[1, 4]] = 0  # the units of conv channels 1 and 4: their fc rows (one slice each)
+  params["fc"]["kernel"].set_value(jnp.asarray(fc))
+  kept = reg.prox(params, 0.0)  # a zero step changes nothing
+  np.testing.assert_array_equal(np.asarray(kept["fc"]["kernel"]), fc)
+  small, report = surgery.shrink_with_report(model, sample)
+  assert report.params_after == report.params_before - 2 * (3 * 3 * 3 + 1) - 2 * 4  # two filters, biases, fc rows
+  np.testing.assert_allclose(small(x, rngs=None), model(x, rngs=None), atol=1e-6)
