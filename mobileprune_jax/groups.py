@@ -190,12 +190,15 @@ def unknown_leaves(params: Any, rules: Rules | None = None) -> list[str]:
   return [path for path, _, role, _ in _resolve_roles(params, rules) if role is None]
 
 
-def leaf_roles(params: Any, rules: Rules | None = None) -> list[str]:
+def leaf_roles(params: Any, rules: Rules | None = None, *, warn_depthwise: bool = True) -> list[str]:
   """The role of every leaf of ``params`` (in ``jax.tree.leaves`` order).
 
   Args:
     params: a parameter pytree (linen dict, nnx.State, ...) of arrays or shape structs.
     rules: optional ``(regex, role)`` overrides, first match wins.
+    warn_depthwise: warn when several (k, k, 1, C) kernels no rule names are taken as convs reading one channel
+      (they are most likely depthwise, grouped per channel only by ``rules_for_model``); False where the caller
+      does not group kernels (a support mask).
 
   Raises:
     ValueError: naming the path of a leaf whose role cannot be inferred and that no rule
@@ -214,7 +217,7 @@ def leaf_roles(params: Any, rules: Rules | None = None) -> list[str]:
       )
     _check_shape(path, role, shape)
     roles.append(role)
-  if len(lookalikes) > 1:  # one such kernel is a grayscale net's first conv; several are most likely depthwise
+  if warn_depthwise and len(lookalikes) > 1:  # one such kernel is a grayscale net's first conv; several are most likely depthwise
     warnings.warn(f"{len(lookalikes)} kernels of shape (k, k, 1, C) are grouped as convs reading one channel (one "
                   f"group for the whole layer): {', '.join(lookalikes[:3])}{', ...' if len(lookalikes) > 3 else ''}; "
                   "if they are depthwise, use Regulariser.for_model(model, x) or rules=groups.rules_for_model(model)",

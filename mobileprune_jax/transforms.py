@@ -200,7 +200,7 @@ def keep_support(mask: Any = None, rules: groups.Rules | None = None) -> optax.G
 
   def init_fn(params):
     if mask is None:
-      roles = groups.leaf_roles(params, rules)
+      roles = groups.leaf_roles(params, rules, warn_depthwise=False)  # the mask does not depend on the grouping
       leaves, treedef = jax.tree.flatten(params)
       masks = [jnp.ones(p.shape, bool) if r == "none" else p != 0 for r, p in zip(roles, leaves)]
       return KeepSupportState(mask=jax.tree.unflatten(treedef, masks))

@@ -294,3 +294,20 @@ def test_theta_on_stacked_and_padded_trees_equals_theta_per_kernel(monkeypatch):
     got = value + u[name]["kernel"]
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6, atol=1e-7)
     assert np.array_equal(np.asarray(got) == 0, np.asarray(expected) == 0), name  # the same exact zeros
+
+
+def test_keep_support_does_not_warn_about_depthwise_lookalikes_it_does_not_group():
+  """Two (3, 3, 1, C) kernels no rule names: grouping them warns (they are likely depthwise); the support mask,
+  which does not depend on the grouping, does not (the pipeline's retrain phase on MobileNetV2 printed it)."""
+  import warnings
+
+  rng = np.random.default_rng(0)
+  params = {f"dw{i}": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 1, 8)) * (rng.random((3, 3, 1, 8)) > 0.5),
+                                             jnp.float32)} for i in range(2)}
+  with pytest.warns(UserWarning, match=r"2 kernels of shape \(k, k, 1, C\) are grouped as convs"):
+    groups.leaf_roles(params)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    state = transforms.keep_support().init(params)
+  for m, p in zip(jax.tree.leaves(state.mask), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(m), np.asarray(p) != 0)
