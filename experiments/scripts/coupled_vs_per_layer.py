@@ -36,12 +36,22 @@ CASES = {
                        "experiments/configs/resnet20_fashion_mnist.py:quick",
                        ["--config.train_subset=5000", "--config.prune.epochs=2", "--config.prune.lr=0.05",
                         "--config.budget.params=0.2"], (32, 32, 1)),
+    "resnet20_macs": ("ResNet-20 (projection shortcuts), quick schedule at a MACs budget (50 % of the dense MACs "
+                      "instead of 50 % of the parameters)", "experiments/configs/resnet20_fashion_mnist.py:quick",
+                      ["--config.budget.params=None", "--config.budget.macs=0.5"], (32, 32, 1)),
+    "resnet20_macs75": ("ResNet-20 (projection shortcuts), quick schedule at 75 % of the dense MACs",
+                        "experiments/configs/resnet20_fashion_mnist.py:quick",
+                        ["--config.budget.params=None", "--config.budget.macs=0.75"], (32, 32, 1)),
     "mobilenet_v2": ("MobileNetV2 ×0.35, Fashion-MNIST 32×32, quick schedule",
                      "experiments/configs/mobilenet_v2_fashion_mnist.py:quick", ["--config.budget.params=0.25"],
                      (32, 32, 1)),
     "mobilenet_v2_3ep": ("MobileNetV2 ×0.35, quick schedule with three pruning epochs (the pruning, not the landing, "
                          "comes near the target)", "experiments/configs/mobilenet_v2_fashion_mnist.py:quick",
                          ["--config.budget.params=0.25", "--config.prune.epochs=3"], (32, 32, 1)),
+    "mobilenet_v2_macs": ("MobileNetV2 ×0.35, quick schedule with three pruning epochs at a MACs budget (35 % of the "
+                          "dense MACs)", "experiments/configs/mobilenet_v2_fashion_mnist.py:quick",
+                          ["--config.budget.params=None", "--config.budget.macs=0.35", "--config.prune.epochs=3"],
+                          (32, 32, 1)),
 }
 
 
