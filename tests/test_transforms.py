@@ -296,18 +296,28 @@ def test_theta_on_stacked_and_padded_trees_equals_theta_per_kernel(monkeypatch):
     assert np.array_equal(np.asarray(got) == 0, np.asarray(expected) == 0), name  # the same exact zeros
 
 
-def test_keep_support_does_not_warn_about_depthwise_lookalikes_it_does_not_group():
-  """Two (3, 3, 1, C) kernels no rule names: grouping them warns (they are likely depthwise); the support mask,
-  which does not depend on the grouping, does not (the pipeline's retrain phase on MobileNetV2 printed it)."""
+def test_only_what_groups_convs_and_depthwise_kernels_apart_warns_about_depthwise_lookalikes():
+  """Two (3, 3, 1, C) kernels no rule names: a penalty grouping convs by input-channel trees and depthwise kernels
+  per channel warns (they are likely depthwise); the support mask, element-wise penalties and output-filter groups
+  (EGL, conv_grouping="output_filter") treat both alike and do not (the pipeline's retrain phase on MobileNetV2
+  printed it)."""
   import warnings
+
+  from mobileprune_jax import regularisers
 
   rng = np.random.default_rng(0)
   params = {f"dw{i}": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 1, 8)) * (rng.random((3, 3, 1, 8)) > 0.5),
                                              jnp.float32)} for i in range(2)}
-  with pytest.warns(UserWarning, match=r"2 kernels of shape \(k, k, 1, C\) are grouped as convs"):
+  lookalike = r"2 kernels of shape \(k, k, 1, C\) are grouped as convs"
+  with pytest.warns(UserWarning, match=lookalike):
     groups.leaf_roles(params)
+  with pytest.warns(UserWarning, match=lookalike):
+    regularisers.group_lasso(channel=0.1).prox(params, 0.1)
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     state = transforms.keep_support().init(params)
+    regularisers.l1(0.1).prox(params, 0.1)
+    regularisers.elastic_group_lasso(0.1, 0.1).prox(params, 0.1)
+    regularisers.group_lasso(channel=0.1, conv_grouping="output_filter").prox(params, 0.1)
   for m, p in zip(jax.tree.leaves(state.mask), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(m), np.asarray(p) != 0)

@@ -185,8 +185,11 @@ class Regulariser:
     return [list(b) for b in blocks]
 
   def roles(self, params: Any) -> list[str]:
-    """The role of every leaf of ``params`` (``jax.tree.leaves`` order)."""
-    return groups.leaf_roles(params, self.rules)
+    """The role of every leaf of ``params`` (``jax.tree.leaves`` order). Several (k, k, 1, C) kernels no rule names
+    get a warning only from a penalty that groups convs and depthwise kernels differently."""
+    conv, depthwise = self.rules_by_role.get("conv"), self.rules_by_role.get("depthwise")
+    differ = conv is not None and depthwise is not None and conv.layout != depthwise.layout
+    return groups.leaf_roles(params, self.rules, warn_depthwise=differ)
 
   def coefficients_at(self, count: ArrayLike = 0, multiplier: ArrayLike = 1.0) -> dict[str, Array]:
     """Every coefficient at step ``count``, times ``multiplier``."""

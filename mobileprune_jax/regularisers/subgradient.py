@@ -46,7 +46,7 @@ def elastic_group_lasso_subgradient(gamma: Coefficient, lam: Coefficient,
     g = evaluate(gamma, state.count) * penalty_multiplier
     l = evaluate(lam, state.count) * penalty_multiplier
     flat_u, treedef = jax.tree.flatten(updates)
-    roles = groups.leaf_roles(params, rules)
+    roles = groups.leaf_roles(params, rules, warn_depthwise=False)  # output filters: conv and depthwise alike
     new = [u if role not in KERNEL_ROLES else (u + _subgradient(p, g, l, OUTPUT_GROUPS[role])).astype(u.dtype)
            for role, u, p in zip(roles, flat_u, jax.tree.leaves(params))]
     return jax.tree.unflatten(treedef, new), optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
